@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Each does all of
+# its own set-up (virtual environment, project install, system packages and the
+# test SLURM cluster where needed) and can be run again at no cost.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[timm,dev]"
+	@touch $@
+
+# Debian packages the tests need: SLURM (+ accounting) and LaTeX for the tables.
+system-deps:
+	@bash slurm/dev/install.sh
+	@command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      texlive-latex-base texlive-latex-recommended >/dev/null; }
+
+demo: setup
+	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke
+
+test: setup system-deps
+	@bash slurm/dev/start.sh
+	$(BIN)/ruff check .
+	. $${PSS_SLURM_DIR:-/tmp/pss-slurm}/env.sh && $(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_head.py
+	$(BIN)/python benchmarks/bench_report.py
+
+clean:
+	rm -rf $(VENV) outputs reports/out mlruns mlflow.db

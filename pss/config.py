@@ -1,0 +1,397 @@
+"""Typed experiment configuration: schema, YAML loading, dotted overrides, fingerprint.
+
+An experiment is one YAML file (or several, merged left to right) validated
+against :class:`ExperimentConfig`. The defaults *are* the paper's recipe
+(DESIGN.md section 4), so a config file only says what differs. Every key is
+checked: unknown keys and wrong types fail before anything runs, naming the
+file, the dotted key and the nearest valid key.
+
+    cfg = load_config(["experiments/fcos_pss_r50_3x.yaml"], ["model.pss.num_convs=3"])
+    cfg.fingerprint()   # sha256 of the canonical JSON, first 12 hex digits
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pss.errors import UserError, nearest
+
+MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnext101_32x4d",
+    "res2net101_26w_4s",
+)
+EVAL_MODES = ("e2e", "nms", "raw")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class BackboneConfig(_Section):
+    name: Literal[BACKBONES] = "resnet50"  # type: ignore[valid-type]
+    # None: random init. A path to a state dict file (.pth / .safetensors), or the
+    # name of a torchvision weights enum member such as "IMAGENET1K_V1" (that one
+    # downloads on first use; tests never do).
+    weights: str | None = None
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    # -1: nothing frozen; 0: stem; 1: stem and stage 1 (C2); up to 4.
+    frozen_stages: int = Field(1, ge=-1, le=4)
+    # Modulated deformable convs (DCNv2) in the 3x3 convs of stages C3-C5.
+    dcn: bool = False
+
+
+class HeadConfig(_Section):
+    channels: int = Field(256, ge=8)  # FPN and head width
+    num_convs: int = Field(4, ge=0)  # convs per tower
+    centerness: bool = True  # Table 6: off drops the branch, keeps the GIoU weighting
+    prior_prob: float = Field(0.01, gt=0, lt=1)
+
+
+class PSSConfig(_Section):
+    num_convs: int = Field(2, ge=0)
+    branch: Literal["regression", "classification"] = "regression"
+    stop_grad: bool = True
+
+
+class AssignConfig(_Section):
+    # One-to-many (FCOS)
+    center_sampling_radius: float = Field(1.5, gt=0)
+    regress_ranges: list[list[float]] = [
+        [-1.0, 64.0],
+        [64.0, 128.0],
+        [128.0, 256.0],
+        [256.0, 512.0],
+        [512.0, 1.0e8],
+    ]
+    # One-to-many (ATSS)
+    atss_topk: int = Field(9, ge=1)
+    anchor_scale: float = Field(8.0, gt=0)  # anchor side = anchor_scale * stride
+    # One-to-one (PSS)
+    match: Literal["mul", "add"] = "mul"
+    alpha: float = Field(0.8, ge=0, le=1)
+    solver: Literal["hungarian", "top1"] = "hungarian"
+
+    @model_validator(mode="after")
+    def _five_ranges(self) -> AssignConfig:
+        if len(self.regress_ranges) != 5 or any(len(r) != 2 for r in self.regress_ranges):
+            raise ValueError("regress_ranges must be 5 pairs [lo, hi], one per level P3-P7")
+        return self
+
+
+class LossConfig(_Section):
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    giou_weight: float = Field(2.0, ge=0)
+    centerness_weight: float = Field(1.0, ge=0)
+    pss_weight: float = Field(1.0, ge=0)  # lambda1
+    rank_weight: float = Field(0.25, ge=0)  # lambda2 (0 turns the ranking loss off)
+    rank_margin: float = Field(0.5, ge=0)  # gamma of Eq. 2
+    rank_negatives: int = Field(100, ge=1)  # n_- of Eq. 2
+
+
+class InferenceConfig(_Section):
+    score_thresh: float = Field(0.05, ge=0, le=1)  # nms mode
+    nms_iou: float = Field(0.6, gt=0, le=1)
+    pre_nms_topk: int = Field(1000, ge=1)  # per level
+    max_per_image: int = Field(100, ge=1)
+    e2e_score_thresh: float = Field(0.0, ge=0, le=1)  # e2e and raw modes
+
+
+class ModelConfig(_Section):
+    name: Literal[MODEL_NAMES] = "fcos_pss"  # type: ignore[valid-type]
+    num_classes: int = Field(80, ge=1)
+    backbone: BackboneConfig = BackboneConfig()
+    head: HeadConfig = HeadConfig()
+    pss: PSSConfig = PSSConfig()
+    assign: AssignConfig = AssignConfig()
+    loss: LossConfig = LossConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    @property
+    def base(self) -> Literal["fcos", "atss"]:
+        """The one-to-many detector underneath: 'fcos' or 'atss'."""
+        return "atss" if self.name.startswith("atss") else "fcos"
+
+    @property
+    def has_pss(self) -> bool:
+        return self.name.endswith("_pss")
+
+
+class SyntheticConfig(_Section):
+    """Generate a shapes dataset into data.root when it is not there yet."""
+
+    train: int = Field(200, ge=1)
+    val: int = Field(50, ge=1)
+    size: int = Field(256, ge=32)
+    seed: int = 0
+
+
+class DataConfig(_Section):
+    # The one setting that says where COCO lives. Strings may use ${VAR} and
+    # ${VAR:-default}; the paper-scale experiments use ${PSS_COCO_ROOT:-data/coco}.
+    root: str = "data/coco"
+    train_images: str = "train2017"
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_images: str = "val2017"
+    val_annotations: str = "annotations/instances_val2017.json"
+    synthetic: SyntheticConfig | None = None
+    # Multi-scale training: the shorter side is drawn from this list.
+    train_scales: list[int] = list(range(480, 801, 32))
+    max_size: int = Field(1333, ge=32)
+    test_scale: int = Field(800, ge=32)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    size_divisibility: int = Field(32, ge=1)
+    num_workers: int = Field(4, ge=0)
+    max_val_images: int | None = Field(None, ge=1)  # evaluate on the first N only
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(36, ge=1)
+    batch_size: int = Field(16, ge=1)  # total over all GPUs
+    base_lr: float = Field(0.01, gt=0)  # at reference_batch; scaled linearly
+    reference_batch: int = Field(16, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_steps: list[int] = [24, 33]  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = Field(0.1, gt=0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_factor: float = Field(1.0 / 3.0, gt=0, le=1)
+    grad_clip: float | None = Field(35.0, gt=0)
+    amp: bool = True  # used on CUDA only
+    seed: int = 0
+    iters_per_epoch: int | None = Field(None, ge=1)  # cap, for smoke runs
+    # Two-step training (Table 3): start from a stage-1 checkpoint and train only
+    # the PSS head ("pss"), everything else frozen.
+    init_from: str | None = None
+    trainable: Literal["all", "pss"] = "all"
+    log_interval: int = Field(20, ge=1)
+
+
+class EvalConfig(_Section):
+    interval: int = Field(1, ge=1)  # evaluate every N epochs and at the end
+    modes: list[Literal[EVAL_MODES]] = list(EVAL_MODES)  # type: ignore[valid-type]
+    batch_size: int = Field(1, ge=1)
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str | None = None  # default: outputs/<name>
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.train.trainable == "pss" and not self.model.has_pss:
+            raise ValueError("train.trainable='pss' needs a *_pss model")
+        if any(b <= a for a, b in zip(self.train.lr_steps, self.train.lr_steps[1:])):
+            raise ValueError("train.lr_steps must increase")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """Where checkpoints and evaluation files go."""
+        return Path(self.output_dir or f"outputs/{self.name}")
+
+    def flat(self) -> dict[str, Any]:
+        """The config as {dotted key: value} (MLflow params, diffs)."""
+        return flatten(self.model_dump(mode="json"))
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the semantic settings, first 12 hex.
+
+        Where the data lives, how many loader workers and where outputs go do
+        not change what is trained, so they are left out: moving a dataset
+        does not make finished sweep cells look new.
+        """
+        flat = {k: v for k, v in self.flat().items() if k not in NON_SEMANTIC_KEYS}
+        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+NON_SEMANTIC_KEYS = frozenset(
+    {"name", "data.root", "data.num_workers", "output_dir", "train.log_interval"}
+)
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``update`` merged into ``base``; nested dicts merge, the rest replace."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Safe-load a YAML file; any problem is a UserError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror or exc}", str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"not valid YAML: {exc}", str(path)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'model.pss.num_convs=3' -> ('model.pss.num_convs', 3); the value is YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{text}' is not of the form key=value", "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"override '{text}': value is not valid YAML ({exc})", "--set") from None
+    return key.strip(), value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def check_keys(tree: Any, model: type[BaseModel] = None, prefix: str = "") -> None:  # type: ignore[assignment]
+    """Raise ValueError naming the first unknown dotted key and the nearest valid one."""
+    model = model or ExperimentConfig
+    if not isinstance(tree, dict):
+        return
+    for key, value in tree.items():
+        fields = model.model_fields
+        if key not in fields:
+            dotted = f"{prefix}{key}"
+            valid = [f"{prefix}{f}" for f in fields]
+            raise KeyError(f"unknown key '{dotted}'{nearest(dotted, valid)}")
+        sub = _section_type(fields[key].annotation)
+        if sub is not None and isinstance(value, dict):
+            check_keys(value, sub, f"{prefix}{key}.")
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):  # Optional[Section]
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: Any, name: str) -> Any:
+    """${VAR} / ${VAR:-default} from the environment, ${name} for the experiment name."""
+    if isinstance(value, dict):
+        return {k: expand(v, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, name) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        var, default = match.group(1), match.group(2)
+        if var == "name":
+            return name
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise UserError(f"environment variable {var} is not set (used as ${{{var}}})")
+
+    return _ENV.sub(sub, value)
+
+
+def config_from_dict(tree: dict[str, Any], source: str) -> ExperimentConfig:
+    """Validate a raw dict; errors name ``source`` and the dotted key."""
+    if not isinstance(tree, dict):
+        raise UserError("an experiment config must be a mapping of sections", source)
+    try:
+        check_keys(tree)
+    except KeyError as exc:
+        raise UserError(exc.args[0], source) from None
+    tree = expand(tree, str(tree.get("name", "experiment")))
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
+        got = err.get("input")
+        got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+        more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+        raise UserError(f"{loc}: {err['msg']}{got_text}{more}", source) from None
+
+
+def load_config(
+    paths: str | Path | list[str | Path],
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Read YAML files (merged in order), apply dotted overrides, validate.
+
+    ``overrides`` are 'key=value' strings (YAML values) or a {key: value} dict.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    tree: dict[str, Any] = {}
+    for path in paths:
+        data = read_yaml(path)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UserError("an experiment config must be a mapping of sections", str(path))
+        try:
+            check_keys(data)
+        except KeyError as exc:
+            raise UserError(exc.args[0], str(path)) from None
+        tree = deep_merge(tree, data)
+    items = (
+        overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    )
+    source = ", ".join(str(p) for p in paths)
+    for key, value in items:
+        set_dotted(tree, key, value)
+        try:
+            check_keys(tree)
+        except KeyError as exc:
+            raise UserError(f"override {exc.args[0]}", source) from None
+    return config_from_dict(tree, source)

@@ -1,0 +1,249 @@
+"""FCOS, ATSS, FCOS_PSS and ATSS_PSS: one detector class, its losses and its three inference modes.
+
+    model = Detector(cfg.model)
+    out = model(images)                          # [B, 3, H, W] normalised, padded
+    losses = model.losses(out, targets)          # dict of scalar tensors, 'loss' is the total
+    dets = model.predict(out, image_sizes, "e2e")  # or "nms", "raw"
+
+``targets`` is a list (one per image) of dicts with ``boxes`` [M, 4] (x1, y1,
+x2, y2 in input pixels) and ``labels`` [M] (0..C-1). Crowd boxes must already
+be removed.
+
+Base loss (one-to-many): focal loss / #positives, GIoU weighted by the
+center-ness target / sum of those targets (x giou_weight), center-ness BCE /
+#positives. PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
+P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see DESIGN.md section 4.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pss import assign, losses, postprocess
+from pss.boxes import (
+    Priors,
+    aligned_iou,
+    box_to_distance,
+    centerness_target,
+    decode_deltas,
+    distance_to_box,
+    make_priors,
+)
+from pss.config import ModelConfig
+from pss.dist import reduce_mean
+from pss.models.backbone import Backbone
+from pss.models.heads import DenseHead, HeadOutputs
+
+MODES = ("e2e", "nms", "raw")
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.backbone, cfg.head.channels)
+        self.head = DenseHead(cfg, num_levels=len(Backbone.strides))
+        self.register_buffer(
+            "regress_ranges", torch.tensor(cfg.assign.regress_ranges), persistent=False
+        )
+        self._priors: dict[tuple, Priors] = {}
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, images: Tensor) -> HeadOutputs:
+        return self.head(self.backbone(images))
+
+    def priors(self, out: HeadOutputs) -> Priors:
+        key = (tuple(out.sizes), out.cls.device)
+        if key not in self._priors:
+            self._priors[key] = make_priors(out.sizes, Backbone.strides, out.cls.device)
+        return self._priors[key]
+
+    def decode(self, out: HeadOutputs) -> Tensor:
+        """[B, N, 4] predicted boxes in input pixels."""
+        priors = self.priors(out)
+        reg = out.reg.float()
+        if self.cfg.base == "fcos":
+            return distance_to_box(priors.points, F.relu(reg) * priors.strides[:, None])
+        return decode_deltas(priors.anchors(self.cfg.assign.anchor_scale), reg)
+
+    def log_prob(self, out: HeadOutputs) -> Tensor:
+        """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i), [B, N, C]."""
+        log_p = F.logsigmoid(out.cls.float())
+        if out.ctr is not None:
+            log_p = log_p + F.logsigmoid(out.ctr.float())[..., None]
+        if out.pss is not None:
+            log_p = log_p + F.logsigmoid(out.pss.float())[..., None]
+        return log_p
+
+    # ------------------------------------------------------------------- losses
+
+    def one_to_many(self, priors: Priors, gt_boxes: Tensor) -> Tensor:
+        """gt_index [N] of the base detector's assignment (-1: background)."""
+        a = self.cfg.assign
+        if self.cfg.base == "fcos":
+            ranges = self.regress_ranges[priors.levels]
+            return assign.fcos_assign(
+                priors.points, priors.strides, ranges, gt_boxes, a.center_sampling_radius
+            )
+        return assign.atss_assign(
+            priors.anchors(a.anchor_scale), priors.counts, gt_boxes, a.atss_topk
+        )
+
+    def losses(self, out: HeadOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        lc = self.cfg.loss
+        priors = self.priors(out)
+        boxes = self.decode(out)  # [B, N, 4]
+        with torch.no_grad():
+            gt_index = torch.stack([self.one_to_many(priors, t["boxes"]) for t in targets])
+        pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
+        pos_j = gt_index[pos_b, pos_i]
+        gt_boxes = torch.cat([t["boxes"] for t in targets])
+        gt_labels = torch.cat([t["labels"] for t in targets])
+        offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets], device=gt_boxes.device)
+        flat_j = pos_j + offsets.cumsum(0)[pos_b]  # object index into gt_boxes
+
+        num_pos = reduce_mean(out.cls.new_tensor(float(pos_b.numel()))).clamp(min=1.0)
+        cls_target = torch.zeros_like(out.cls, dtype=torch.float32)
+        cls_target[pos_b, pos_i, gt_labels[flat_j]] = 1.0
+        result = {
+            "loss_cls": losses.focal_loss(out.cls, cls_target, lc.focal_alpha, lc.focal_gamma)
+            / num_pos
+        }
+
+        target_boxes = gt_boxes[flat_j]
+        ctr_target = centerness_target(box_to_distance(priors.points[pos_i], target_boxes))
+        ctr_norm = reduce_mean(ctr_target.sum()).clamp(min=1e-6)
+        result["loss_box"] = (
+            lc.giou_weight
+            * losses.giou_loss(boxes[pos_b, pos_i], target_boxes, ctr_target)
+            / ctr_norm
+        )
+        if out.ctr is not None:
+            result["loss_ctr"] = (
+                lc.centerness_weight
+                * losses.centerness_loss(out.ctr[pos_b, pos_i], ctr_target)
+                / num_pos
+            )
+
+        if out.pss is not None:
+            result.update(self.pss_losses(out, boxes, targets, pos_b, pos_i, pos_j))
+        result["loss"] = sum(result.values())
+        return result
+
+    @torch.no_grad()
+    def select_one_to_one(
+        self,
+        log_p: Tensor,
+        boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        pos_b: Tensor,
+        pos_i: Tensor,
+        pos_j: Tensor,
+    ) -> list[Tensor]:
+        """The PSS target: per image, selected [M] location of each object (-1: none).
+
+        Candidates are Omega (the one-to-many positives (pos_b, pos_i) -> object pos_j),
+        scored by Q = match_quality(P_i(c_j), IoU(bhat_i, b_j)).
+        """
+        a = self.cfg.assign
+        selected = []
+        for b, t in enumerate(targets):
+            mask = pos_b == b
+            locs, objs = pos_i[mask], pos_j[mask]
+            prob = log_p[b, locs, t["labels"][objs]].exp()
+            iou = aligned_iou(boxes[b, locs], t["boxes"][objs])
+            quality = assign.match_quality(prob, iou, a.match, a.alpha)
+            selected.append(assign.one_to_one(quality, locs, objs, len(t["labels"]), a.solver))
+        return selected
+
+    def pss_losses(
+        self,
+        out: HeadOutputs,
+        boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        pos_b: Tensor,
+        pos_i: Tensor,
+        pos_j: Tensor,
+    ) -> dict[str, Tensor]:
+        """L_pss (normalised by the number of selected locations) and L_rank (mean over images)."""
+        lc = self.cfg.loss
+        log_p = self.log_prob(out)  # [B, N, C]
+        chosen = self.select_one_to_one(log_p, boxes, targets, pos_b, pos_i, pos_j)
+        target = torch.zeros_like(log_p)
+        selected = []
+        for b, (sel, t) in enumerate(zip(chosen, targets)):
+            served = sel >= 0
+            loc, cls = sel[served], t["labels"][served]
+            target[b, loc, cls] = 1.0
+            selected.append((loc, cls))
+        num_sel = sum(len(loc) for loc, _ in selected)
+        norm = reduce_mean(log_p.new_tensor(float(num_sel))).clamp(min=1.0)
+        result = {
+            "loss_pss": lc.pss_weight
+            * losses.focal_loss_on_prob(log_p, target, lc.focal_alpha, lc.focal_gamma)
+            / norm
+        }
+        if lc.rank_weight > 0:
+            prob = log_p.exp()
+            ranks = [
+                losses.rank_loss(prob[b], loc, cls, lc.rank_margin, lc.rank_negatives)
+                for b, (loc, cls) in enumerate(selected)
+                if loc.numel() > 0
+            ]
+            rank = torch.stack(ranks).mean() if ranks else prob.sum() * 0
+            result["loss_rank"] = lc.rank_weight * rank
+        return result
+
+    # ---------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def predict(
+        self, out: HeadOutputs, image_sizes: list[tuple[int, int]], mode: str = "e2e"
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image, boxes clipped to the (unpadded) image size (h, w)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown inference mode '{mode}', expected one of {MODES}")
+        if mode == "e2e" and out.pss is None:
+            raise ValueError(f"mode 'e2e' needs a PSS head; {self.cfg.name} has none")
+        ic = self.cfg.inference
+        boxes = self.decode(out)
+        base = out.cls.float().sigmoid()
+        if out.ctr is not None:
+            base = base * out.ctr.float().sigmoid()[..., None]
+        results = []
+        for b, (h, w) in enumerate(image_sizes):
+            img_boxes = torch.stack(
+                (
+                    boxes[b, :, 0].clamp(0, w),
+                    boxes[b, :, 1].clamp(0, h),
+                    boxes[b, :, 2].clamp(0, w),
+                    boxes[b, :, 3].clamp(0, h),
+                ),
+                dim=1,
+            )
+            if mode == "nms":
+                det = postprocess.nms_detections(
+                    base[b],
+                    img_boxes,
+                    self.priors(out).counts,
+                    ic.score_thresh,
+                    ic.pre_nms_topk,
+                    ic.nms_iou,
+                    ic.max_per_image,
+                )
+            else:
+                scores = base[b]
+                if mode == "e2e":
+                    scores = scores * out.pss[b].float().sigmoid()[:, None]
+                det = postprocess.topk_detections(
+                    scores, img_boxes, ic.max_per_image, ic.e2e_score_thresh
+                )
+            results.append(det)
+        return results
+
+
+def build_detector(cfg: ModelConfig) -> Detector:
+    return Detector(cfg)

@@ -1,0 +1,126 @@
+"""The dense head shared by all four detectors, and the PSS head.
+
+Per FPN level (shared weights across levels):
+
+    cls tower (num_convs x [conv3x3, GN, ReLU]) -> cls_logits   [C]
+    reg tower (num_convs x [conv3x3, GN, ReLU]) -> bbox_pred    [4]  (x per-level scale)
+                                                -> centerness   [1]  (optional)
+    reg (or cls) tower --stop-grad--> PSS head: num_convs x [conv3x3, GN, ReLU] -> conv3x3 [1]
+
+``DenseHead.forward`` returns the maps flattened over levels (level-major,
+row-major), see :class:`HeadOutputs`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pss.config import ModelConfig
+
+
+@dataclass
+class HeadOutputs:
+    """Raw head outputs for a batch of B images over N locations.
+
+    cls:  [B, N, C] classification logits s
+    reg:  [B, N, 4] box regression (FCOS: distances / stride before ReLU;
+          ATSS: anchor deltas), already multiplied by the level's scale
+    ctr:  [B, N] center-ness logits, or None without the branch
+    pss:  [B, N] PSS logits, or None for the baselines
+    sizes: (H, W) of each level's map
+    """
+
+    cls: Tensor
+    reg: Tensor
+    ctr: Tensor | None
+    pss: Tensor | None
+    sizes: list[tuple[int, int]]
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def conv_tower(channels: int, num_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            group_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per FPN level)."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class PSSHead(nn.Module):
+    """Positive sample selector: ``num_convs`` conv-GN-ReLU, then a 1-channel conv."""
+
+    def __init__(self, channels: int, num_convs: int = 2) -> None:
+        super().__init__()
+        self.convs = conv_tower(channels, num_convs)
+        self.out = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.convs(x))
+
+
+def _flatten(maps: list[Tensor]) -> Tensor:
+    """[B, K, H, W] per level -> [B, sum(H * W), K]."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
+
+class DenseHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_levels: int = 5) -> None:
+        super().__init__()
+        ch, n = cfg.head.channels, cfg.head.num_convs
+        self.cls_tower = conv_tower(ch, n)
+        self.reg_tower = conv_tower(ch, n)
+        self.cls_logits = nn.Conv2d(ch, cfg.num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(ch, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(ch, 1, 3, padding=1) if cfg.head.centerness else None
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        self.pss = PSSHead(ch, cfg.pss.num_convs) if cfg.has_pss else None
+        self.pss_from_cls = cfg.pss.branch == "classification"
+        self.stop_grad = cfg.pss.stop_grad
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        prior = cfg.head.prior_prob
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior) / prior))
+
+    def forward(self, feats: list[Tensor]) -> HeadOutputs:
+        cls, reg, ctr, pss = [], [], [], []
+        for feat, scale in zip(feats, self.scales):
+            cls_feat = self.cls_tower(feat)
+            reg_feat = self.reg_tower(feat)
+            cls.append(self.cls_logits(cls_feat))
+            reg.append(scale(self.bbox_pred(reg_feat)))
+            if self.centerness is not None:
+                ctr.append(self.centerness(reg_feat))
+            if self.pss is not None:
+                pss_in = cls_feat if self.pss_from_cls else reg_feat
+                pss.append(self.pss(pss_in.detach() if self.stop_grad else pss_in))
+        return HeadOutputs(
+            cls=_flatten(cls),
+            reg=_flatten(reg),
+            ctr=_flatten(ctr).squeeze(-1) if ctr else None,
+            pss=_flatten(pss).squeeze(-1) if pss else None,
+            sizes=[tuple(f.shape[-2:]) for f in feats],
+        )
