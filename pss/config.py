@@ -43,9 +43,10 @@ class _Section(BaseModel):
 
 class BackboneConfig(_Section):
     name: Literal[BACKBONES] = "resnet50"  # type: ignore[valid-type]
-    # None: random init. A path to a state dict file (.pth / .safetensors), or the
-    # name of a torchvision weights enum member such as "IMAGENET1K_V1" (that one
-    # downloads on first use; tests never do).
+    # None: random init. A path to a state dict file (.pth / .safetensors); or the
+    # library's own: a torchvision weights enum member such as "IMAGENET1K_V1", or
+    # "DEFAULT" for timm's pretrained weights (those download on first use; tests
+    # never do).
     weights: str | None = None
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     # -1: nothing frozen; 0: stem; 1: stem and stage 1 (C2); up to 4.

@@ -43,3 +43,12 @@ def broadcast_object(obj):
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every process ([obj] on one process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out

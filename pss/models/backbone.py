@@ -135,7 +135,10 @@ def _load_weights(net: nn.Module, weights: str, name: str) -> None:
             )
         return
     if name not in TORCHVISION:
-        raise UserError(f"weights '{weights}' for {name} must be a file path (.pth/.safetensors)")
+        raise UserError(
+            f"weights '{weights}' for {name}: use a file path (.pth/.safetensors) or DEFAULT "
+            "(timm's pretrained weights, downloaded on first use)"
+        )
     try:
         enum = torchvision.models.get_model_weights(name)[weights]
     except KeyError:
@@ -177,8 +180,8 @@ def build_body(cfg: BackboneConfig) -> tuple[nn.Module, list[int]]:
             import timm
         except ImportError:
             raise UserError(f"backbone {cfg.name} needs timm: pip install 'pss[timm]'") from None
-        net = timm.create_model(cfg.name, pretrained=False)
-    if cfg.weights:
+        net = timm.create_model(cfg.name, pretrained=cfg.weights == "DEFAULT")
+    if cfg.weights and not (cfg.name in TIMM and cfg.weights == "DEFAULT"):
         _load_weights(net, cfg.weights, cfg.name)
     if cfg.norm != "bn":
         _replace_norms(net, cfg.norm)

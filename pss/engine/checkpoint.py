@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, checked before use.
+
+A checkpoint is a dict:
+    model, optimizer, scheduler, scaler (state dicts; scaler may be None),
+    rng (torch / cuda / numpy / python states), epoch (last finished, 1-based),
+    iteration (optimizer steps so far), fingerprint (of the config), config
+    (resolved, as JSON-able dict), run_id (MLflow run, or None).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pss.errors import UserError
+
+REQUIRED = ("model", "epoch", "iteration", "fingerprint")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint; unreadable or incomplete files are a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("checkpoint not found", str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint ({first})", str(path)) from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+        raise UserError(f"not a pss checkpoint (missing {', '.join(missing)})", str(path))
+    return state
+
+
+def load_model_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, allow_missing: str = ""
+) -> None:
+    """Load weights, failing with one clear message when they do not fit the model.
+
+    ``allow_missing``: a key prefix that may be absent (e.g. 'head.pss.' when a
+    PSS model starts from a baseline checkpoint in two-step training).
+    """
+    own = model.state_dict()
+    missing = [
+        k for k in own if k not in state and not (allow_missing and k.startswith(allow_missing))
+    ]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+    if problems:
+        raise UserError("checkpoint does not match the model: " + "; ".join(problems), source)
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

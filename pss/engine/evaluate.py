@@ -1,0 +1,131 @@
+"""COCO evaluation of one model in several inference modes, with timings.
+
+For every batch the network forward runs once; each mode ("e2e", "nms",
+"raw") then post-processes the same outputs. Forward and post-processing are
+timed separately (synchronised on CUDA) and reported in ms per image. The
+detections go through pycocotools' COCOeval (bbox) and come back in percent:
+
+    mAP, AP50, AP75, APs, APm, APl, mAR (= AR@100)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from pss import dist
+from pss.models import Detector
+
+# COCOeval.stats index of each metric we report.
+STATS = {"mAP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "mAR": 8}
+WARMUP_BATCHES = 2  # not timed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def coco_metrics(coco_gt: COCO, detections: list[dict], image_ids: list[int]) -> dict[str, float]:
+    """COCOeval bbox metrics in percent (all 0 when there is no detection)."""
+    if not detections:
+        return {name: 0.0 for name in STATS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(detections)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # -1 marks "no ground truth in this size range": report 0 rather than -100.
+    return {name: max(float(evaluator.stats[i]), 0.0) * 100 for name, i in STATS.items()}
+
+
+def _to_coco(det: dict[str, torch.Tensor], image_id: int, scale: float, dataset) -> list[dict]:
+    boxes = (det["boxes"] / scale).cpu().numpy().astype(np.float64)
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = det["scores"].cpu().tolist()
+    labels = det["labels"].cpu().tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": dataset.label_to_cat_id(label),
+            "bbox": [round(float(v), 2) for v in box],
+            "score": round(float(score), 5),
+        }
+        for box, score, label in zip(boxes, scores, labels)
+    ]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Detector,
+    loader: Iterable,
+    dataset,
+    modes: list[str],
+    device: torch.device,
+    out_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Evaluate ``model`` (unwrapped, in eval mode) on ``loader``.
+
+    Returns flat metrics: ``{metric}_{mode}`` for each mode (mAP_e2e, AP50_nms, ...),
+    ``forward_ms`` and ``postprocess_ms_{mode}``. With ``out_dir`` (rank 0), the
+    detections of each mode are written as COCO results json there.
+    """
+    was_training = model.training
+    model.eval()
+    detections: dict[str, list[dict]] = {m: [] for m in modes}
+    forward_s, post_s = 0.0, dict.fromkeys(modes, 0.0)
+    timed_images, image_ids = 0, []
+    batches = tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(batches):
+        images = images.to(device, non_blocking=True)
+        sizes = [tuple(t["size"]) for t in targets]
+        timed = step >= WARMUP_BATCHES
+        _sync(device)
+        start = time.perf_counter()
+        out = model(images)
+        _sync(device)
+        forward = time.perf_counter() - start
+        for mode in modes:
+            start = time.perf_counter()
+            dets = model.predict(out, sizes, mode)
+            _sync(device)
+            if timed:
+                post_s[mode] += time.perf_counter() - start
+            for det, t in zip(dets, targets):
+                detections[mode] += _to_coco(det, int(t["image_id"]), float(t["scale"]), dataset)
+        if timed:
+            forward_s += forward
+            timed_images += len(targets)
+        image_ids += [int(t["image_id"]) for t in targets]
+
+    gathered = dist.all_gather_objects((detections, image_ids, forward_s, post_s, timed_images))
+    model.train(was_training)
+    if not dist.is_main():
+        return {}
+    all_ids = sorted({i for g in gathered for i in g[1]})
+    n_timed = max(sum(g[4] for g in gathered), 1)
+    metrics: dict[str, float] = {"forward_ms": 1000 * sum(g[2] for g in gathered) / n_timed}
+    for mode in modes:
+        dets = [d for g in gathered for d in g[0][mode]]
+        for name, value in coco_metrics(dataset.coco, dets, all_ids).items():
+            metrics[f"{name}_{mode}"] = value
+        metrics[f"postprocess_ms_{mode}"] = 1000 * sum(g[3][mode] for g in gathered) / n_timed
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"detections_{mode}.json").write_text(json.dumps(dets))
+    if out_dir is not None:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics

@@ -1,0 +1,387 @@
+"""Training loop: the paper's recipe, evaluation every ``eval.interval`` epochs, MLflow, resume.
+
+    metrics = train(cfg, resume="auto", run=RunInfo(experiment="table5", tags={...}))
+
+One call trains one config to the end (or to ``stop_after_epoch``), resuming
+from ``<run_dir>/last.pth`` when asked. Everything that can be wrong with the
+input (config, data files, checkpoints, weights) is checked before the MLflow
+run is created, so bad input leaves no run behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from pss import dist
+from pss.config import ExperimentConfig
+from pss.data import build_dataset, build_loader
+from pss.engine.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pss.engine.evaluate import evaluate
+from pss.errors import UserError
+from pss.models import Detector
+from pss.tracking import FAILED, FINISHED, KILLED, NullTracker, Tracker, slurm_tags
+
+log = logging.getLogger("pss.train")
+CHECKPOINT = "last.pth"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class StopTraining(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by an ``on_epoch`` callback to end a run early (e.g. a pruned trial)."""
+
+
+@dataclass
+class RunInfo:
+    """Where and how a training run is tracked."""
+
+    experiment: str = "pss"
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None  # continue this MLflow run instead of creating one
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def setup_distributed() -> torch.device:
+    """Join the process group described by torchrun's or submitit's environment."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if (
+        os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        and slurm_tasks > 1
+        and "RANK" not in os.environ
+    ):
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend, init_method="env://")
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def lr_lambda(cfg: ExperimentConfig, iters_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at iteration ``it``: linear warm-up, then step decay."""
+    t = cfg.train
+    steps = [s * iters_per_epoch for s in t.lr_steps]
+
+    def factor(it: int) -> float:
+        warm = 1.0
+        if it < t.warmup_iters:
+            warm = t.warmup_factor + (1 - t.warmup_factor) * it / t.warmup_iters
+        return warm * t.lr_gamma ** sum(it >= s for s in steps)
+
+    return factor
+
+
+def build_model(cfg: ExperimentConfig, device: torch.device) -> Detector:
+    model = Detector(cfg.model)
+    t = cfg.train
+    if t.init_from:
+        stage1 = load_checkpoint(t.init_from)
+        load_model_weights(model, stage1["model"], t.init_from, allow_missing="head.pss.")
+    if t.trainable == "pss":
+        model.requires_grad_(False)
+        model.head.pss.requires_grad_(True)
+    if cfg.model.backbone.norm == "bn" and dist.is_distributed():
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(device)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _check_finite(losses: dict[str, torch.Tensor], epoch: int, it: int) -> None:
+    if not torch.isfinite(losses["loss"]):
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise TrainingDiverged(
+            f"non-finite loss at epoch {epoch}, iteration {it} ({parts}); "
+            "lower train.base_lr or check the data"
+        )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    detector: Detector,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    cfg: ExperimentConfig,
+    epoch: int,
+    iteration: int,
+    iters: int,
+    tracker: Tracker,
+    device: torch.device,
+) -> int:
+    """One epoch of ``iters`` optimizer steps; returns the iteration count after it."""
+    t = cfg.train
+    model.train()
+    interactive = sys.stderr.isatty() and dist.is_main()
+    bar = tqdm(total=iters, desc=f"epoch {epoch}/{t.epochs}", disable=not interactive, leave=False)
+    window: dict[str, float] = {}
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(loader):
+        if step >= iters:
+            break
+        images = images.to(device, non_blocking=True)
+        targets = [
+            {"boxes": tg["boxes"].to(device), "labels": tg["labels"].to(device)} for tg in targets
+        ]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
+            out = model(images)
+        losses = detector.losses(out, targets)
+        _check_finite(losses, epoch, iteration)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(losses["loss"]).backward()
+            scaler.unscale_(optimizer)
+        else:
+            losses["loss"].backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], t.grad_clip
+            )
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        iteration += 1
+        for k, v in losses.items():
+            window[k] = window.get(k, 0.0) + float(v.detach())
+        window["_n"] = window.get("_n", 0.0) + 1
+        bar.update(1)
+        if interactive:
+            bar.set_postfix(
+                loss=f"{float(losses['loss']):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}"
+            )
+        if iteration % t.log_interval == 0 or step == iters - 1:
+            n = window.pop("_n")
+            means = {k: v / n for k, v in window.items()}
+            means["lr"] = scheduler.get_last_lr()[0]
+            tracker.log_metrics(means, step=iteration)
+            if not interactive and dist.is_main():
+                rate = (time.perf_counter() - start) / (step + 1)
+                eta = rate * (iters - step - 1)
+                log.info(
+                    "epoch %d/%d iter %d/%d loss %.4f lr %.3g eta %s",
+                    epoch,
+                    t.epochs,
+                    step + 1,
+                    iters,
+                    means["loss"],
+                    means["lr"],
+                    time.strftime("%H:%M:%S", time.gmtime(eta)),
+                )
+            window = {}
+    bar.close()
+    return iteration
+
+
+def train(
+    cfg: ExperimentConfig,
+    resume: str | Path | None = None,
+    run: RunInfo | None = None,
+    stop_after_epoch: int | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train ``cfg`` and return the last evaluation's metrics (rank 0; {} elsewhere).
+
+    resume: a checkpoint path, or "auto" for ``<run_dir>/last.pth`` if it exists.
+    stop_after_epoch: return after this epoch as if interrupted (tests, two-part runs).
+    on_epoch: called on rank 0 as ``on_epoch(epoch, metrics)`` after each evaluation;
+    it may raise :class:`StopTraining`.
+    """
+    run = run or RunInfo()
+    device = setup_distributed()
+    t = cfg.train
+    if t.batch_size % dist.world_size():
+        raise UserError(
+            f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
+        )
+    ckpt_path = cfg.run_dir / CHECKPOINT
+    if resume == "auto":
+        resume = ckpt_path if ckpt_path.is_file() else None
+    state = load_checkpoint(resume) if resume else None
+    if state is not None and state["fingerprint"] != cfg.fingerprint():
+        raise UserError(
+            f"checkpoint was written for another config (fingerprint {state['fingerprint']}, "
+            f"this config {cfg.fingerprint()})",
+            str(resume),
+        )
+
+    train_set = build_dataset(cfg.data, "train", seed=t.seed)
+    val_set = build_dataset(cfg.data, "val", seed=t.seed)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg, device)
+    detector = model
+    if dist.is_distributed():
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    per_process = t.batch_size // dist.world_size()
+    loader_len = max(len(train_set) // t.batch_size, 1)
+    iters = min(loader_len, t.iters_per_epoch) if t.iters_per_epoch else loader_len
+    params = [p for p in detector.parameters() if p.requires_grad]
+    lr = t.base_lr * t.batch_size / t.reference_batch
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, iters))
+    scaler = torch.amp.GradScaler("cuda") if t.amp and device.type == "cuda" else None
+    epoch0, iteration = 0, 0
+    if state is not None:
+        load_model_weights(detector, state["model"], str(resume))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        epoch0, iteration = state["epoch"], state["iteration"]
+
+    tracker = _open_tracker(cfg, run, state)
+    val_loader = build_loader(
+        val_set,
+        cfg.eval.batch_size,
+        cfg.data.num_workers,
+        False,
+        t.seed,
+        dist.is_distributed(),
+        cfg.data.size_divisibility,
+    )
+    metrics: dict[str, float] = {}
+    try:
+        if epoch0 >= t.epochs:  # finished training, but the run did not end cleanly
+            metrics = _evaluate(detector, val_loader, val_set, cfg, device, t.epochs)
+            tracker.log_metrics(metrics, step=t.epochs)
+        for epoch in range(epoch0 + 1, t.epochs + 1):
+            train_set.set_epoch(epoch)
+            loader = build_loader(
+                train_set,
+                per_process,
+                cfg.data.num_workers,
+                True,
+                t.seed,
+                dist.is_distributed(),
+                cfg.data.size_divisibility,
+                epoch=epoch,
+            )
+            iteration = train_one_epoch(
+                model,
+                detector,
+                loader,
+                optimizer,
+                scheduler,
+                scaler,
+                cfg,
+                epoch,
+                iteration,
+                iters,
+                tracker,
+                device,
+            )
+            if dist.is_main():
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": detector.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "rng": rng_state(),
+                        "epoch": epoch,
+                        "iteration": iteration,
+                        "fingerprint": cfg.fingerprint(),
+                        "config": cfg.model_dump(mode="json"),
+                        "run_id": tracker.run_id,
+                    },
+                )
+            if epoch % cfg.eval.interval == 0 or epoch == t.epochs:
+                metrics = _evaluate(detector, val_loader, val_set, cfg, device, epoch)
+                tracker.log_metrics(metrics, step=epoch)
+                if on_epoch is not None and dist.is_main():
+                    on_epoch(epoch, metrics)
+            dist.barrier()
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < t.epochs:
+                tracker.finish(KILLED)
+                return metrics
+        if dist.is_main():
+            _log_final_artifacts(tracker, cfg, epoch=t.epochs)
+        tracker.finish(FINISHED)
+        return metrics
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit | StopTraining):
+            tracker.finish(KILLED)
+        else:
+            tracker.log_text(traceback.format_exc(), "traceback.txt")
+            tracker.finish(FAILED)
+        raise
+
+
+def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tracker:
+    if not dist.is_main():
+        return NullTracker()
+    run_id = run.run_id or (state or {}).get("run_id")
+    tags = {
+        "pss.fingerprint": cfg.fingerprint(),
+        "pss.seed": str(cfg.train.seed),
+        **slurm_tags(),
+        **run.tags,
+    }
+    if run_id:
+        tracker = Tracker.attach(run_id)
+        tracker.set_tags(tags)
+    else:
+        tracker = Tracker.create(run.experiment, run.run_name or cfg.name, tags)
+    tracker.log_params(cfg.flat())
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    tracker.log_artifact(cfg.run_dir / "config.yaml")
+    return tracker
+
+
+def _evaluate(
+    detector: Detector, loader, dataset, cfg: ExperimentConfig, device: torch.device, epoch: int
+) -> dict[str, float]:
+    modes = [m for m in cfg.eval.modes if m != "e2e" or cfg.model.has_pss]
+    out_dir = cfg.run_dir / "eval" / f"epoch_{epoch:03d}" if dist.is_main() else None
+    metrics = evaluate(
+        detector, loader, dataset, modes, device, out_dir, progress=sys.stderr.isatty()
+    )
+    if dist.is_main():
+        summary = ", ".join(f"{k}={v:.1f}" for k, v in metrics.items() if k.startswith("mAP"))
+        log.info("epoch %d: %s", epoch, summary)
+    return metrics
+
+
+def _log_final_artifacts(tracker: Tracker, cfg: ExperimentConfig, epoch: int) -> None:
+    eval_dirs = sorted((cfg.run_dir / "eval").glob("epoch_*"))
+    if eval_dirs:
+        last = eval_dirs[-1]
+        for path in sorted(last.iterdir()):
+            tracker.log_artifact(path, "eval")

@@ -1,0 +1,1 @@
+"""Sweeps: declarative specs expanded into jobs, submitted through submitit, tracked in MLflow."""

@@ -1,0 +1,551 @@
+"""Sweep specs: the YAML schema, its validation, and expansion into jobs.
+
+A spec (``sweeps/table5.yaml``) names a base experiment, the cells it trains
+(a grid of axes and/or explicit cells, each a set of dotted config overrides),
+seeds, optional stages (two-step training), resources, the paper's reference
+values and the table the report builds. Paths in a spec are relative to the
+spec file. :func:`load_spec` validates everything before anything runs;
+:func:`expand` turns a spec into :class:`Job` objects, one per
+cell x stage x seed, each with its resolved config and fingerprint.
+
+A bad spec raises :class:`~pss.errors.UserError` naming the file, the key and
+what was expected (exit status 2 in ``sweeps/run.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pss.config import ExperimentConfig, load_config
+from pss.errors import UserError, nearest
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StageSpec(_Strict):
+    """One stage of a staged cell (e.g. two-step training)."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    overrides: dict[str, Any] = {}
+    smoke_overrides: dict[str, Any] = {}  # on top, with --smoke
+    depends_on: list[str] = []  # names of earlier stages of the same cell
+    init_from: str | None = None  # stage whose last checkpoint is train.init_from
+
+
+class CellSpec(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    base: str | None = None  # this cell's experiment file, instead of the spec's base
+    labels: dict[str, Any] = {}  # values for the table's row keys (e.g. backbone: R50)
+    overrides: dict[str, Any] = {}
+    stages: list[StageSpec] = []
+    report: bool = True  # a row of the table
+
+
+class Resources(_Strict):
+    """What one job needs; cluster profiles say where it runs."""
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(8, ge=0)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int = Field(64, ge=1)
+    timeout_min: int = Field(4320, ge=1)
+
+
+class PaperRow(_Strict):
+    """The paper's values for the cell whose overrides include ``where``."""
+
+    where: dict[str, Any]
+    values: dict[str, float]
+
+
+class ColumnSpec(_Strict):
+    # A metric name; '{mode}' becomes the cell's primary mode: e2e for *_pss models,
+    # nms for the baselines (Table 1: "mAP" is w/o NMS for ours, w/ NMS for FCOS).
+    metric: str
+    label: str
+
+
+class ColumnGroup(_Strict):
+    title: str = ""  # the upper header ("mAP (%)"); empty for a single plain column
+    columns: list[ColumnSpec] = Field(min_length=1)
+
+
+class RowKey(_Strict):
+    key: str  # dotted config key, or "cell" for the cell id
+    header: str
+    labels: dict[Any, str] = {}  # value -> display text
+
+
+class ReferenceRow(_Strict):
+    """A row shown from the paper only (e.g. DeFCN in Table 1)."""
+
+    labels: list[str]  # one per row key
+    values: dict[str, float]
+    after: str | None = None  # cell id it follows; default: the end
+    note: str = "from the paper; not trained here"
+
+
+class TableSpec(_Strict):
+    title: str
+    caption: str = ""
+    rows: list[RowKey] = Field(min_length=1)  # the first is the row group
+    columns: list[ColumnGroup] = Field(min_length=1)
+    # Which row of each group the others are compared with (Welch's t-test), given as
+    # row values, e.g. {model.pss.stop_grad: true}; or {cell: <id>} for one cell.
+    baseline: dict[str, Any] | None = None
+    reference_rows: list[ReferenceRow] = []
+
+
+class FigureSpec(_Strict):
+    """A convergence figure: ``metric`` against epoch, one panel per ``panels`` value."""
+
+    title: str
+    metric: str = "mAP_e2e"
+    panels: str | None = None  # a row key (dotted config key) splitting panels
+    series: str  # the row key that tells curves apart
+    labels: dict[str, dict[Any, str]] = {}  # key -> value -> display text
+
+
+class SearchParam(_Strict):
+    key: str  # dotted config key
+    low: float
+    high: float
+    log: bool = False
+    kind: Literal["float", "int"] = "float"
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchParam:
+        if not self.low < self.high:
+            raise ValueError(f"search parameter {self.key}: low must be < high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"search parameter {self.key}: log scale needs low > 0")
+        return self
+
+
+class SearchSpec(_Strict):
+    params: list[SearchParam] = Field(min_length=1)
+    n_trials: int = Field(20, ge=1)
+    workers: int = Field(2, ge=1)
+    metric: str = "mAP_e2e"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    storage: str | None = None  # SQLAlchemy URL; default: SQLite beside the MLflow store
+    seed: int = 0
+    pruner_warmup_epochs: int = Field(1, ge=0)
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    base: str
+    smoke: str | None = None  # overlay for --smoke; default ../experiments/smoke/overlay.yaml
+    smoke_overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}  # for every cell
+    seeds: list[int] = Field([0], min_length=1)
+    grid: dict[str, list[Any]] = {}
+    grid_id: str | None = None  # e.g. "{model.name}-c{model.pss.num_convs}"
+    cells: list[CellSpec] = []
+    resources: Resources = Resources()
+    paper: list[PaperRow] = []
+    table: TableSpec | None = None
+    figure: FigureSpec | None = None
+    search: SearchSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Spec:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: empty axis (expected a non-empty list of values)")
+        if not self.grid and not self.cells and self.search is None:
+            raise ValueError("a spec needs grid axes, cells or a search block")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: repeated seed")
+        return self
+
+
+# ---------------------------------------------------------------------- reading
+
+
+class _SafeCountingLoader(yaml.SafeLoader):
+    """SafeLoader that refuses Python tags (as SafeLoader does) and alias bombs."""
+
+    nodes = 0
+
+    def construct_document(self, node):  # type: ignore[override]
+        _check_size(node)
+        return super().construct_document(node)
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count nodes with aliases expanded; refuse documents that blow up (billion laughs)."""
+    seen: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in seen:
+            return seen[key]
+        seen[key] = 1  # guards against recursive aliases
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        seen[key] = total
+        if total > MAX_YAML_NODES:
+            raise yaml.YAMLError(
+                f"document expands to more than {MAX_YAML_NODES} nodes (alias bomb?)"
+            )
+        return total
+
+    size(root)
+
+
+def read_spec_yaml(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read spec: {exc.strerror or exc}", str(path)) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"spec is larger than {MAX_YAML_BYTES} bytes", str(path))
+    try:
+        return yaml.load(raw, Loader=_SafeCountingLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        text = str(exc).replace("\n", " ")
+        if "could not determine a constructor" in text:
+            text = "YAML tags such as !!python/... are not allowed: " + text
+        raise UserError(f"not a valid spec YAML: {text}", str(path)) from None
+
+
+def _pydantic_error(exc: ValidationError, path: Path) -> UserError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(Spec, err["loc"][:-1])
+        leaf = str(err["loc"][-1])
+        hint = nearest(leaf, parent.model_fields) if parent else ""
+        return UserError(f"unknown key '{loc}'{hint}", str(path))
+    got = err.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return UserError(f"{loc or '(top level)'}: {msg}{got_text}", str(path))
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field_info = model.model_fields.get(str(part))
+        if field_info is None:
+            return None
+        inner = _inner_model(field_info.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass
+class Job:
+    """One training job: a cell (and stage) for one seed."""
+
+    cell: str
+    seed: int
+    stage: str | None
+    overrides: dict[str, Any]  # everything on top of the base (and smoke overlay)
+    config: ExperimentConfig
+    fingerprint: str
+    depends_on: list[str] = field(default_factory=list)  # cell ids
+    init_from_stage: str | None = None
+    report: bool = True
+
+    @property
+    def key(self) -> str:
+        """Unique within a sweep: cell[@stage]/s<seed>."""
+        stage = f"@{self.stage}" if self.stage else ""
+        return f"{self.cell}{stage}/s{self.seed}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "cell": self.cell,
+            "seed": self.seed,
+            "overrides": self.overrides,
+            "fingerprint": self.fingerprint,
+            "stage": self.stage,
+            "depends_on": self.depends_on,
+        }
+
+
+@dataclass
+class LoadedSpec:
+    spec: Spec
+    path: Path
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    def experiment(self, smoke: bool) -> str:
+        return f"{self.spec.name}-smoke" if smoke else self.spec.name
+
+    def config_files(self, smoke: bool, cell: CellSpec | None = None) -> list[Path]:
+        files = [self.resolve(cell.base if cell is not None and cell.base else self.spec.base)]
+        if smoke:
+            files.append(self.resolve(self.spec.smoke or "../experiments/smoke/overlay.yaml"))
+        return files
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a spec file (schema, base experiment, cells, stages, paper rows)."""
+    path = Path(path)
+    data = read_spec_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError("a spec must be a mapping (name, base, grid/cells, ...)", str(path))
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_error(exc, path) from None
+    loaded = LoadedSpec(spec, path)
+    for i, file in enumerate(loaded.config_files(smoke=True)):
+        key = "base" if i == 0 else "smoke"
+        if not file.is_file():
+            raise UserError(f"{key}: experiment file not found: {file}", str(path))
+    for cell in spec.cells:
+        if cell.base and not loaded.resolve(cell.base).is_file():
+            raise UserError(
+                f"cells.{cell.id}.base: experiment file not found: {loaded.resolve(cell.base)}",
+                str(path),
+            )
+    _check_cells(loaded)
+    return loaded
+
+
+def _grid_cells(spec: Spec) -> list[CellSpec]:
+    if not spec.grid:
+        return []
+    keys = list(spec.grid)
+    cells = []
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        overrides = dict(zip(keys, values))
+        if spec.grid_id:
+            cell_id = re.sub(
+                r"\{([^{}]+)\}",
+                lambda m, o=overrides: _axis_value(o, m[1]),
+                spec.grid_id,
+            )
+        else:
+            cell_id = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
+        cells.append(CellSpec(id=cell_id, overrides=overrides))
+    return cells
+
+
+def _axis_value(overrides: dict[str, Any], key: str) -> str:
+    if key not in overrides:
+        raise ValueError(f"'{{{key}}}' is not a grid axis (axes: {list(overrides)})")
+    value = overrides[key]
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def all_cells(spec: Spec) -> list[CellSpec]:
+    return _grid_cells(spec) + list(spec.cells)
+
+
+def _check_cells(loaded: LoadedSpec) -> None:
+    spec, src = loaded.spec, str(loaded.path)
+    try:
+        cells = all_cells(spec)
+    except ValueError as exc:
+        raise UserError(f"grid_id: {exc}", src) from None
+    ids = [c.id for c in cells]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise UserError(f"cells: duplicate cell id '{dupes[0]}'", src)
+    for cell in cells:
+        names = [s.name for s in cell.stages]
+        if len(set(names)) != len(names):
+            raise UserError(f"cells.{cell.id}.stages: duplicate stage name", src)
+        for stage in cell.stages:
+            for dep in [*stage.depends_on, *([stage.init_from] if stage.init_from else [])]:
+                if dep not in names:
+                    raise UserError(
+                        f"cells.{cell.id}.stages.{stage.name}: unknown stage '{dep}'"
+                        f"{nearest(dep, names)} (expected one of {names})",
+                        src,
+                    )
+        _check_acyclic(cell, src)
+    if spec.table is not None:
+        known = set(ids)
+        for i, ref in enumerate(spec.table.reference_rows):
+            if ref.after is not None and ref.after not in known:
+                raise UserError(
+                    f"table.reference_rows.{i}.after: unknown cell '{ref.after}'"
+                    f"{nearest(ref.after, known)}",
+                    src,
+                )
+        base = spec.table.baseline
+        if base is not None and not any(_matches(row_values(spec, c), base) for c in cells):
+            raise UserError(f"table.baseline: no cell has {base}", src)
+        for i, ref in enumerate(spec.table.reference_rows):
+            if len(ref.labels) != len(spec.table.rows):
+                raise UserError(
+                    f"table.reference_rows.{i}.labels: expected {len(spec.table.rows)} labels "
+                    "(one per row key)",
+                    src,
+                )
+    for i, row in enumerate(spec.paper):
+        matches = [c.id for c in cells if _matches(row_values(spec, c), row.where)]
+        if len(matches) != 1:
+            raise UserError(
+                f"paper.{i}.where: matches {len(matches)} cells (expected exactly one): "
+                f"{row.where}",
+                src,
+            )
+
+
+def _check_acyclic(cell: CellSpec, src: str) -> None:
+    deps = {
+        s.name: set(s.depends_on) | ({s.init_from} if s.init_from else set()) for s in cell.stages
+    }
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 1:
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
+            raise UserError(f"cells.{cell.id}.stages: cyclic dependency {cycle}", src)
+        if state.get(name) == 2:
+            return
+        state[name] = 1
+        for dep in sorted(deps[name]):
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in deps:
+        visit(name, [])
+
+
+def _matches(overrides: dict[str, Any], where: dict[str, Any]) -> bool:
+    return all(k in overrides and overrides[k] == v for k, v in where.items())
+
+
+def cell_overrides(spec: Spec, cell: CellSpec) -> dict[str, Any]:
+    """Spec-wide overrides, then the cell's own."""
+    return {**spec.overrides, **cell.overrides}
+
+
+def row_values(spec: Spec, cell: CellSpec) -> dict[str, Any]:
+    """What identifies a cell in tables: its id, overrides and labels (labels win)."""
+    return {"cell": cell.id, **cell_overrides(spec, cell), **cell.labels}
+
+
+def _stage_order(cell: CellSpec) -> list[StageSpec]:
+    done: list[str] = []
+    ordered: list[StageSpec] = []
+    pending = list(cell.stages)
+    while pending:
+        for stage in pending:
+            needs = set(stage.depends_on) | ({stage.init_from} if stage.init_from else set())
+            if needs <= set(done):
+                ordered.append(stage)
+                done.append(stage.name)
+                pending.remove(stage)
+                break
+    return ordered
+
+
+def _combine(*fingerprints: str) -> str:
+    return hashlib.sha256("+".join(fingerprints).encode()).hexdigest()[:12]
+
+
+def expand(
+    loaded: LoadedSpec,
+    smoke: bool = False,
+    output_root: Path | None = None,
+    extra_overrides: dict[str, Any] | None = None,
+) -> list[Job]:
+    """All jobs of a spec, configs resolved and validated (errors name the spec and cell).
+
+    Each job's ``train.init_from`` (for a stage started from another stage) points at
+    that stage's checkpoint under ``output_root``, and a stage's fingerprint
+    includes the fingerprints of the stages it starts from.
+    """
+    spec, src = loaded.spec, str(loaded.path)
+    output_root = output_root or Path("outputs") / "sweeps"
+    jobs: list[Job] = []
+    for cell in all_cells(spec):
+        files = loaded.config_files(smoke, cell)
+        stages: list[StageSpec | None] = _stage_order(cell) if cell.stages else [None]
+        for seed in spec.seeds:
+            by_stage: dict[str, Job] = {}
+            for stage in stages:
+                overrides = {
+                    **(spec.smoke_overrides if smoke else {}),
+                    **cell_overrides(spec, cell),
+                    **(stage.overrides if stage else {}),
+                    **(stage.smoke_overrides if stage and smoke else {}),
+                    "train.seed": seed,
+                    **(extra_overrides or {}),
+                }
+                parents = []
+                if stage and stage.init_from:
+                    parent = by_stage[stage.init_from]
+                    overrides["train.init_from"] = str(
+                        run_dir(output_root, loaded.experiment(smoke), parent) / "last.pth"
+                    )
+                    parents.append(parent.fingerprint)
+                name = f"{spec.name}-{cell.id}" + (f"-{stage.name}" if stage else "")
+                try:
+                    cfg = load_config(files, {"name": name, **overrides})
+                except UserError as exc:
+                    where = f"cells.{cell.id}" + (f".stages.{stage.name}" if stage else "")
+                    raise UserError(f"{where}: {exc}", src) from None
+                fp = cfg.fingerprint()
+                if parents:
+                    fp = _combine(fp, *parents)
+                job = Job(
+                    cell=cell.id,
+                    seed=seed,
+                    stage=stage.name if stage else None,
+                    overrides={k: v for k, v in overrides.items() if k != "train.init_from"},
+                    config=cfg,
+                    fingerprint=fp,
+                    depends_on=[cell.id] if stage and (stage.depends_on or stage.init_from) else [],
+                    init_from_stage=stage.init_from if stage else None,
+                    report=cell.report and (stage is None or stage is stages[-1]),
+                )
+                job.config = cfg.model_copy(
+                    update={"output_dir": str(run_dir(output_root, loaded.experiment(smoke), job))}
+                )
+                by_stage[job.stage or ""] = job
+                jobs.append(job)
+    return jobs
+
+
+def run_dir(output_root: Path, experiment: str, job: Job) -> Path:
+    """outputs/sweeps/<experiment>/<cell>[@stage]/s<seed>-<fingerprint>"""
+    stage = f"@{job.stage}" if job.stage else ""
+    return output_root / experiment / f"{job.cell}{stage}" / f"s{job.seed}-{job.fingerprint}"

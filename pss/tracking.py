@@ -1,0 +1,197 @@
+"""MLflow tracking, per DESIGN.md section 7.
+
+One run per cell-and-seed in one experiment per spec. A :class:`Tracker`
+talks to one run through ``MlflowClient`` (explicit run ids, no global active
+run), so several runs can be driven from one process and a requeued job can
+re-attach to its run. The store is ``MLFLOW_TRACKING_URI`` when set, else
+MLflow's own default (a local SQLite ``mlflow.db``).
+
+Tags: pss.sweep, pss.cell, pss.seed, pss.fingerprint, pss.stage,
+pss.git_commit, pss.slurm_job_id. Metrics are in percent; per-epoch metrics
+use step = epoch, training losses step = iteration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+TAG_PREFIX = "pss."
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+T = TypeVar("T")
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("database is locked", "busy", "connection", "timed out", "503"))
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
+    """Call ``fn``, retrying with jittered back-off on transient store errors (locks, network)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MlflowException, sqlalchemy, requests...
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            time.sleep(min(10.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+@functools.cache
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def experiment_id(name: str, mlflow: MlflowClient | None = None) -> str:
+    """The id of experiment ``name``, created if needed (safe when several processes race)."""
+    mlflow = mlflow or client()
+    for _ in range(5):
+        exp = retry(mlflow.get_experiment_by_name, name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                retry(mlflow.restore_experiment, exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return retry(mlflow.create_experiment, name)
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "unique" not in str(exc).lower():
+                raise
+    raise RuntimeError(f"could not create or find MLflow experiment '{name}'")
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+class Tracker:
+    """Logs to one MLflow run."""
+
+    def __init__(self, run_id: str, mlflow: MlflowClient | None = None) -> None:
+        self.run_id = run_id
+        self.mlflow = mlflow or client()
+
+    @classmethod
+    def create(
+        cls,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, Any] | None = None,
+        status: str = RUNNING,
+    ) -> Tracker:
+        mlflow = client()
+        exp = experiment_id(experiment, mlflow)
+        all_tags = {f"{TAG_PREFIX}git_commit": git_commit(), **(tags or {})}
+        run = retry(
+            mlflow.create_run,
+            exp,
+            run_name=run_name,
+            tags={k: str(v) for k, v in all_tags.items()},
+        )
+        tracker = cls(run.info.run_id, mlflow)
+        if status != RUNNING:
+            retry(mlflow.update_run, run.info.run_id, status=status)
+        return tracker
+
+    @classmethod
+    def attach(cls, run_id: str) -> Tracker:
+        """Continue an existing run (created by a sweep, or resumed after preemption)."""
+        tracker = cls(run_id)
+        retry(tracker.mlflow.update_run, run_id, status=RUNNING)
+        return tracker
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = retry(self.mlflow.get_run, self.run_id).data.params
+        new = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), 100):
+            retry(self.mlflow.log_batch, self.run_id, params=new[start : start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        retry(self.mlflow.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), 500):
+            retry(self.mlflow.log_batch, self.run_id, metrics=batch[start : start + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        retry(self.mlflow.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        retry(self.mlflow.log_text, self.run_id, text, artifact_file)
+
+    def finish(self, status: str = FINISHED) -> None:
+        retry(self.mlflow.set_terminated, self.run_id, status)
+
+
+class NullTracker(Tracker):
+    """For processes other than rank 0: logs nothing."""
+
+    def __init__(self) -> None:
+        self.run_id = None  # type: ignore[assignment]
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def finish(self, status: str = FINISHED) -> None: ...
+
+
+def slurm_tags() -> dict[str, str]:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return {f"{TAG_PREFIX}slurm_job_id": f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"}
+    if os.environ.get("SLURM_JOB_ID"):
+        return {f"{TAG_PREFIX}slurm_job_id": os.environ["SLURM_JOB_ID"]}
+    return {}
+
+
+def search_runs(experiment: str, filter_string: str = "", mlflow: MlflowClient | None = None):
+    """All runs of an experiment matching a filter (every page), newest first."""
+    mlflow = mlflow or client()
+    exp = retry(mlflow.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = retry(
+            mlflow.search_runs,
+            [exp.experiment_id],
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def flat_tags(names: Iterable[str], values: Iterable[Any]) -> dict[str, str]:
+    return {f"{TAG_PREFIX}{n}": str(v) for n, v in zip(names, values)}
