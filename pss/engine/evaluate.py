@@ -119,7 +119,14 @@ def evaluate(
     n_timed = max(sum(g[4] for g in gathered), 1)
     metrics: dict[str, float] = {"forward_ms": 1000 * sum(g[2] for g in gathered) / n_timed}
     for mode in modes:
-        dets = [d for g in gathered for d in g[0][mode]]
+        # A distributed sampler pads with repeated images: keep one copy per image.
+        owner: dict[int, int] = {}
+        for rank_index, g in enumerate(gathered):
+            for image_id in g[1]:
+                owner.setdefault(image_id, rank_index)
+        dets = [
+            d for r, g in enumerate(gathered) for d in g[0][mode] if owner[d["image_id"]] == r
+        ]
         for name, value in coco_metrics(dataset.coco, dets, all_ids).items():
             metrics[f"{name}_{mode}"] = value
         metrics[f"postprocess_ms_{mode}"] = 1000 * sum(g[3][mode] for g in gathered) / n_timed

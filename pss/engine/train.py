@@ -239,6 +239,12 @@ def train(
 
     train_set = build_dataset(cfg.data, "train", seed=t.seed)
     val_set = build_dataset(cfg.data, "val", seed=t.seed)
+    if train_set.num_classes != cfg.model.num_classes:
+        raise UserError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset has "
+            f"{train_set.num_classes} categories",
+            str(Path(cfg.data.root) / cfg.data.train_annotations),
+        )
     torch.manual_seed(t.seed)
     model = build_model(cfg, device)
     detector = model

@@ -1,0 +1,408 @@
+"""COCO-format detection data: a validated Dataset, batch collation and loaders.
+
+    ds = build_dataset(cfg.data, "train", seed=cfg.train.seed)
+    loader = build_loader(ds, batch_size=8, num_workers=4, shuffle=True, seed=0,
+                          distributed=False, size_divisibility=32, epoch=0)
+    for epoch in range(start, epochs):
+        set_epoch(loader, epoch)
+        for images, targets in loader: ...   # images [B, 3, H, W], targets: list of dicts
+
+Each target holds ``boxes`` [M, 4] float32 (x1, y1, x2, y2 in the resized
+image's pixels), ``labels`` [M] int64 (contiguous 0..C-1, indices into
+``dataset.cat_ids``), ``iscrowd`` [M] bool, ``image_id`` int, ``orig_size``
+(h, w) of the file, ``size`` (h, w) after resizing, ``scale`` (float,
+resized / original: original boxes = boxes / scale when not flipped) and
+``flipped`` (bool; only training flips).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pss.config import DataConfig
+from pss.data.transforms import Compose, Normalize, Target, build_transforms
+from pss.errors import UserError
+
+# ----------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def read_annotations(ann_file: str | Path) -> dict[str, Any]:
+    """Read and validate a COCO annotation file; every problem is one UserError naming it."""
+    src = str(ann_file)
+    try:
+        text = Path(ann_file).read_bytes()
+    except FileNotFoundError:
+        raise UserError("annotation file not found", src) from None
+    except OSError as exc:
+        raise UserError(f"cannot read annotation file: {exc.strerror or exc}", src) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", src
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError("not valid JSON (not UTF-8 text)", src) from None
+    validate_annotations(data, src)
+    return data
+
+
+def validate_annotations(data: Any, src: str) -> None:
+    """Check the structure pycocotools and the dataset rely on (fast for COCO-size files)."""
+    if not isinstance(data, dict):
+        raise UserError(
+            f"a COCO annotation file must be a JSON object, got {_type_name(data)}", src
+        )
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise UserError(f"missing top-level key '{key}'", src)
+        if not isinstance(data[key], list):
+            raise UserError(f"'{key}' must be a list, got {_type_name(data[key])}", src)
+    if not data["images"]:
+        raise UserError("'images' is empty: the dataset has no images", src)
+    if not data["categories"]:
+        raise UserError("'categories' is empty: the dataset has no classes", src)
+
+    image_ids: set[int] = set()
+    for i, img in enumerate(data["images"]):
+        if type(img) is not dict:
+            raise UserError(f"images[{i}] must be an object, got {_type_name(img)}", src)
+        if type(img.get("id")) is not int:
+            raise UserError(f"images[{i}]: 'id' must be an integer, got {img.get('id')!r}", src)
+        if type(img.get("file_name")) is not str:
+            raise UserError(f"images[{i}] (id {img['id']}): 'file_name' must be a string", src)
+        if img["id"] in image_ids:
+            raise UserError(f"duplicate image id {img['id']} (images[{i}])", src)
+        image_ids.add(img["id"])
+
+    cat_ids: set[int] = set()
+    for i, cat in enumerate(data["categories"]):
+        if type(cat) is not dict or type(cat.get("id")) is not int:
+            raise UserError(f"categories[{i}] must be an object with an integer 'id'", src)
+        if cat["id"] in cat_ids:
+            raise UserError(f"duplicate category id {cat['id']} (categories[{i}])", src)
+        cat_ids.add(cat["id"])
+
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(data["annotations"]):
+        if type(ann) is not dict:
+            raise UserError(f"annotations[{i}] must be an object, got {_type_name(ann)}", src)
+        ann_id = ann.get("id")
+        where = f"annotations[{i}] (id {ann_id})"
+        if type(ann_id) is not int:
+            raise UserError(f"annotations[{i}]: 'id' must be an integer, got {ann_id!r}", src)
+        if ann_id in ann_ids:
+            raise UserError(f"duplicate annotation id {ann_id} (annotations[{i}])", src)
+        ann_ids.add(ann_id)
+        if ann.get("image_id") not in image_ids:
+            raise UserError(f"{where} references unknown image_id {ann.get('image_id')!r}", src)
+        if ann.get("category_id") not in cat_ids:
+            raise UserError(
+                f"{where} references unknown category_id {ann.get('category_id')!r}", src
+            )
+        box = ann.get("bbox")
+        if type(box) is not list or len(box) != 4 or any(type(v) not in (int, float) for v in box):
+            raise UserError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {box!r}", src)
+        if not all(map(math.isfinite, box)):
+            raise UserError(f"{where}: bbox {box} has non-finite values", src)
+        if box[2] < 0 or box[3] < 0:
+            raise UserError(f"{where}: bbox {box} has a negative width/height", src)
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise UserError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}", src)
+
+
+def check_image_files(data: dict[str, Any], image_dir: Path, src: str) -> None:
+    """Every listed image exists under ``image_dir`` (one directory listing, not a stat each)."""
+    if not image_dir.is_dir():
+        raise UserError(
+            f"image directory {image_dir} does not exist (needed by {src})", str(image_dir)
+        )
+    try:
+        present = {entry.name for entry in os.scandir(image_dir)}
+    except OSError as exc:
+        raise UserError(
+            f"cannot list image directory: {exc.strerror or exc}", str(image_dir)
+        ) from None
+    missing = [
+        img["file_name"]
+        for img in data["images"]
+        if img["file_name"] not in present and not (image_dir / img["file_name"]).is_file()
+    ]
+    if missing:
+        first = image_dir / missing[0]
+        raise UserError(
+            f"image file missing: {first} ({len(missing)} of {len(data['images'])} "
+            f"images listed in {src} are missing from {image_dir})",
+            src,
+        )
+
+
+def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> COCO:
+    """A pycocotools ``COCO`` for a validated file (and its image folder, if given), quietly."""
+    data = read_annotations(ann_file)
+    if image_dir is not None:
+        check_image_files(data, Path(image_dir), str(ann_file))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+# ----------------------------------------------------------------------------
+# Dataset
+
+
+class CocoDetection(Dataset):
+    """Images and box targets of a COCO-format dataset.
+
+    ``dataset[i]`` is ``(image [3, H, W] float32 normalised, target)``, see the
+    module docstring. With ``train=True`` crowd boxes and boxes under 1 px
+    wide or high are removed (images left without boxes stay: they are
+    valid negatives). Randomness comes from ``random.Random(f"{seed}-{epoch}-{i}")``,
+    so a sample is a pure function of (seed, epoch, index); call ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        transforms: Callable[..., tuple[Any, Target]] | None,
+        train: bool,
+        seed: int = 0,
+        max_images: int | None = None,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        self.coco = load_coco(self.ann_file, self.image_dir)
+        self.transforms = transforms if transforms is not None else Compose([Normalize()])
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.ids: list[int] = sorted(self.coco.imgs)[:max_images]
+        self.cat_ids: list[int] = sorted(self.coco.cats)
+        self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
+        self._flatten()
+
+    def _flatten(self) -> None:
+        """Flat numpy copies of what ``__getitem__`` reads.
+
+        Loader workers then never touch the many small pycocotools dicts, whose
+        reference counts would otherwise copy them into every worker, page by
+        page (copy-on-read), on COCO-size files.
+        """
+        imgs = self.coco.imgs
+        self._image_ids = np.array(self.ids, dtype=np.int64)
+        self._files = np.array([imgs[i]["file_name"] for i in self.ids], dtype=np.str_)
+        self._declared = np.array(  # (h, w) from the annotation file, -1 where absent
+            [(imgs[i].get("height", -1), imgs[i].get("width", -1)) for i in self.ids],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        anns = [self.coco.imgToAnns.get(i, []) for i in self.ids]
+        self._offsets = np.cumsum([0] + [len(a) for a in anns], dtype=np.int64)
+        flat = [a for per_image in anns for a in per_image]
+        self._boxes = np.array([a["bbox"] for a in flat], dtype=np.float32).reshape(-1, 4)
+        self._labels = np.array(
+            [self.cat_id_to_label[a["category_id"]] for a in flat], dtype=np.int64
+        )
+        self._crowd = np.array([bool(a.get("iscrowd", 0)) for a in flat], dtype=bool)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(self.coco.cats[c].get("name", c)) for c in self.cat_ids]
+
+    def label_to_cat_id(self, label: int) -> int:
+        """The COCO category id of contiguous label ``label``."""
+        return self.cat_ids[int(label)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_target(self, index: int, height: int, width: int) -> Target:
+        """Target of item ``index`` in file pixels: boxes [M, 4] x1y1x2y2 clipped to the image."""
+        lo, hi = self._offsets[index], self._offsets[index + 1]
+        boxes = torch.from_numpy(self._boxes[lo:hi].copy())
+        labels = torch.from_numpy(self._labels[lo:hi].copy())
+        crowd = torch.from_numpy(self._crowd[lo:hi].copy())
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2].clamp_(0, width)
+        boxes[:, 1::2].clamp_(0, height)
+        if self.train:
+            keep = ~crowd & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+            boxes, labels, crowd = boxes[keep], labels[keep], crowd[keep]
+        return {
+            "boxes": boxes,
+            "labels": labels,
+            "iscrowd": crowd,
+            "image_id": int(self._image_ids[index]),
+            "orig_size": (height, width),
+            "size": (height, width),
+            "scale": 1.0,
+            "flipped": False,
+        }
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        path = self.image_dir / str(self._files[index])
+        try:
+            with Image.open(path) as file:
+                image = file.convert("RGB")
+        except OSError as exc:
+            raise UserError(f"cannot read image: {exc}", str(path)) from None
+        width, height = image.size
+        declared_h, declared_w = (int(v) for v in self._declared[index])
+        if (declared_h, declared_w) != (height, width) and min(declared_h, declared_w) >= 0:
+            raise UserError(
+                f"image is {width}x{height} but {self.ann_file} says {declared_w}x{declared_h}",
+                str(path),
+            )
+        target = self.load_target(index, height, width)
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        return self.transforms(image, target, rng)
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDetection({self.ann_file}, images={len(self)}, classes={self.num_classes}, "
+            f"train={self.train}, transforms={self.transforms})"
+        )
+
+
+# ----------------------------------------------------------------------------
+# Batching and loading
+
+
+def collate(
+    batch: list[tuple[Tensor, Target]], size_divisibility: int = 32
+) -> tuple[Tensor, list[Target]]:
+    """Stack images [3, h_i, w_i] into [B, 3, H, W], zero-padded at the bottom/right.
+
+    H and W are the largest h_i / w_i rounded up to a multiple of ``size_divisibility``;
+    boxes need no change (padding is below and right of the image).
+    """
+    images, targets = zip(*batch)
+    div = max(1, size_divisibility)
+    height = -(-max(img.shape[1] for img in images) // div) * div
+    width = -(-max(img.shape[2] for img in images) // div) * div
+    out = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for slot, img in zip(out, images):
+        slot[:, : img.shape[1], : img.shape[2]].copy_(img)
+    return out, list(targets)
+
+
+def _sampler_seed(seed: int) -> int:
+    # DistributedSampler seeds its shuffle with seed + epoch; spread the seeds
+    # so that (seed, epoch + 1) and (seed + 1, epoch) give different orders.
+    return (seed * 1_000_003) % (2**62)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int,
+    distributed: bool,
+    size_divisibility: int,
+    epoch: int = 0,
+) -> DataLoader:
+    """A DataLoader whose order is a pure function of (seed, epoch); ``batch_size`` is per process.
+
+    The sampler is always a ``DistributedSampler`` (one replica when not
+    distributed, rank/world from torch.distributed otherwise), so
+    ``set_epoch(loader, e)`` reproduces epoch e's order exactly, e.g. after
+    resuming. Training (``shuffle=True``) drops the last incomplete batch
+    unless that would leave no batch at all. Note that a distributed,
+    unshuffled sampler pads with repeated images so every rank gets as many:
+    deduplicate by ``image_id`` when gathering results.
+    """
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=_sampler_seed(seed))
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=_sampler_seed(seed)
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=partial(collate, size_divisibility=size_divisibility),
+        drop_last=shuffle and len(sampler) >= batch_size,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    set_epoch(loader, epoch)
+    return loader
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's sampler and dataset (shuffle order and augmentations)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+
+
+def build_dataset(cfg: DataConfig, split: Literal["train", "val"], seed: int = 0) -> CocoDetection:
+    """The train or val dataset of ``cfg``, paths relative to ``cfg.root``.
+
+    With ``cfg.synthetic`` set, the shapes dataset is generated into the root
+    first if it is not there (its layout: ``train/``, ``val/``,
+    ``annotations/train.json``, ``annotations/val.json``). ``cfg.max_val_images``
+    keeps the first N val images by id.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = Path(cfg.root)
+    if cfg.synthetic is not None:
+        from pss.data.shapes import ensure_shapes  # lazy: keeps `python -m pss.data.shapes` clean
+
+        ensure_shapes(root, cfg.synthetic)
+    train = split == "train"
+    images = root / (cfg.train_images if train else cfg.val_images)
+    ann_file = root / (cfg.train_annotations if train else cfg.val_annotations)
+    if cfg.synthetic is not None and not ann_file.exists():
+        raise UserError(
+            f"data.synthetic is set but {ann_file} does not exist: the shapes layout is "
+            f"{split}/ and annotations/{split}.json, set data.{split}_images={split} and "
+            f"data.{split}_annotations=annotations/{split}.json",
+            str(root),
+        )
+    return CocoDetection(
+        images,
+        ann_file,
+        build_transforms(cfg, train),
+        train=train,
+        seed=seed,
+        max_images=None if train else cfg.max_val_images,
+    )

@@ -1,0 +1,73 @@
+"""The command line of ``sweeps/run.py`` (see its docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.sweep.submit import SweepOptions, plan, print_status, run_sweep
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweeps/run.py",
+        description="Run a sweep spec (or `status SPEC` to see where it stands).",
+    )
+    parser.add_argument("spec", help="sweep spec YAML (e.g. sweeps/table5.yaml)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU smoke variant: synthetic shapes, small backbone, short "
+        "schedule; logs to experiment <name>-smoke",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["auto", "slurm", "local", "debug"],
+        default="auto",
+        help="auto: SLURM where sbatch exists, else local",
+    )
+    parser.add_argument("--cluster", metavar="PROFILE", help="cluster profile, slurm/<name>.yaml")
+    parser.add_argument("--no-wait", action="store_true", help="submit and return")
+    parser.add_argument("--dry-run", action="store_true", help="expand only; submit nothing")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: JSON on stdout")
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local/debug executors: jobs at a time (default 1)",
+    )
+    parser.add_argument("--no-report", action="store_true", help="do not build the report")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    status = bool(argv) and argv[0] == "status"
+    args = _parser().parse_args(argv[1:] if status else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if status:
+            return print_status(args.spec, args.smoke)
+        if args.dry_run:
+            loaded, jobs = plan(args.spec, args.smoke)
+            if args.json:
+                print(json.dumps([j.as_json() for j in jobs], indent=1))
+            else:
+                for job in jobs:
+                    print(f"{job.key}  {job.fingerprint}  {json.dumps(job.overrides)}")
+            return EXIT_OK
+        options = SweepOptions(
+            smoke=args.smoke,
+            executor=args.executor,
+            cluster=args.cluster,
+            wait=not args.no_wait,
+            max_parallel=args.max_parallel,
+            report=not args.no_report,
+        )
+        return run_sweep(args.spec, options)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID

@@ -1,0 +1,69 @@
+"""Cluster profiles (``slurm/<name>.yaml``): where and how jobs run on a SLURM cluster.
+
+A spec says what a job needs (``resources``); a profile says what the cluster
+is (partition, account, qos, constraint, set-up lines, logs folder) and may
+override any resource (e.g. a CPU-only test cluster sets ``gpus_per_node: 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pss.config import read_yaml
+from pss.errors import UserError, nearest
+from pss.sweep.spec import Resources
+
+# What a --smoke job asks for, whatever the spec says: one CPU task.
+SMOKE_RESOURCES = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, mem_gb=4, timeout_min=60)
+
+
+class ClusterProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    # Resource overrides (None: what the spec asks for).
+    nodes: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    timeout_min: int | None = Field(None, ge=1)
+    setup: list[str] = []  # shell lines run before the job (module load, venv activation...)
+    logs_folder: str | None = None  # default: outputs/sweeps/<experiment>/submitit
+    array_parallelism: int = Field(64, ge=1)
+    max_requeues: int = Field(3, ge=0)  # timeouts/preemptions before a job is given up
+    tracking_uri: str | None = None  # MLflow server for the jobs (default: see pss.sweep.store)
+
+
+def load_profile(path: str | Path | None) -> ClusterProfile:
+    if path is None:
+        return ClusterProfile()
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError("a cluster profile must be a mapping", str(path))
+    try:
+        return ClusterProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = nearest(loc, ClusterProfile.model_fields)
+            raise UserError(f"unknown key '{loc}'{hint}", str(path)) from None
+        raise UserError(f"{loc}: {err['msg']} (got {err.get('input')!r})", str(path)) from None
+
+
+def effective_resources(
+    spec_resources: Resources, profile: ClusterProfile, smoke: bool
+) -> Resources:
+    base = SMOKE_RESOURCES if smoke else spec_resources
+    updates: dict[str, Any] = {
+        k: getattr(profile, k) for k in Resources.model_fields if getattr(profile, k) is not None
+    }
+    return base.model_copy(update=updates)

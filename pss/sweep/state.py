@@ -1,0 +1,201 @@
+"""Where each job of a sweep stands: finished, running, pending, failed or missing.
+
+The truth is the MLflow run of the job (matched by tags and fingerprint); the
+sweep's ledger (``ledger.json`` beside its outputs) adds the scheduler job id,
+which tells a run that is still going from one whose job died without saying
+so (killed, out of memory, node failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pss.sweep.spec import Job
+from pss.tracking import FAILED, FINISHED, KILLED, search_runs
+
+FINISHED_S, RUNNING_S, PENDING_S, FAILED_S, MISSING_S = (
+    "finished",
+    "running",
+    "pending",
+    "failed",
+    "missing",
+)
+
+
+def stage_tag(job: Job) -> str:
+    return job.stage or "none"
+
+
+def job_tags(sweep: str, job: Job) -> dict[str, str]:
+    return {
+        "pss.sweep": sweep,
+        "pss.cell": job.cell,
+        "pss.seed": str(job.seed),
+        "pss.stage": stage_tag(job),
+        "pss.fingerprint": job.fingerprint,
+    }
+
+
+class Ledger:
+    """Scheduler job ids of a sweep's submissions, in a small JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except ValueError:
+                self.entries = {}
+
+    def record(self, job: Job, **entry: Any) -> None:
+        self.entries[job.key] = {"fingerprint": job.fingerprint, **entry}
+
+    def get(self, job: Job) -> dict[str, Any] | None:
+        entry = self.entries.get(job.key)
+        return entry if entry and entry.get("fingerprint") == job.fingerprint else None
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.entries, handle, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class JobState:
+    job: Job
+    state: str
+    run_id: str | None = None
+    scheduler_id: str | None = None
+    reason: str = ""
+    metrics: dict[str, float] | None = None
+
+
+def _slurm_states(ids: list[str]) -> dict[str, str]:
+    """SLURM state of each job id still known to the controller (squeue -r)."""
+    if not ids:
+        return {}
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    try:  # a zombie is not alive
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return True
+
+
+def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobState]:
+    """One :class:`JobState` per job, from one MLflow query and one squeue call."""
+    runs: dict[tuple[str, str, str, str], list[Any]] = {}
+    for run in search_runs(experiment):
+        tags = run.data.tags
+        key = (
+            tags.get("pss.cell", ""),
+            tags.get("pss.stage", "none"),
+            tags.get("pss.seed", ""),
+            tags.get("pss.fingerprint", ""),
+        )
+        runs.setdefault(key, []).append(run)  # newest first
+    slurm_ids = [e["job_id"] for j in jobs if (e := ledger.get(j)) and e.get("executor") == "slurm"]
+    live = _slurm_states(slurm_ids)
+    states = []
+    for job in jobs:
+        found = runs.get((job.cell, stage_tag(job), str(job.seed), job.fingerprint), [])
+        entry = ledger.get(job) or {}
+        sched = entry.get("job_id")
+        done = next((r for r in found if r.info.status == FINISHED), None)
+        if done is not None:
+            states.append(
+                JobState(job, FINISHED_S, done.info.run_id, sched, metrics=done.data.metrics)
+            )
+            continue
+        if not found:
+            state = PENDING_S if _job_alive(entry, live) else MISSING_S
+            states.append(JobState(job, state, None, sched))
+            continue
+        run = found[0]
+        status = run.info.status
+        alive = _job_alive(entry, live)
+        if alive:
+            slurm = live.get(str(sched), "")
+            state = RUNNING_S if status == "RUNNING" and slurm in ("", "RUNNING") else PENDING_S
+            states.append(JobState(job, state, run.info.run_id, sched, reason=slurm.lower()))
+        elif status == FAILED:
+            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason="run failed"))
+        elif status == KILLED:
+            reason = "killed (preempted or cancelled) and not requeued"
+            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason=reason))
+        elif entry:
+            reason = "its job ended without finishing the run"
+            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason=reason))
+        else:
+            states.append(JobState(job, MISSING_S, run.info.run_id, sched))
+    return states
+
+
+def _job_alive(entry: dict[str, Any], live: dict[str, str]) -> bool:
+    if not entry:
+        return False
+    if entry.get("executor") == "slurm":
+        return str(entry.get("job_id")) in live
+    if entry.get("executor") == "local":
+        return _pid_alive(str(entry.get("job_id")))
+    return False
+
+
+def format_table(states: list[JobState]) -> str:
+    """A plain-text status table (cell, stage, seed, state, scheduler id, run id, mAP)."""
+    header = ("cell", "stage", "seed", "state", "job id", "run id", "mAP", "note")
+    rows = []
+    for s in states:
+        metrics = s.metrics or {}
+        mode = "e2e" if "mAP_e2e" in metrics else "nms"
+        value = metrics.get(f"mAP_{mode}")
+        rows.append(
+            (
+                s.job.cell,
+                s.job.stage or "-",
+                str(s.job.seed),
+                s.state,
+                s.scheduler_id or "-",
+                (s.run_id or "-")[:12],
+                f"{value:.1f} ({mode})" if value is not None else "-",
+                s.reason,
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    counts = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return "\n".join(lines)
