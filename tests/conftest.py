@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from pss.config import ExperimentConfig, load_config
+from pss.config import ExperimentConfig, SyntheticConfig, load_config
+from pss.data import ensure_shapes
 
 SMALL = [
     "model.backbone.name=resnet18",
@@ -31,4 +34,56 @@ def toy_targets() -> list[dict[str, torch.Tensor]]:
             "labels": torch.tensor([0, 2, 1]),
         },
         {"boxes": torch.tensor([[30.0, 30, 180, 150]]), "labels": torch.tensor([1])},
+    ]
+
+
+TINY_SHAPES = SyntheticConfig(train=16, val=6, size=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A tiny shapes dataset shared by the whole session."""
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    ensure_shapes(root, TINY_SHAPES)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One SQLite MLflow store for the session (creating one costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking(mlflow_uri, monkeypatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    return mlflow_uri
+
+
+def tiny_train_overrides(root: Path, out: Path, name: str = "fcos_pss") -> list[str]:
+    """A training that takes seconds: 2 epochs of 2 iterations on 128 px shapes."""
+    return [
+        f"model.name={name}",
+        *SMALL,
+        "model.backbone.norm=bn",
+        "model.backbone.frozen_stages=-1",
+        f"data.root={root}",
+        "data.train_images=train",
+        "data.train_annotations=annotations/train.json",
+        "data.val_images=val",
+        "data.val_annotations=annotations/val.json",
+        f"data.synthetic={{train: {TINY_SHAPES.train}, val: {TINY_SHAPES.val}, "
+        f"size: {TINY_SHAPES.size}, seed: 0}}",
+        "data.train_scales=[96, 128]",
+        "data.max_size=160",
+        "data.test_scale=128",
+        "data.num_workers=0",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "train.iters_per_epoch=2",
+        "train.warmup_iters=2",
+        "train.lr_steps=[2]",
+        "train.amp=false",
+        "train.log_interval=1",
+        f"output_dir={out}",
     ]

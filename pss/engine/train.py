@@ -142,6 +142,9 @@ def train_one_epoch(
     """One epoch of ``iters`` optimizer steps; returns the iteration count after it."""
     t = cfg.train
     model.train()
+    if t.trainable == "pss":  # frozen parts keep their BatchNorm statistics too
+        detector.eval()
+        detector.head.pss.train()
     interactive = sys.stderr.isatty() and dist.is_main()
     bar = tqdm(total=iters, desc=f"epoch {epoch}/{t.epochs}", disable=not interactive, leave=False)
     window: dict[str, float] = {}

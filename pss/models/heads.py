@@ -42,7 +42,8 @@ class HeadOutputs:
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with 32 groups (fewer for narrow heads, keeping >= 2 channels a group)."""
+    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels)
 
 
 def conv_tower(channels: int, num_convs: int) -> nn.Sequential:

@@ -1,0 +1,166 @@
+"""Training engine: exact resume, two-step mode, MLflow contract, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_train_overrides
+from mlflow.tracking import MlflowClient
+
+from pss.config import load_config
+from pss.engine.checkpoint import load_checkpoint, save_checkpoint
+from pss.engine.train import RunInfo, TrainingDiverged, train
+from pss.errors import UserError
+from pss.models import Detector
+from pss.tracking import search_runs
+
+
+def cfg_for(shapes_root, out, *extra, name="fcos_pss"):
+    return load_config([], [*tiny_train_overrides(shapes_root, out, name), *extra])
+
+
+def test_resume_gives_exactly_the_uninterrupted_weights(shapes_root, tmp_path, tracking):
+    straight = cfg_for(shapes_root, tmp_path / "straight")
+    train(straight, run=RunInfo(experiment="resume"))
+    parted = cfg_for(shapes_root, tmp_path / "parted")
+    train(parted, run=RunInfo(experiment="resume"), stop_after_epoch=1)
+    assert load_checkpoint(parted.run_dir / "last.pth")["epoch"] == 1
+    train(parted, resume="auto", run=RunInfo(experiment="resume"))
+    a = load_checkpoint(straight.run_dir / "last.pth")
+    b = load_checkpoint(parted.run_dir / "last.pth")
+    assert a["iteration"] == b["iteration"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
+    # the resumed run continued the same MLflow run and finished it
+    runs = search_runs("resume")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_mlflow_contract(shapes_root, tmp_path, tracking):
+    cfg = cfg_for(shapes_root, tmp_path / "run")
+    tags = {"pss.sweep": "t", "pss.cell": "c", "pss.stage": "none"}
+    metrics = train(cfg, run=RunInfo(experiment="contract", run_name="c", tags=tags))
+    (run,) = search_runs("contract")
+    assert run.info.run_name == "c" and run.info.status == "FINISHED"
+    t = run.data.tags
+    assert t["pss.fingerprint"] == cfg.fingerprint() and t["pss.seed"] == "0"
+    assert t["pss.sweep"] == "t" and t["pss.cell"] == "c" and len(t["pss.git_commit"]) >= 7
+    assert run.data.params["model.pss.num_convs"] == "2"
+    assert len(run.data.params) == len(cfg.flat())
+    for mode in ("e2e", "nms", "raw"):
+        for name in ("mAP", "mAR", "AP50", "AP75", "APs", "APm", "APl"):
+            assert f"{name}_{mode}" in run.data.metrics
+    for key in ("forward_ms", "postprocess_ms_e2e", "postprocess_ms_nms", "loss", "loss_pss"):
+        assert key in run.data.metrics
+    assert metrics["mAP_e2e"] == run.data.metrics["mAP_e2e"]
+    client = MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP_e2e")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "eval"} <= artifacts
+    evals = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/metrics.json", "eval/detections_e2e.json", "eval/detections_nms.json"} <= evals
+
+
+def test_two_step_trains_only_the_pss_head(shapes_root, tmp_path, tracking):
+    stage1 = cfg_for(shapes_root, tmp_path / "s1", "train.epochs=1", name="fcos")
+    train(stage1, run=RunInfo(experiment="twostep"))
+    ckpt = stage1.run_dir / "last.pth"
+    stage2 = cfg_for(
+        shapes_root, tmp_path / "s2", "train.epochs=1", f"train.init_from={ckpt}",
+        "train.trainable=pss",
+    )
+    train(stage2, run=RunInfo(experiment="twostep"))
+    before = load_checkpoint(ckpt)["model"]
+    after = load_checkpoint(stage2.run_dir / "last.pth")["model"]
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert not changed, f"frozen weights moved: {sorted(changed)[:3]}"
+    assert any(k.startswith("head.pss.") for k in after)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(shapes_root, tmp_path, tracking, monkeypatch):
+    cfg = cfg_for(shapes_root, tmp_path / "nan")
+    original = Detector.losses
+
+    def poisoned(self, out, targets):
+        losses = original(self, out, targets)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Detector, "losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at epoch 1, iteration 0"):
+        train(cfg, run=RunInfo(experiment="nan"))
+    (run,) = search_runs("nan")
+    assert run.info.status == "FAILED"
+    artifacts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
+    assert "traceback.txt" in artifacts
+    assert not (cfg.run_dir / "last.pth").exists()
+
+
+def no_runs(experiment: str) -> bool:
+    return search_runs(experiment) == []
+
+
+def test_missing_image_file_fails_fast_and_logs_nothing(shapes_root, tmp_path, tracking):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(shapes_root, root)
+    victim = sorted((root / "val").iterdir())[0]
+    victim.unlink()
+    cfg = cfg_for(root, tmp_path / "out")
+    with pytest.raises(UserError, match=victim.name):
+        train(cfg, run=RunInfo(experiment="badimage"))
+    assert no_runs("badimage")
+
+
+def test_wrong_num_classes_is_a_user_error(shapes_root, tmp_path, tracking):
+    cfg = cfg_for(shapes_root, tmp_path / "out", "model.num_classes=5")
+    with pytest.raises(UserError, match="num_classes=5 but the dataset has 3"):
+        train(cfg, run=RunInfo(experiment="classes"))
+    assert no_runs("classes")
+
+
+def test_bad_checkpoints_fail_fast_and_are_not_clobbered(shapes_root, tmp_path, tracking):
+    cfg = cfg_for(shapes_root, tmp_path / "out")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(UserError, match="garbage.pth.*cannot read checkpoint"):
+        train(cfg, resume=garbage, run=RunInfo(experiment="badckpt"))
+    # a checkpoint of another config: refused, and left as it was
+    other = tmp_path / "other.pth"
+    save_checkpoint(other, {"model": {}, "epoch": 1, "iteration": 1, "fingerprint": "abc"})
+    before = other.read_bytes()
+    with pytest.raises(UserError, match="another config"):
+        train(cfg, resume=other, run=RunInfo(experiment="badckpt"))
+    assert other.read_bytes() == before
+    # a stage-1 checkpoint whose weights do not fit the model
+    big = cfg_for(shapes_root, tmp_path / "o2", "model.head.channels=64", name="fcos")
+    save_checkpoint(
+        tmp_path / "big.pth",
+        {"model": Detector(big.model).state_dict(), "epoch": 1, "iteration": 1,
+         "fingerprint": big.fingerprint()},
+    )
+    mismatched = cfg_for(
+        shapes_root, tmp_path / "o3", f"train.init_from={tmp_path / 'big.pth'}"
+    )
+    with pytest.raises(UserError, match="big.pth.*shape mismatch"):
+        train(mismatched, run=RunInfo(experiment="badckpt"))
+    assert no_runs("badckpt")
+
+
+def test_cli_reports_bad_config_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  pss:\n    num_conv: 3\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "pss.train", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "bad.yaml" in out.stderr and "did you mean 'model.pss.num_convs'" in out.stderr
+    assert "Traceback" not in out.stderr
