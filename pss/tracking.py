@@ -18,7 +18,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,6 +146,9 @@ class Tracker:
     def finish(self, status: str = FINISHED) -> None:
         retry(self.mlflow.set_terminated, self.run_id, status)
 
+    def status(self) -> str:
+        return retry(self.mlflow.get_run, self.run_id).info.status
+
 
 class NullTracker(Tracker):
     """For processes other than rank 0: logs nothing."""
@@ -193,5 +196,3 @@ def search_runs(experiment: str, filter_string: str = "", mlflow: MlflowClient |
             return runs
 
 
-def flat_tags(names: Iterable[str], values: Iterable[Any]) -> dict[str, str]:
-    return {f"{TAG_PREFIX}{n}": str(v) for n, v in zip(names, values)}

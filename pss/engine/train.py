@@ -274,6 +274,9 @@ def train(
         epoch0, iteration = state["epoch"], state["iteration"]
 
     tracker = _open_tracker(cfg, run, state)
+    if state is not None:
+        log.info("resumed from %s (epoch %d, iteration %d)", resume, epoch0, iteration)
+        tracker.set_tags({"pss.resumed_from_epoch": str(epoch0)})
     val_loader = build_loader(
         val_set,
         cfg.eval.batch_size,

@@ -13,6 +13,7 @@ in dependency order.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -101,7 +102,9 @@ def _cell(loaded: LoadedSpec, job: Job):
 
 
 def _slurm_executor(folder: Path, res: Resources, profile: ClusterProfile) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor = submitit.AutoExecutor(
+        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=profile.max_requeues
+    )
     params: dict[str, Any] = {
         "timeout_min": res.timeout_min,
         "nodes": res.nodes,
@@ -109,7 +112,6 @@ def _slurm_executor(folder: Path, res: Resources, profile: ClusterProfile) -> su
         "cpus_per_task": res.cpus_per_task,
         "mem_gb": res.mem_gb,
         "slurm_array_parallelism": profile.array_parallelism,
-        "slurm_max_num_timeout": profile.max_requeues,
         "slurm_setup": list(profile.setup),
     }
     if res.gpus_per_node:
@@ -156,19 +158,29 @@ def run_sweep(path: str | Path, options: SweepOptions) -> int:
     kind = resolve_executor(options.executor)
     if todo:
         res = effective_resources(loaded.spec.resources, profile, options.smoke)
+        folder = (
+            Path(profile.logs_folder) if profile.logs_folder else sweep_dir(experiment) / "submitit"
+        )
+        # Everything that can refuse the submission comes before any run is opened.
+        executor = _slurm_executor(folder, res, profile) if kind == "slurm" else None
         uri = profile.tracking_uri or uri_for_jobs(kind)
         run_ids = _open_runs(experiment, todo, loaded.spec.name)
         payloads = {
             s.job.key: _payload(loaded, s.job, run_ids[s.job.key], uri, res, options.smoke)
             for s in todo
         }
-        folder = (
-            Path(profile.logs_folder) if profile.logs_folder else sweep_dir(experiment) / "submitit"
-        )
-        if kind == "slurm":
-            _submit_slurm(todo, states, payloads, ledger, folder, res, profile)
+        if executor is not None:
+            _submit_slurm(executor, todo, states, payloads, ledger, folder, res, profile)
             handles: dict[str, Any] = {}
         else:
+            for s in todo:  # queued behind this driver: pending while it lives
+                ledger.record(
+                    s.job,
+                    executor="local",
+                    job_id=str(os.getpid()),
+                    queued=True,
+                    run_id=run_ids[s.job.key],
+                )
             handles = {
                 "queue": [s.job for s in todo],
                 "payloads": payloads,
@@ -204,8 +216,7 @@ def run_sweep(path: str | Path, options: SweepOptions) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _submit_slurm(todo, states, payloads, ledger, folder, res, profile) -> None:
-    executor = _slurm_executor(folder, res, profile)
+def _submit_slurm(executor, todo, states, payloads, ledger, folder, res, profile) -> None:
     by_key = {s.job.key: s for s in states}
     first = [s.job for s in todo if not s.job.init_from_stage]
     later = [s.job for s in todo if s.job.init_from_stage]
@@ -229,9 +240,10 @@ def _submit_slurm(todo, states, payloads, ledger, folder, res, profile) -> None:
             entry = ledger.get(by_key[parent_key].job) if parent_key in by_key else None
             if by_key.get(parent_key) and by_key[parent_key].state != FINISHED_S and entry:
                 parent = entry.get("job_id")
-        extra = {"dependency": f"afterok:{parent}"} if parent else {}
-        executor.update_parameters(slurm_additional_parameters=extra)
-        handle = executor.submit(CellJob(payloads[job.key]))
+        staged = _slurm_executor(folder, res, profile)
+        if parent:
+            staged.update_parameters(slurm_dependency=f"afterok:{parent}")
+        handle = staged.submit(CellJob(payloads[job.key]))
         submitted[job.key] = handle.job_id
         ledger.record(
             job,
@@ -241,7 +253,6 @@ def _submit_slurm(todo, states, payloads, ledger, folder, res, profile) -> None:
             submitted=time.time(),
             depends_on=parent,
         )
-    executor.update_parameters(slurm_additional_parameters={})
     for key, job_id in submitted.items():
         log.info("submitted %s as SLURM job %s", key, job_id)
 

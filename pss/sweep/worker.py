@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import submitit
 
 from pss.config import load_config
 from pss.engine.train import RunInfo, train
+from pss.tracking import FAILED, Tracker
 
 
 @dataclass
@@ -61,6 +63,17 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, float]:
         p = self.payload
         prepare_process(p)
-        cfg = load_config(p.config_files, p.overrides)
-        run = RunInfo(experiment=p.experiment, run_name=p.run_name, tags=p.tags, run_id=p.run_id)
-        return train(cfg, resume="auto", run=run)
+        try:
+            cfg = load_config(p.config_files, p.overrides)
+            run = RunInfo(
+                experiment=p.experiment, run_name=p.run_name, tags=p.tags, run_id=p.run_id
+            )
+            return train(cfg, resume="auto", run=run)
+        except Exception:
+            # Bad input stops train() before it touches the run the sweep opened for
+            # this job: say so there, so that the cell shows as failed, with the reason.
+            if p.run_id and Tracker(p.run_id).status() in ("SCHEDULED", "RUNNING"):
+                tracker = Tracker(p.run_id)
+                tracker.log_text(traceback.format_exc(), "traceback.txt")
+                tracker.finish(FAILED)
+            raise
