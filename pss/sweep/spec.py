@@ -139,6 +139,7 @@ class SearchParam(_Strict):
 class SearchSpec(_Strict):
     params: list[SearchParam] = Field(min_length=1)
     n_trials: int = Field(20, ge=1)
+    smoke_n_trials: int = Field(4, ge=1)  # with --smoke
     workers: int = Field(2, ge=1)
     metric: str = "mAP_e2e"
     direction: Literal["maximize", "minimize"] = "maximize"
