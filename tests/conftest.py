@@ -55,8 +55,10 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def tracking(mlflow_uri, monkeypatch) -> str:
+def tracking(mlflow_uri, monkeypatch, tmp_path) -> str:
+    """The session store, with this test's cwd in tmp (MLflow puts artifacts in ./mlruns)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.chdir(tmp_path)
     return mlflow_uri
 
 
@@ -87,3 +89,48 @@ def tiny_train_overrides(root: Path, out: Path, name: str = "fcos_pss") -> list[
         "train.log_interval=1",
         f"output_dir={out}",
     ]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_tiny_overlay(path: Path, data_root: Path) -> Path:
+    """A smoke overlay whose jobs train in seconds (for sweep tests)."""
+    path.write_text(
+        f"""
+model:
+  num_classes: 3
+  backbone: {{name: resnet18, weights: null, dcn: false, norm: bn, frozen_stages: -1}}
+  head: {{channels: 32, num_convs: 1}}
+data:
+  root: {data_root}
+  train_images: train
+  train_annotations: annotations/train.json
+  val_images: val
+  val_annotations: annotations/val.json
+  synthetic:
+    train: {TINY_SHAPES.train}
+    val: {TINY_SHAPES.val}
+    size: {TINY_SHAPES.size}
+    seed: 0
+  train_scales: [96, 128]
+  max_size: 160
+  test_scale: 128
+  num_workers: 0
+train:
+  epochs: 2
+  batch_size: 4
+  iters_per_epoch: 2
+  warmup_iters: 2
+  lr_steps: [2]
+  amp: false
+  log_interval: 1
+"""
+    )
+    return path
+
+
+def write_spec(path: Path, body: str) -> Path:
+    """A spec file whose relative paths are resolved against the repository's sweeps/."""
+    path.write_text(body.replace("@EXP@", str(REPO / "experiments")))
+    return path

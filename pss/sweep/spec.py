@@ -29,6 +29,8 @@ from pss.errors import UserError, nearest
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
 MAX_YAML_BYTES = 1_000_000
+# The smoke overlay of this checkout (specs may name their own with `smoke:`).
+DEFAULT_SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke" / "overlay.yaml"
 MAX_YAML_NODES = 100_000
 
 
@@ -152,7 +154,7 @@ class Spec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
     base: str
-    smoke: str | None = None  # overlay for --smoke; default ../experiments/smoke/overlay.yaml
+    smoke: str | None = None  # overlay for --smoke; default experiments/smoke/overlay.yaml
     smoke_overrides: dict[str, Any] = {}
     overrides: dict[str, Any] = {}  # for every cell
     seeds: list[int] = Field([0], min_length=1)
@@ -317,7 +319,7 @@ class LoadedSpec:
     def config_files(self, smoke: bool, cell: CellSpec | None = None) -> list[Path]:
         files = [self.resolve(cell.base if cell is not None and cell.base else self.spec.base)]
         if smoke:
-            files.append(self.resolve(self.spec.smoke or "../experiments/smoke/overlay.yaml"))
+            files.append(self.resolve(self.spec.smoke) if self.spec.smoke else DEFAULT_SMOKE)
         return files
 
 

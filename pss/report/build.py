@@ -1,0 +1,212 @@
+"""Build a sweep's report: tables (Markdown, LaTeX, CSV), figures and REPORT.md.
+
+:func:`build_report` is what ``reports/make_tables.py`` and the sweep runner
+call. It reads the spec, expands it into jobs (the reported cells and stages),
+reads every run of the sweep's MLflow experiment in one paged search, and
+writes ``reports/out/<experiment>/``: ``<name>.md/.tex/.csv`` for a
+``table:`` block, ``<name>.png/.pdf`` for a ``figure:`` block, and
+``REPORT.md`` gathering them (with when and from which store it was made).
+Table files carry no timestamps, so they are reproducible from the same runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from pss import tracking
+from pss.errors import UserError
+from pss.report import csvfile, latex, markdown
+from pss.report.collect import (
+    CellResult,
+    RunRecord,
+    collect_cells,
+    failure_reason,
+    fetch_runs,
+    report_jobs,
+)
+from pss.report.figures import check_figure, figure_panels, mlflow_history, plot
+from pss.report.layout import build_table, check_table
+from pss.report.table import Table
+from pss.sweep.spec import Job, LoadedSpec, load_spec
+
+FORMATS = ("md", "tex", "csv")
+REPORT = "REPORT.md"
+
+
+@dataclass
+class Report:
+    """What :func:`make_report` built and wrote."""
+
+    path: Path  # REPORT.md
+    experiment: str
+    table: Table | None = None
+    markdown: str | None = None  # the table as Markdown (what the CLI prints)
+    files: list[Path] = field(default_factory=list)  # everything written, REPORT.md last
+    figure_notes: list[str] = field(default_factory=list)
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """'md,tex' or ['md', 'tex'] -> ('md', 'tex'); UserError for anything else."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise UserError(
+            f"--format: expected a comma list of {', '.join(FORMATS)} (got {formats!r})"
+        )
+    return chosen
+
+
+def default_out_dir(experiment: str) -> Path:
+    """``reports/out/<experiment>`` in the repository (else under the current directory)."""
+    root = Path(__file__).resolve().parents[2]
+    base = root if (root / "reports").is_dir() and (root / "pyproject.toml").is_file() else Path()
+    return base / "reports" / "out" / experiment
+
+
+def store_uri(client: MlflowClient) -> str:
+    """The tracking URI with any user:password removed."""
+    uri = str(getattr(client, "_tracking_client", client).tracking_uri)
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def make_report(
+    spec_path: str | Path,
+    smoke: bool = False,
+    formats: str | Iterable[str] = FORMATS,
+    out_dir: str | Path | None = None,
+    with_paper: bool = False,
+    *,
+    client: MlflowClient | None = None,
+) -> Report:
+    """Build everything for a spec and return what was made (see :func:`build_report`)."""
+    chosen = parse_formats(formats)
+    loaded = load_spec(spec_path)
+    spec = loaded.spec
+    if spec.table is None and spec.figure is None:
+        raise UserError(
+            "no table: or figure: block, so there is no report to build", str(spec_path)
+        )
+    if spec.table is not None:
+        check_table(loaded)
+    if spec.figure is not None:
+        check_figure(loaded)
+    jobs = report_jobs(loaded, smoke=smoke)
+    experiment = loaded.experiment(smoke)
+    client = client or tracking.client()
+    runs = fetch_runs(experiment, client)
+    results = collect_cells(loaded, jobs, runs, lambda run: failure_reason(client, run))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(experiment)
+    report = Report(path=out / REPORT, experiment=experiment)
+
+    # Everything that can fail happens before anything is written.
+    table = build_table(loaded, results, with_paper=with_paper) if spec.table else None
+    panels, notes = (
+        figure_panels(loaded, results, mlflow_history(client)) if spec.figure else ([], [])
+    )
+    sections: list[str] = []
+    if table is not None:
+        report.table, report.markdown = table, markdown.render(table)
+        sections.append(_table_section(report.markdown, spec.name, chosen))
+        writers = {"md": markdown.render, "tex": latex.render, "csv": csvfile.render}
+        for fmt in chosen:
+            report.files.append(write_text(out / f"{spec.name}.{fmt}", writers[fmt](table)))
+    if spec.figure is not None:
+        report.figure_notes = notes
+        report.files += plot(spec.figure, panels, out / spec.name)
+        sections.append(_figure_section(spec.figure.title, spec.name, notes))
+    header = _header(loaded, experiment, store_uri(client), runs, _cells(jobs), results)
+    report.files.append(write_text(report.path, "\n".join([header, *sections]).rstrip() + "\n"))
+    return report
+
+
+def build_report(
+    spec_path: str | Path,
+    smoke: bool = False,
+    formats: str | Iterable[str] = FORMATS,
+    out_dir: str | Path | None = None,
+    with_paper: bool = False,
+    *,
+    client: MlflowClient | None = None,
+) -> Path:
+    """Build a spec's tables and figures from its MLflow runs; returns the REPORT.md path.
+
+    spec_path: a sweep spec (``sweeps/table5.yaml``); a bad spec raises UserError.
+    smoke: read the ``<name>-smoke`` experiment (and the smoke variant's jobs).
+    formats: table files to write, any of ``md``, ``tex``, ``csv`` (REPORT.md always).
+    out_dir: where to write; default ``reports/out/<experiment>``.
+    with_paper: add the paper's value and the difference (ours - paper) beside ours.
+    client: an MlflowClient; default: the store of ``MLFLOW_TRACKING_URI`` (or MLflow's default).
+    """
+    return make_report(spec_path, smoke, formats, out_dir, with_paper, client=client).path
+
+
+def _cells(jobs: Iterable[Job]) -> set[str]:
+    return {job.cell for job in jobs}
+
+
+def _table_section(text: str, name: str, formats: tuple[str, ...]) -> str:
+    names = {"md": "Markdown", "tex": "LaTeX (booktabs)", "csv": "CSV"}
+    links = " · ".join(f"[{names[f]}]({name}.{f})" for f in formats)
+    return f"{text}\nFiles: {links}\n"
+
+
+def _figure_section(title: str, name: str, notes: list[str]) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        f"![{title}]({name}.png)",
+        "",
+        f"Files: [PNG]({name}.png) · [PDF]({name}.pdf)",
+        "",
+    ]
+    if notes:
+        lines += ["Runs missing from the figure:", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(lines)
+
+
+def _header(
+    loaded: LoadedSpec,
+    experiment: str,
+    store: str,
+    runs: list[RunRecord],
+    cells: set[str],
+    results: list[CellResult],
+) -> str:
+    spec = loaded.spec
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    statuses = Counter(r.status for r in runs)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) or "none"
+    commits = sorted({r.git_commit[:10] for res in results for r in res.runs if r.git_commit})
+    lines = [
+        f"# {experiment}: {spec.description or spec.name}",
+        "",
+        f"Generated {now} from the MLflow store `{store}`, experiment `{experiment}`, "
+        f"spec `{loaded.path}`.",
+        "",
+        f"Runs in the experiment: {len(runs)} ({counts}). Cells reported: {len(results)}, "
+        f"from {sum(len(r.runs) for r in results)} finished runs"
+        + (f" (code: git {', '.join(commits)})" if commits else "")
+        + ".",
+    ]
+    stray = sorted({r.cell for r in runs} - cells)
+    if stray:
+        n = sum(r.cell in stray for r in runs)
+        lines += ["", f"Not in the spec (ignored): {n} runs of cells {', '.join(stray)}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""Facts about the tracked metrics (DESIGN.md section 7) that reports need.
+
+Accuracy metrics are in percent, one decimal, higher is better; times are in
+milliseconds, two decimals (as the paper prints them: at 5,000 val images a
+per-image mean is resolved well below 0.01 ms), lower is better. ``{mode}`` in
+a spec's metric stands for the cell's primary mode (``e2e`` for the PSS
+models, ``nms`` for the baselines).
+"""
+
+from __future__ import annotations
+
+import re
+
+MODE = "{mode}"
+MODES = {"e2e": "w/o NMS", "nms": "w/ NMS", "raw": "raw"}
+ACCURACY = ("mAP", "mAR", "AP50", "AP75", "APs", "APm", "APl")
+_NAMES = "|".join((*ACCURACY, "postprocess_ms"))
+_PATTERN = re.compile(r"^(?:(?:" + _NAMES + r")_(?:e2e|nms|raw|\{mode\})|forward_ms)$")
+KNOWN = sorted(
+    [f"{m}_{mode}" for m in (*ACCURACY, "postprocess_ms") for mode in MODES] + ["forward_ms"]
+)
+
+
+def is_known(metric: str) -> bool:
+    return bool(_PATTERN.match(metric))
+
+
+def is_time(metric: str) -> bool:
+    return "ms" in metric.split("_")
+
+
+def decimals(metric: str) -> int:
+    return 2 if is_time(metric) else 1
+
+
+def lower_is_better(metric: str) -> bool:
+    return is_time(metric)
+
+
+def resolve(metric: str, mode: str) -> str:
+    """The tracked metric name: '{mode}' replaced by the cell's primary mode."""
+    return metric.replace(MODE, mode)
+
+
+def paper_keys(metric: str, mode: str | None) -> list[str]:
+    """Keys under which a paper row may hold ``metric``, most specific first.
+
+    Table 1's paper values drop the mode ('mAP' for 'mAP_{mode}'); the others use
+    the full metric name.
+    """
+    keys = [resolve(metric, mode)] if mode else []
+    keys += [metric.replace("_" + MODE, ""), metric.replace(MODE, ""), metric]
+    return list(dict.fromkeys(keys))
+
+
+def axis_label(metric: str) -> str:
+    """'mAP w/o NMS (%)' for mAP_e2e, 'forward (ms)' for forward_ms."""
+    parts = metric.split("_")
+    mode = MODES.get(parts[-1]) if len(parts) > 1 else None
+    if is_time(metric):
+        name = metric.split("_ms")[0].replace("_", " ")
+        return f"{name}{' ' + mode if mode else ''} (ms)"
+    name = parts[0]
+    return f"{name}{' ' + mode if mode else ''} (%)"

@@ -1,0 +1,150 @@
+"""Report logic without a store: statistics, marks, layout details and escaping."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from pss.errors import UserError
+from pss.report import latex, markdown, metrics
+from pss.report.build import parse_formats
+from pss.report.collect import RunRecord, collect_cells, traceback_line
+from pss.report.layout import build_table
+from pss.report.stats import Summary, compare, summarize, welch_p
+from pss.report.table import NOISE, SIGNIFICANT, fmt, fmt_diff
+from pss.sweep.spec import expand, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def t_cdf_4(t: float) -> float:
+    """Student's t CDF with 4 degrees of freedom, in closed form (independent of scipy)."""
+    a = 1 + t * t / 4
+    return 0.5 + 3 / 8 * t / math.sqrt(a) * (1 - t * t / (12 * a))
+
+
+def test_welch_known_p_value():
+    a, b = Summary((1.0, 2.0, 3.0)), Summary((4.0, 5.0, 6.0))
+    # equal variances (1) and n (3): t = -3 / sqrt(2/3), Welch-Satterthwaite df = 4
+    t = -3 / math.sqrt(2 / 3)
+    expected = 2 * (1 - t_cdf_4(abs(t)))
+    assert expected == pytest.approx(0.0213116, abs=1e-6)
+    assert welch_p(a, b) == pytest.approx(expected, rel=1e-9)
+    cmp = compare(a, b)
+    assert cmp.significant and not cmp.within_noise and cmp.diff == pytest.approx(-3.0)
+
+
+def test_welch_needs_two_seeds_and_noise_flag():
+    one, three = Summary((42.0,)), Summary((41.8, 42.3, 42.1))
+    assert welch_p(one, three) is None
+    cmp = compare(one, three)
+    assert cmp.p is None and not cmp.significant
+    assert cmp.noise == pytest.approx(three.std) and cmp.within_noise  # |-0.067| < 0.25
+    assert compare(Summary((40.0,)), Summary((42.0,))).noise is None  # no std on either side
+    assert welch_p(Summary((1.0, 1.0)), Summary((1.0, 1.0))) is None  # no variance: nan -> None
+
+
+def test_summary():
+    s = summarize([41.5, 41.7, 41.6, float("nan")])
+    assert s is not None and s.n == 3
+    assert s.mean == pytest.approx(41.6) and s.std == pytest.approx(0.1)
+    assert summarize([]) is None and Summary((1.0,)).std is None
+
+
+def test_number_formats():
+    assert fmt(-0.04, 1) == "0.0" and fmt(42.25, 2) == "42.25"
+    assert (
+        fmt_diff(0.26, 1) == "+0.3" and fmt_diff(-0.26, 1) == "-0.3" and fmt_diff(0.01, 1) == "0.0"
+    )
+    assert metrics.decimals("forward_ms") == 2 and metrics.decimals("postprocess_ms_{mode}") == 2
+    assert metrics.decimals("mAP_e2e") == 1
+    assert metrics.lower_is_better("postprocess_ms_nms") and not metrics.lower_is_better("mAR_nms")
+    assert metrics.paper_keys("mAP_{mode}", "e2e") == ["mAP_e2e", "mAP", "mAP_", "mAP_{mode}"]
+    assert metrics.axis_label("mAP_e2e") == "mAP w/o NMS (%)"
+
+
+def test_traceback_line():
+    tb = 'Traceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: bad\n'
+    assert traceback_line(tb) == "ValueError: bad"
+    assert traceback_line("CUDA error: out of memory\nmore") == "CUDA error: out of memory"
+    assert traceback_line("\n \n") is None
+    assert len(traceback_line("x" * 500) or "") == 160
+
+
+def test_latex_escape():
+    assert latex.escape("FCOS_PSS 50% & #1 {x}") == r"FCOS\_PSS 50\% \& \#1 \{x\}"
+    assert latex.escape("✓") == r"\checkmark{}"
+    assert latex.escape("λ1") == r"$\lambda_{1}$" and latex.escape("α") == r"$\alpha$"
+    assert latex.escape("42.1 ± 0.2") == r"42.1 $\pm$ 0.2"
+    assert latex.escape("a~b^c\\") == r"a\textasciitilde{}b\textasciicircum{}c\textbackslash{}"
+
+
+def test_formats():
+    assert parse_formats("md, TEX") == ("md", "tex")
+    with pytest.raises(UserError, match="--format"):
+        parse_formats("md,html")
+
+
+def _record(cell: str, seed: int, value: float | None, status: str = "FINISHED") -> RunRecord:
+    metrics_ = {} if value is None else {"mAP_e2e": value, "mAP_nms": value - 0.1}
+    return RunRecord(
+        run_id=f"{cell}-{seed}-{status}".ljust(32, "0"),
+        cell=cell,
+        stage="none",
+        seed=seed,
+        status=status,
+        start_time=seed,
+        metrics=metrics_,
+        model_name=cell.split("-")[0],
+    )
+
+
+def test_constructed_table_marks():
+    """Table 2 with constructed runs: a known Welch p-value, a within-noise row, a dash."""
+    loaded = load_spec(ROOT / "sweeps" / "table2.yaml")
+    runs = [
+        *(_record("fcos_pss-stopgrad_false", s, v) for s, v in enumerate([1.0, 2.0, 3.0])),
+        *(_record("fcos_pss-stopgrad_true", s, v) for s, v in enumerate([4.0, 5.0, 6.0])),
+        _record("atss_pss-stopgrad_false", 0, 42.0),
+        *(_record("atss_pss-stopgrad_true", s, v) for s, v in enumerate([41.8, 42.3, 42.1])),
+        _record("atss_pss-stopgrad_false", 1, None, "RUNNING"),
+    ]
+    runs.sort(key=lambda r: -r.start_time)
+    results = collect_cells(loaded, expand(loaded), runs)
+    table = build_table(loaded, results)
+    fcos_false, fcos_true = table.groups[0].rows
+    assert fcos_false.cells[0].text == "2.0 ± 1.0 (n=3)"
+    assert fcos_false.cells[0].marks == (SIGNIFICANT,)
+    assert fcos_false.cells[0].data["p"] == pytest.approx(0.0213116, abs=1e-6)
+    assert fcos_true.cells[0].bold and not fcos_false.cells[0].bold
+    assert fcos_true.cells[0].marks == ()  # the baseline itself
+    atss_false = table.groups[1].rows[0]
+    assert atss_false.cells[0].marks == (NOISE,) and atss_false.cells[0].text == "42.0"
+    assert table.notes == ["atss_pss-stopgrad_false: seed 1 running (run atss_pss)"]
+    assert atss_false.cells[0].notes == (1,)
+    md = markdown.render(table)
+    assert "2.0 ± 1.0 (n=3)†" in md and "42.0≈[1]" in md and "**5.0 ± 1.0 (n=3)**" in md
+    assert "p < 0.05" in md and "Stop-grad = ✓" in md
+
+
+def test_staged_cell_waits_for_its_first_stage():
+    """Table 3: the two-step row reports stage2; a failed stage1 explains why it is missing."""
+    loaded = load_spec(ROOT / "sweeps" / "table3.yaml")
+    stage1 = RunRecord("f" * 32, "two_step", "stage1", 0, "FAILED", 2, {}, "atss")
+    done = RunRecord("e" * 32, "end_to_end", "none", 0, "FINISHED", 1, {"mAP_e2e": 42.5})
+    results = collect_cells(loaded, expand(loaded), [stage1, done], lambda run: "OSError: disk")
+    assert [r.id for r in results] == ["end_to_end", "two_step"]
+    assert results[0].mode == "e2e" and results[1].mode == "e2e"  # stage2 is atss_pss
+    assert results[1].note() == (
+        "two_step: not run yet (stage1 failed (run ffffffff): OSError: disk)"
+    )
+    table = build_table(loaded, results)
+    assert [r.cells[0].text for r in table.groups[0].rows] == ["42.5", "–"]
+
+
+def test_default_out_dir():
+    from pss.report.build import default_out_dir
+
+    assert default_out_dir("table5-smoke") == ROOT / "reports" / "out" / "table5-smoke"

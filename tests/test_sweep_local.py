@@ -1,0 +1,99 @@
+"""Sweeps run for real with submitit's local executor: idempotence, failures, stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from conftest import write_spec, write_tiny_overlay
+
+from pss.sweep.cli import main
+from pss.tracking import search_runs
+
+SPEC = """
+name: local
+base: @EXP@/fcos_pss_r50_3x.yaml
+smoke: overlay.yaml
+cells:
+  - id: pss
+  - id: broken
+    overrides: {data.root: BROKEN}
+  - id: two_step
+    stages:
+      - {name: stage1, overrides: {model.name: fcos}}
+      - name: stage2
+        depends_on: [stage1]
+        init_from: stage1
+        overrides: {train.trainable: pss, train.epochs: 1, train.lr_steps: [1]}
+"""
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch, shapes_root):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_tiny_overlay(tmp_path / "overlay.yaml", shapes_root)
+    broken = tmp_path / "broken"
+    shutil.copytree(shapes_root, broken)
+    (broken / "annotations" / "val.json").write_text('{"images": [')  # truncated file
+    spec = write_spec(tmp_path / "local.yaml", SPEC.replace("BROKEN", str(broken)))
+    return spec, broken, shapes_root
+
+
+def states(capsys, spec) -> dict[str, str]:
+    capsys.readouterr()
+    main(["status", str(spec), "--smoke"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:-1]]
+    return {f"{r[0]}@{r[1]}": r[3] for r in rows}
+
+
+def test_local_sweep_is_idempotent_and_resubmits_only_failed_cells(sweep, capsys):
+    spec, broken, good = sweep
+    argv = [str(spec), "--smoke", "--executor", "local", "--no-report"]
+    assert main(argv) == 1  # the broken cell fails
+    assert states(capsys, spec) == {
+        "pss@-": "finished",
+        "broken@-": "failed",
+        "two_step@stage1": "finished",
+        "two_step@stage2": "finished",
+    }
+    runs = search_runs("local-smoke")
+    assert len(runs) == 4
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert [r.data.tags["pss.cell"] for r in failed] == ["broken"]
+    # stage 2 started from stage 1's checkpoint and trained only the PSS head
+    stage2 = next(r for r in runs if r.data.tags["pss.stage"] == "stage2")
+    assert stage2.data.params["train.trainable"] == "pss"
+    assert stage2.data.params["train.init_from"].endswith("last.pth")
+    assert "two_step@stage1" in stage2.data.params["train.init_from"]
+
+    # Mend the data: the next run resubmits the failed cell only, in its old run.
+    shutil.rmtree(broken)
+    shutil.copytree(good, broken)
+    start = time.perf_counter()
+    assert main(argv) == 0
+    assert "0 finished" not in (err := capsys.readouterr().err) and "1 to submit" in err
+    runs = search_runs("local-smoke")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert all(v == "finished" for v in states(capsys, spec).values())
+
+    # A finished sweep submits nothing and returns at once.
+    start = time.perf_counter()
+    assert main(argv) == 0
+    assert time.perf_counter() - start < 5
+    assert "0 to submit" in capsys.readouterr().err
+    assert len(search_runs("local-smoke")) == 4
+
+    ledger = json.loads((spec.parent / "outputs/sweeps/local-smoke/ledger.json").read_text())
+    assert set(ledger) == {"pss/s0", "broken/s0", "two_step@stage1/s0", "two_step@stage2/s0"}
+
+
+def test_debug_executor_runs_in_process(sweep, capsys):
+    spec, _, _ = sweep
+    body = spec.read_text().split("  - id: broken")[0]
+    spec.write_text(body)
+    assert main([str(spec), "--smoke", "--executor", "debug", "--no-report"]) == 0
+    assert [r.info.status for r in search_runs("local-smoke")] == ["FINISHED"]

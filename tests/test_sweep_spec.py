@@ -1,0 +1,156 @@
+"""Sweep specs: the --dry-run --json contract for every paper spec, and bad specs (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, write_spec
+
+from pss.sweep.cli import main
+
+TRAINED_CELLS = {
+    "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
+    "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3,
+}
+KEYS = {"cell", "seed", "overrides", "fingerprint", "stage", "depends_on"}
+
+
+@pytest.fixture
+def clean_cwd(tmp_path, monkeypatch):
+    """Run in an empty folder with its own store, and check nothing gets created there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "specs") == []
+
+
+def dry_run(spec: Path, capsys, *flags: str) -> list[dict]:
+    assert main([str(spec), "--dry-run", "--json", *flags]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # stdout carries the JSON alone
+
+
+@pytest.mark.parametrize("name", sorted(TRAINED_CELLS))
+@pytest.mark.parametrize("smoke", [False, True])
+def test_dry_run_json_contract(name, smoke, clean_cwd, capsys):
+    cells = dry_run(REPO / "sweeps" / f"{name}.yaml", capsys, *(["--smoke"] if smoke else []))
+    assert len({c["cell"] for c in cells}) == TRAINED_CELLS[name]
+    for cell in cells:
+        assert set(cell) == KEYS
+        assert isinstance(cell["seed"], int) and cell["seed"] == 0
+        assert len(cell["fingerprint"]) == 12 and int(cell["fingerprint"], 16) >= 0
+        assert all(isinstance(k, str) for k in cell["overrides"])
+        assert all(d in {c["cell"] for c in cells} for d in cell["depends_on"])
+    jobs = {(c["cell"], c["stage"], c["seed"]) for c in cells}
+    assert len(jobs) == len(cells)
+
+
+def test_table3_two_step_cell_is_stage2_of_a_baseline(clean_cwd, capsys):
+    cells = dry_run(REPO / "sweeps" / "table3.yaml", capsys)
+    stages = {c["stage"]: c for c in cells if c["cell"] == "two_step"}
+    assert stages["stage1"]["overrides"]["model.name"] == "atss"
+    assert stages["stage2"]["overrides"]["train.trainable"] == "pss"
+    assert stages["stage2"]["depends_on"] == ["two_step"] and stages["stage1"]["depends_on"] == []
+    # stage 2's fingerprint follows stage 1's: changing stage 1 changes both
+    assert stages["stage1"]["fingerprint"] != stages["stage2"]["fingerprint"]
+
+
+def test_fingerprints_distinguish_cells_and_smoke(clean_cwd, capsys):
+    real = dry_run(REPO / "sweeps" / "table5.yaml", capsys)
+    smoke = dry_run(REPO / "sweeps" / "table5.yaml", capsys, "--smoke")
+    assert len({c["fingerprint"] for c in real}) == 6
+    assert not {c["fingerprint"] for c in real} & {c["fingerprint"] for c in smoke}
+
+
+def paper_rows(spec: dict) -> list[dict]:
+    return [{**row["where"], **row["values"]} for row in spec.get("paper", [])]
+
+
+@pytest.mark.parametrize("name", [f"table{i}" for i in range(1, 10)])
+def test_spec_reference_values_are_the_papers(name):
+    shared = yaml.safe_load((REPO.parent / "shared" / "design" / "paper_tables.yaml").read_text())
+    spec = yaml.safe_load((REPO / "sweeps" / f"{name}.yaml").read_text())
+    ours = sorted(sorted(row["values"].items()) for row in spec["paper"])
+    columns = {"mAP", "mAR", "forward_ms", "postprocess_ms", "mAP_e2e", "mAP_nms", "mAR_e2e",
+               "mAR_nms"}
+    theirs = sorted(
+        sorted((k, v) for k, v in row.items() if k in columns)
+        for row in shared[name]["rows"]
+        if row.get("model") != "defcn"
+    )
+    assert ours == theirs
+
+
+GOOD = """
+name: tiny
+base: @EXP@/fcos_pss_r50_3x.yaml
+grid:
+  model.pss.num_convs: [1, 2]
+"""
+
+BAD_SPECS = {
+    "unknown_key": (GOOD + "sedes: [0]\n", "unknown key 'sedes' (did you mean 'seeds'?)"),
+    "unknown_nested_key": (
+        GOOD + "resources: {gpus_per_nod: 2}\n",
+        "unknown key 'resources.gpus_per_nod' (did you mean 'gpus_per_node'?)",
+    ),
+    "wrong_type": (GOOD + "seeds: zero\n", "seeds: Input should be a valid list"),
+    "empty_axis": (GOOD.replace("[1, 2]", "[]"), "grid.model.pss.num_convs: empty axis"),
+    "unknown_base": (
+        GOOD.replace("fcos_pss_r50_3x", "nope"),
+        "base: experiment file not found",
+    ),
+    "unknown_config_key": (
+        GOOD.replace("model.pss.num_convs", "model.pss.numconvs"),
+        "unknown key 'model.pss.numconvs' (did you mean 'model.pss.num_convs'?)",
+    ),
+    "wrong_config_type": (
+        GOOD.replace("[1, 2]", "[one, two]"),
+        "model.pss.num_convs: Input should be a valid integer",
+    ),
+    "unknown_stage": (
+        GOOD
+        + "cells:\n  - id: ts\n    stages:\n      - {name: s1}\n"
+        + "      - {name: s2, depends_on: [s0]}\n",
+        "cells.ts.stages.s2: unknown stage 's0'",
+    ),
+    "cyclic_stages": (
+        GOOD
+        + "cells:\n  - id: ts\n    stages:\n      - {name: a, depends_on: [b]}\n"
+        + "      - {name: b, depends_on: [a]}\n",
+        "cyclic dependency",
+    ),
+    "python_tag": (
+        GOOD + "description: !!python/object/apply:os.system ['touch pwned']\n",
+        "YAML tags such as !!python/... are not allowed",
+    ),
+    "alias_bomb": (
+        "name: bomb\nbase: x\n"
+        + "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+            for i in range(6)
+        ),
+        "alias bomb",
+    ),
+    "not_a_mapping": ("- just\n- a list\n", "a spec must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_exits_2_with_one_clear_message(case, clean_cwd, capsys):
+    body, expected = BAD_SPECS[case]
+    (clean_cwd / "specs").mkdir()
+    spec = write_spec(clean_cwd / "specs" / f"{case}.yaml", body)
+    for argv in ([str(spec)], [str(spec), "--dry-run", "--json"], ["status", str(spec)]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        err = captured.err.strip()
+        assert err.startswith(f"error: {spec}: "), err
+        assert expected in err, err
+        assert len(err.splitlines()) == 1, err
+    assert not Path("pwned").exists()
