@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from pss.sweep.profile import ClusterProfile, effective_resources
 from pss.sweep.spec import LoadedSpec, SearchSpec
 from pss.sweep.store import current_uri, uri_for_jobs
 from pss.sweep.worker import Payload, prepare_process
+from pss.tracking import experiment_id
 
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINAL_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -161,6 +164,7 @@ def run_search(loaded: LoadedSpec, options, profile: ClusterProfile) -> int:
     if remaining > 0:
         res = effective_resources(spec.resources, profile, options.smoke)
         uri = profile.tracking_uri or uri_for_jobs(kind)
+        experiment_id(experiment)  # create the store here, not racing in the workers
         workers = min(search.workers, remaining)
         job = Payload(
             config_files=files,

@@ -1,0 +1,83 @@
+"""Optuna search specs: a real study run by two local submitit workers sharing its storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from conftest import REPO, write_spec, write_tiny_overlay
+from mlflow.tracking import MlflowClient
+
+from pss.sweep.cli import main
+from pss.tracking import search_runs
+
+SEARCH = """
+name: search
+base: @EXP@/fcos_pss_r50_3x.yaml
+smoke: overlay.yaml
+search:
+  params:
+    - {key: model.loss.pss_weight, low: 0.25, high: 4.0, log: true}
+    - {key: model.assign.alpha, low: 0.0, high: 1.0}
+    - {key: model.loss.rank_margin, low: 0.1, high: 1.0}
+  n_trials: 50
+  smoke_n_trials: 4
+  workers: 2
+  pruner_warmup_epochs: 1
+"""
+
+
+def test_search_runs_trials_as_tracked_runs_and_prints_the_best(
+    tmp_path, monkeypatch, shapes_root, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_tiny_overlay(tmp_path / "overlay.yaml", shapes_root)
+    spec = write_spec(tmp_path / "search.yaml", SEARCH)
+    argv = [str(spec), "--smoke", "--executor", "local"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "best trial: #" in out.out and "model.loss.pss_weight = " in out.out
+    assert "2 search workers submitted (local)" in out.err
+    # the study lives beside the MLflow store, shared by the workers
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name="search-smoke", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 4
+    runs = search_runs("search-smoke")
+    assert sorted(int(r.data.tags["pss.trial"]) for r in runs) == sorted(
+        t.number for t in study.trials
+    )
+    client = MlflowClient()
+    for run in runs:
+        trial = study.trials[int(run.data.tags["pss.trial"])]
+        assert float(run.data.params["model.assign.alpha"]) == trial.params["model.assign.alpha"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert run.data.metrics["mAP_e2e"] == trial.value
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "mAP_e2e")]
+            assert trial.intermediate_values == {
+                s: m.value
+                for s, m in zip(steps, client.get_metric_history(run.info.run_id, "mAP_e2e"))
+            }
+    # again: the study is complete, nothing new runs
+    assert main(argv) == 0
+    assert "4/4 trials done" in capsys.readouterr().err or len(study.trials) >= 4
+    assert len(search_runs("search-smoke")) == len(runs)
+
+
+def test_example_search_spec_is_valid(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(REPO / "sweeps" / "search_pss_loss.yaml"), "--dry-run", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    assert not Path("outputs").exists()
+
+
+def test_bad_search_key_exits_2_before_any_study(tmp_path, monkeypatch, capsys, shapes_root):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_tiny_overlay(tmp_path / "overlay.yaml", shapes_root)
+    spec = write_spec(tmp_path / "bad.yaml", SEARCH.replace("rank_margin", "rank_margn"))
+    assert main([str(spec), "--smoke", "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "search.params" in err and "did you mean 'model.loss.rank_margin'" in err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
