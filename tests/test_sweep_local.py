@@ -91,9 +91,24 @@ def test_local_sweep_is_idempotent_and_resubmits_only_failed_cells(sweep, capsys
     assert set(ledger) == {"pss/s0", "broken/s0", "two_step@stage1/s0", "two_step@stage2/s0"}
 
 
-def test_debug_executor_runs_in_process(sweep, capsys):
+TABLE = """
+table:
+  title: Tiny
+  rows: [{key: cell, header: Cell}]
+  columns:
+    - title: mAP (%)
+      columns: [{metric: mAP_e2e, label: w/o NMS}, {metric: mAP_nms, label: w/ NMS}]
+"""
+
+
+def test_debug_executor_runs_in_process_and_reports(sweep, capsys):
     spec, _, _ = sweep
     body = spec.read_text().split("  - id: broken")[0]
-    spec.write_text(body)
-    assert main([str(spec), "--smoke", "--executor", "debug", "--no-report"]) == 0
+    spec.write_text(body + TABLE)
+    assert main([str(spec), "--smoke", "--executor", "debug"]) == 0
     assert [r.info.status for r in search_runs("local-smoke")] == ["FINISHED"]
+    out = capsys.readouterr().out
+    assert "| pss " in out and "w/o NMS" in out  # the table, in the terminal
+    report = spec.parent / "reports/out/local-smoke/REPORT.md"
+    assert f"report: {report.relative_to(spec.parent)}" in out and report.is_file()
+    assert "mlflow ui --backend-store-uri sqlite:///" in out

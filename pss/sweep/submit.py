@@ -374,10 +374,19 @@ def _announce(state: JobState, interactive: bool, bar: tqdm) -> None:
 
 
 def _report(loaded: LoadedSpec, smoke: bool) -> None:
-    from pss.report.build import build_report
+    """Print the sweep's table, where the report went and how to browse the runs."""
+    from pss.report import make_report
+    from pss.sweep.store import current_uri
 
-    report = build_report(loaded.path, smoke=smoke)
-    print(f"report: {report}")
+    experiment = loaded.experiment(smoke)
+    report = make_report(loaded.path, smoke=smoke, out_dir=Path("reports") / "out" / experiment)
+    if report.markdown:
+        print()
+        print(report.markdown)
+    print(f"\nreport: {report.path}")
+    uri = current_uri()
+    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
+    print(f"MLflow UI on these runs (experiment '{report.experiment}'): {ui}")
 
 
 def print_status(path: str | Path, smoke: bool) -> int:
