@@ -25,7 +25,7 @@ system-deps:
 	      texlive-latex-base texlive-latex-recommended >/dev/null; }
 
 demo: setup
-	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke
+	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke --executor local
 
 test: setup system-deps
 	@bash slurm/dev/start.sh
