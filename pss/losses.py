@@ -51,24 +51,25 @@ def centerness_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def rank_loss(
-    prob: Tensor, pos_loc: Tensor, pos_cls: Tensor, margin: float, num_neg: int
+    log_prob: Tensor, pos_loc: Tensor, pos_cls: Tensor, margin: float, num_neg: int
 ) -> Tensor:
     """L_rank of Eq. 2 for one image.
 
-    prob [N, C]: P_i(c) of every (location, class) pair. Positives are the
-    pairs (pos_loc[k], pos_cls[k]); negatives are the ``num_neg`` highest
-    entries among all other pairs. Returns the mean over positive-negative
-    pairs of max(0, margin - P_pos + P_neg) (0 when there is no positive).
+    log_prob [N, C]: log P_i(c) of every (location, class) pair. Positives are the
+    pairs (pos_loc[k], pos_cls[k]); negatives are the ``num_neg`` highest entries
+    among all other pairs. Returns the mean over positive-negative pairs of
+    max(0, margin - P_pos + P_neg) (0 when there is no positive). Only the gathered
+    entries are exponentiated: the top-k runs on the (monotone) log-probabilities.
     """
     if pos_loc.numel() == 0:
-        return prob.sum() * 0
-    flat = prob.reshape(-1)
-    pos_idx = pos_loc * prob.shape[1] + pos_cls
-    pos = flat[pos_idx]
-    masked = flat.detach().clone()
-    masked[pos_idx] = -1.0
+        return log_prob.sum() * 0
+    flat = log_prob.reshape(-1)
+    pos_idx = pos_loc * log_prob.shape[1] + pos_cls
     k = min(num_neg, flat.numel() - pos_idx.numel())
     if k <= 0:
-        return prob.sum() * 0
-    neg = flat[masked.topk(k).indices]
+        return log_prob.sum() * 0
+    masked = flat.detach().clone()
+    masked[pos_idx] = -float("inf")
+    pos = flat[pos_idx].exp()
+    neg = flat[masked.topk(k).indices].exp()
     return F.relu(margin - pos[:, None] + neg[None, :]).mean()

@@ -41,6 +41,28 @@ def test_each_detector_trains_and_answers_in_its_modes(name: str):
             model.predict(out, [(256, 256)] * 2, "e2e")
 
 
+@pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])
+def test_e2e_and_raw_equal_the_top_k_over_every_pair(name: str):
+    """predict() scores only the best locations; that must equal scoring all pairs."""
+    from pss.models.detector import _clip
+    from pss.postprocess import topk_detections
+
+    model = Detector(small_config(name).model).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 192, 224))
+        out.cls.normal_(-4, 2)  # spread scores so that many pairs compete
+        boxes = model.decode(out)
+        base = out.cls.sigmoid() * out.ctr.sigmoid()[..., None]
+        for mode in ("e2e", "raw"):
+            dets = model.predict(out, [(192, 224), (150, 200)], mode)
+            for b, (h, w) in enumerate([(192, 224), (150, 200)]):
+                scores = base[b] * (out.pss[b].sigmoid()[:, None] if mode == "e2e" else 1)
+                ref = topk_detections(scores, _clip(boxes[b], h, w), 100, 0.0)
+                assert torch.allclose(dets[b]["scores"], ref["scores"])
+                assert torch.equal(dets[b]["labels"], ref["labels"])
+                assert torch.allclose(dets[b]["boxes"], ref["boxes"], atol=1e-4)
+
+
 def test_raw_mode_keeps_duplicates_that_nms_removes():
     # Every P3 location inside [64, 192]^2 predicts that same box with class 1.
     model = Detector(small_config("fcos").model).eval()

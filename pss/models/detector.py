@@ -61,13 +61,17 @@ class Detector(nn.Module):
             self._priors[key] = make_priors(out.sizes, Backbone.strides, out.cls.device)
         return self._priors[key]
 
-    def decode(self, out: HeadOutputs) -> Tensor:
-        """[B, N, 4] predicted boxes in input pixels."""
+    def decode(self, out: HeadOutputs, image: int | None = None, locs: Tensor | None = None):
+        """Predicted boxes in input pixels: [B, N, 4], or [K, 4] for ``locs`` of one ``image``."""
         priors = self.priors(out)
         reg = out.reg.float()
+        points, strides = priors.points, priors.strides
+        if image is not None:
+            reg, points, strides = reg[image, locs], points[locs], strides[locs]
         if self.cfg.base == "fcos":
-            return distance_to_box(priors.points, F.relu(reg) * priors.strides[:, None])
-        return decode_deltas(priors.anchors(self.cfg.assign.anchor_scale), reg)
+            return distance_to_box(points, F.relu(reg) * strides[:, None])
+        half = (self.cfg.assign.anchor_scale * strides / 2)[:, None]
+        return decode_deltas(torch.cat((points - half, points + half), dim=1), reg)
 
     def log_prob(self, out: HeadOutputs) -> Tensor:
         """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i), [B, N, C]."""
@@ -187,13 +191,12 @@ class Detector(nn.Module):
             / norm
         }
         if lc.rank_weight > 0:
-            prob = log_p.exp()
             ranks = [
-                losses.rank_loss(prob[b], loc, cls, lc.rank_margin, lc.rank_negatives)
+                losses.rank_loss(log_p[b], loc, cls, lc.rank_margin, lc.rank_negatives)
                 for b, (loc, cls) in enumerate(selected)
                 if loc.numel() > 0
             ]
-            rank = torch.stack(ranks).mean() if ranks else prob.sum() * 0
+            rank = torch.stack(ranks).mean() if ranks else log_p.sum() * 0
             result["loss_rank"] = lc.rank_weight * rank
         return result
 
@@ -203,31 +206,33 @@ class Detector(nn.Module):
     def predict(
         self, out: HeadOutputs, image_sizes: list[tuple[int, int]], mode: str = "e2e"
     ) -> list[dict[str, Tensor]]:
-        """Detections per image, boxes clipped to the (unpadded) image size (h, w)."""
+        """Detections per image, boxes clipped to the (unpadded) image size (h, w).
+
+        e2e / raw: P_i(c) (resp. the base score) of the best (location, class) pairs.
+        Only the ``max_per_image`` locations whose best class scores highest can hold
+        them, so only those locations' pairs are scored and their boxes decoded.
+        nms: the base score of every pair, per-level top-k, class-aware NMS.
+        """
         if mode not in MODES:
             raise ValueError(f"unknown inference mode '{mode}', expected one of {MODES}")
         if mode == "e2e" and out.pss is None:
             raise ValueError(f"mode 'e2e' needs a PSS head; {self.cfg.name} has none")
         ic = self.cfg.inference
-        boxes = self.decode(out)
-        base = out.cls.float().sigmoid()
+        # Per-location factor of the score: sigma(ctr) [* sigma(pss) for e2e], [B, N].
+        factor = torch.ones_like(out.cls[..., 0], dtype=torch.float32)
         if out.ctr is not None:
-            base = base * out.ctr.float().sigmoid()[..., None]
+            factor = factor * out.ctr.float().sigmoid()
+        if mode == "e2e":
+            factor = factor * out.pss.float().sigmoid()
+        all_boxes = self.decode(out) if mode == "nms" else None
         results = []
         for b, (h, w) in enumerate(image_sizes):
-            img_boxes = torch.stack(
-                (
-                    boxes[b, :, 0].clamp(0, w),
-                    boxes[b, :, 1].clamp(0, h),
-                    boxes[b, :, 2].clamp(0, w),
-                    boxes[b, :, 3].clamp(0, h),
-                ),
-                dim=1,
-            )
-            if mode == "nms":
+            if all_boxes is not None:
+                scores = out.cls[b].float().sigmoid() * factor[b, :, None]
+                boxes = _clip(all_boxes[b], h, w)
                 det = postprocess.nms_detections(
-                    base[b],
-                    img_boxes,
+                    scores,
+                    boxes,
                     self.priors(out).counts,
                     ic.score_thresh,
                     ic.pre_nms_topk,
@@ -235,14 +240,28 @@ class Detector(nn.Module):
                     ic.max_per_image,
                 )
             else:
-                scores = base[b]
-                if mode == "e2e":
-                    scores = scores * out.pss[b].float().sigmoid()[:, None]
+                best = out.cls[b].float().max(dim=1).values.sigmoid() * factor[b]
+                locs = best.topk(min(ic.max_per_image, best.numel())).indices
+                scores = out.cls[b, locs].float().sigmoid() * factor[b, locs, None]
+                boxes = _clip(self.decode(out, b, locs), h, w)
                 det = postprocess.topk_detections(
-                    scores, img_boxes, ic.max_per_image, ic.e2e_score_thresh
+                    scores, boxes, ic.max_per_image, ic.e2e_score_thresh
                 )
             results.append(det)
         return results
+
+
+def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
+    """Clip [K, 4] boxes to an h x w image."""
+    return torch.stack(
+        (
+            boxes[:, 0].clamp(0, w),
+            boxes[:, 1].clamp(0, h),
+            boxes[:, 2].clamp(0, w),
+            boxes[:, 3].clamp(0, h),
+        ),
+        dim=1,
+    )
 
 
 def build_detector(cfg: ModelConfig) -> Detector:

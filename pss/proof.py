@@ -1,0 +1,186 @@
+"""The small-scale proof: FCOS needs NMS, FCOS_PSS does not.
+
+    python -m pss.proof [--out DIR] [--set key=value ...] [--threads N]
+
+Trains ``fcos`` and then ``fcos_pss`` from scratch on the synthetic shapes set
+(``experiments/proof/base.yaml`` + ``experiments/proof/<model>.yaml``; each
+``--set`` applies to both), one after the other through
+:func:`pss.engine.train.train`, logs both to the MLflow experiment ``proof``
+and prints the four numbers of the claim with AP50, mAR and the time each
+training took:
+
+    fcos      + NMS      the one-to-many baseline as it is meant to be used
+    fcos      raw        the same model, top-100 scores, no NMS
+    fcos_pss  e2e        the PSS score, top-100, no NMS
+    fcos_pss  + NMS      the PSS model's base branch with NMS
+
+The claim holds when ``fcos_pss e2e >= fcos nms - 2`` and ``fcos raw`` is
+clearly below ``fcos nms`` (at least ``--raw-gap`` points, default 3).
+Everything is seeded (``train.seed``) and the thread count is fixed, so a run
+is deterministic on a given machine. Exit status: 0 the claim holds, 1 it does
+not (or a training failed), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pss.config import ExperimentConfig, load_config
+from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+
+PROOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "proof"
+MODELS = ("fcos", "fcos_pss")
+EXPERIMENT = "proof"
+E2E_MARGIN = 2.0  # fcos_pss e2e may be at most this far below fcos with NMS
+RAW_GAP = 3.0  # fcos raw must be at least this far below fcos with NMS ("clearly lower")
+
+log = logging.getLogger("pss.proof")
+
+
+@dataclass
+class Trained:
+    model: str
+    metrics: dict[str, float]
+    seconds: float
+    run_id: str | None = None
+
+
+def proof_config(model: str, overrides: list[str], out: Path | None = None) -> ExperimentConfig:
+    """The proof's config for ``model`` ('fcos' or 'fcos_pss'), with ``overrides`` applied."""
+    files = [PROOF_DIR / "base.yaml", PROOF_DIR / f"{model}.yaml"]
+    cfg = load_config(files, overrides)
+    if cfg.model.name != model:
+        raise UserError(f"the proof trains '{model}'; do not override model.name", "--set")
+    if out is not None:
+        cfg = cfg.model_copy(update={"output_dir": str(Path(out) / model)})
+    return cfg
+
+
+def train_one(cfg: ExperimentConfig, experiment: str = EXPERIMENT) -> Trained:
+    """Train and evaluate one config from scratch; log it (and its training time) to MLflow."""
+    from pss.engine.train import RunInfo, train
+    from pss.tracking import Tracker
+
+    tracker = Tracker.create(
+        experiment, cfg.name, {"pss.proof": cfg.model.name, "pss.seed": cfg.train.seed}
+    )
+    start = time.perf_counter()
+    metrics = train(cfg, resume=None, run=RunInfo(experiment=experiment, run_id=tracker.run_id))
+    seconds = time.perf_counter() - start
+    Tracker(tracker.run_id).log_metrics({"train_seconds": seconds}, step=cfg.train.epochs)
+    return Trained(cfg.model.name, metrics, seconds, tracker.run_id)
+
+
+def verdict(
+    fcos: dict[str, float],
+    pss: dict[str, float],
+    e2e_margin: float = E2E_MARGIN,
+    raw_gap: float = RAW_GAP,
+) -> tuple[bool, str]:
+    """Whether the claim holds, and one line per condition saying why."""
+    nms, raw, e2e = fcos["mAP_nms"], fcos["mAP_raw"], pss["mAP_e2e"]
+    close = e2e >= nms - e2e_margin
+    clear = raw <= nms - raw_gap
+    lines = [
+        f"fcos_pss e2e {e2e:.1f} vs fcos + NMS {nms:.1f}: {e2e - nms:+.1f} points "
+        f"({'within' if close else 'NOT within'} {e2e_margin:g})",
+        f"fcos raw {raw:.1f} vs fcos + NMS {nms:.1f}: {raw - nms:+.1f} points "
+        f"({'clearly lower' if clear else 'NOT clearly lower'}: needs <= -{raw_gap:g})",
+    ]
+    holds = close and clear
+    lines.append(f"claim {'HOLDS' if holds else 'DOES NOT HOLD'}")
+    return holds, "\n".join(lines)
+
+
+def table(results: dict[str, Trained]) -> str:
+    """The four rows of the claim (plus fcos_pss raw) as a Markdown table."""
+    rows = [
+        ("fcos", "nms", "with NMS"),
+        ("fcos", "raw", "raw (no NMS)"),
+        ("fcos_pss", "e2e", "e2e (no NMS)"),
+        ("fcos_pss", "nms", "with NMS"),
+        ("fcos_pss", "raw", "raw base score (no NMS)"),
+    ]
+    out = [
+        "| model | inference | mAP | AP50 | mAR | training time |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for model, mode, label in rows:
+        if model not in results or f"mAP_{mode}" not in results[model].metrics:
+            continue
+        m, secs = results[model].metrics, results[model].seconds
+        out.append(
+            f"| {model} | {label} | {m[f'mAP_{mode}']:.1f} | {m[f'AP50_{mode}']:.1f} | "
+            f"{m[f'mAR_{mode}']:.1f} | {secs:.0f} s ({secs / 60:.1f} min) |"
+        )
+    return "\n".join(out)
+
+
+def run_proof(
+    overrides: list[str], out: Path | None = None, experiment: str = EXPERIMENT
+) -> dict[str, Trained]:
+    """Validate both configs first (bad input trains nothing), then train them in turn."""
+    configs = {model: proof_config(model, overrides, out) for model in MODELS}
+    results = {}
+    for model, cfg in configs.items():
+        log.info("training %s (%s, fingerprint %s)", model, cfg.run_dir, cfg.fingerprint())
+        results[model] = train_one(cfg, experiment)
+        log.info("%s trained in %.0f s", model, results[model].seconds)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pss.proof", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/proof"), help="run folders (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value of both trainings (YAML value); repeatable",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch CPU threads (fixed for determinism; default %(default)s)",
+    )
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment")
+    parser.add_argument("--raw-gap", type=float, default=RAW_GAP, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.threads < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
+        return EXIT_INVALID
+    import torch
+
+    from pss.engine.train import TrainingDiverged
+
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_proof(args.overrides, args.out, args.experiment)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    holds, why = verdict(results["fcos"].metrics, results["fcos_pss"].metrics, raw_gap=args.raw_gap)
+    print(table(results))
+    print()
+    print(why)
+    return EXIT_OK if holds else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
