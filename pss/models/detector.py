@@ -240,7 +240,7 @@ class Detector(nn.Module):
                     ic.max_per_image,
                 )
             else:
-                best = out.cls[b].float().max(dim=1).values.sigmoid() * factor[b]
+                best = out.cls[b].amax(dim=1).float().sigmoid() * factor[b]
                 locs = best.topk(min(ic.max_per_image, best.numel())).indices
                 scores = out.cls[b, locs].float().sigmoid() * factor[b, locs, None]
                 boxes = _clip(self.decode(out, b, locs), h, w)
