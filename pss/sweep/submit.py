@@ -217,33 +217,13 @@ def run_sweep(path: str | Path, options: SweepOptions) -> int:
 
 
 def _submit_slurm(executor, todo, states, payloads, ledger, folder, res, profile) -> None:
+    """Unstaged jobs and first stages as one job array; later stages each with afterok."""
     by_key = {s.job.key: s for s in states}
     first = [s.job for s in todo if not s.job.init_from_stage]
     later = [s.job for s in todo if s.job.init_from_stage]
     submitted: dict[str, str] = {}
-    if first:
-        with executor.batch():
-            handles = [executor.submit(CellJob(payloads[j.key])) for j in first]
-        for job, handle in zip(first, handles):
-            submitted[job.key] = handle.job_id
-            ledger.record(
-                job,
-                executor="slurm",
-                job_id=handle.job_id,
-                run_id=payloads[job.key].run_id,
-                submitted=time.time(),
-            )
-    for job in later:
-        parent_key = job.key.replace(f"@{job.stage}", f"@{job.init_from_stage}")
-        parent = submitted.get(parent_key)
-        if parent is None:
-            entry = ledger.get(by_key[parent_key].job) if parent_key in by_key else None
-            if by_key.get(parent_key) and by_key[parent_key].state != FINISHED_S and entry:
-                parent = entry.get("job_id")
-        staged = _slurm_executor(folder, res, profile)
-        if parent:
-            staged.update_parameters(slurm_dependency=f"afterok:{parent}")
-        handle = staged.submit(CellJob(payloads[job.key]))
+
+    def record(job: Job, handle, **extra) -> None:
         submitted[job.key] = handle.job_id
         ledger.record(
             job,
@@ -251,10 +231,25 @@ def _submit_slurm(executor, todo, states, payloads, ledger, folder, res, profile
             job_id=handle.job_id,
             run_id=payloads[job.key].run_id,
             submitted=time.time(),
-            depends_on=parent,
+            **extra,
         )
-    for key, job_id in submitted.items():
-        log.info("submitted %s as SLURM job %s", key, job_id)
+        log.info("submitted %s as SLURM job %s", job.key, handle.job_id)
+
+    if first:
+        with executor.batch():
+            handles = [executor.submit(CellJob(payloads[j.key])) for j in first]
+        for job, handle in zip(first, handles):
+            record(job, handle)
+    for job in later:
+        parent_key = _parent_key(job)
+        parent = submitted.get(parent_key)
+        waiting = by_key.get(parent_key)
+        if parent is None and waiting is not None and waiting.state != FINISHED_S:
+            parent = (ledger.get(waiting.job) or {}).get("job_id")  # queued or running
+        staged = _slurm_executor(folder, res, profile)
+        if parent:
+            staged.update_parameters(slurm_dependency=f"afterok:{parent}")
+        record(job, staged.submit(CellJob(payloads[job.key])), depends_on=parent)
 
 
 def _parent_key(job: Job) -> str:
