@@ -126,6 +126,11 @@ def run_proof(
 ) -> dict[str, Trained]:
     """Validate both configs first (bad input trains nothing), then train them in turn."""
     configs = {model: proof_config(model, overrides, out) for model in MODELS}
+    for cfg in configs.values():  # generate the shapes first: not part of the training time
+        if cfg.data.synthetic is not None:
+            from pss.data import ensure_shapes
+
+            ensure_shapes(Path(cfg.data.root), cfg.data.synthetic)
     results = {}
     for model, cfg in configs.items():
         log.info("training %s (%s, fingerprint %s)", model, cfg.run_dir, cfg.fingerprint())
