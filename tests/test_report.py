@@ -351,6 +351,7 @@ def test_smoke_reads_the_smoke_experiment(store: Store, tmp_path: Path):
     assert report.experiment == "table7-smoke"
     md = report.markdown or ""
     assert md.count("–[") == 4 and "fcos_pss-lambda1_1.0: not run yet" in md
+    assert "Smoke run: the CPU variant" in md  # smoke tables say they are not the paper's
 
 
 class CountingClient(MlflowClient):

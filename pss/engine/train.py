@@ -317,6 +317,13 @@ def train(
                 tracker,
                 device,
             )
+            # Evaluate before the checkpoint: a job stopped in between resumes from the
+            # previous epoch and evaluates this one again, so no evaluation goes missing.
+            if epoch % cfg.eval.interval == 0 or epoch == t.epochs:
+                metrics = _evaluate(detector, val_loader, val_set, cfg, device, epoch)
+                tracker.log_metrics(metrics, step=epoch)
+                if on_epoch is not None and dist.is_main():
+                    on_epoch(epoch, metrics)
             if dist.is_main():
                 save_checkpoint(
                     ckpt_path,
@@ -333,11 +340,6 @@ def train(
                         "run_id": tracker.run_id,
                     },
                 )
-            if epoch % cfg.eval.interval == 0 or epoch == t.epochs:
-                metrics = _evaluate(detector, val_loader, val_set, cfg, device, epoch)
-                tracker.log_metrics(metrics, step=epoch)
-                if on_epoch is not None and dist.is_main():
-                    on_epoch(epoch, metrics)
             dist.barrier()
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < t.epochs:
                 tracker.finish(KILLED)

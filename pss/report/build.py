@@ -38,6 +38,11 @@ from pss.sweep.spec import Job, LoadedSpec, load_spec
 
 FORMATS = ("md", "tex", "csv")
 REPORT = "REPORT.md"
+SMOKE_NOTE = (
+    "Smoke run: the CPU variant (experiments/smoke/overlay.yaml, a small ResNet-18 trained "
+    "from scratch for minutes on synthetic shapes), not the paper's setting; the numbers "
+    "only show that the whole path works."
+)
 
 
 @dataclass
@@ -117,6 +122,8 @@ def make_report(
 
     # Everything that can fail happens before anything is written.
     table = build_table(loaded, results, with_paper=with_paper) if spec.table else None
+    if table is not None and smoke:
+        table.caption = SMOKE_NOTE
     panels, notes = (
         figure_panels(loaded, results, mlflow_history(client)) if spec.figure else ([], [])
     )
