@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss.config import ExperimentConfig, load_config
+from pss.data import ensure_shapes
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 
 PROOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "proof"
@@ -128,8 +129,6 @@ def run_proof(
     configs = {model: proof_config(model, overrides, out) for model in MODELS}
     for cfg in configs.values():  # generate the shapes first: not part of the training time
         if cfg.data.synthetic is not None:
-            from pss.data import ensure_shapes
-
             ensure_shapes(Path(cfg.data.root), cfg.data.synthetic)
     results = {}
     for model, cfg in configs.items():
