@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_train_overrides
 from mlflow.tracking import MlflowClient
 
+import pss.engine.train as engine
 from pss.config import load_config
 from pss.engine.checkpoint import load_checkpoint, save_checkpoint
 from pss.engine.train import RunInfo, TrainingDiverged, train
@@ -40,6 +41,28 @@ def test_resume_gives_exactly_the_uninterrupted_weights(shapes_root, tmp_path, t
     # the resumed run continued the same MLflow run and finished it
     runs = search_runs("resume")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_a_job_killed_while_evaluating_resumes_and_evaluates_that_epoch(
+    shapes_root, tmp_path, tracking, monkeypatch
+):
+    cfg = cfg_for(shapes_root, tmp_path / "run")
+    evaluate = engine._evaluate
+
+    def killed_in_epoch_2(*args):  # (detector, loader, dataset, cfg, device, epoch)
+        if args[-1] == 2:
+            raise KeyboardInterrupt  # what a preemption does mid-evaluation
+        return evaluate(*args)
+
+    monkeypatch.setattr(engine, "_evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run=RunInfo(experiment="killed"))
+    assert load_checkpoint(cfg.run_dir / "last.pth")["epoch"] == 1  # epoch 2 not committed
+    monkeypatch.setattr(engine, "_evaluate", evaluate)
+    train(cfg, resume="auto", run=RunInfo(experiment="killed"))
+    (run,) = search_runs("killed")
+    history = MlflowClient().get_metric_history(run.info.run_id, "mAP_e2e")
+    assert run.info.status == "FINISHED" and sorted({m.step for m in history}) == [1, 2]
 
 
 def test_mlflow_contract(shapes_root, tmp_path, tracking):
