@@ -122,8 +122,9 @@ def make_report(
 
     # Everything that can fail happens before anything is written.
     table = build_table(loaded, results, with_paper=with_paper) if spec.table else None
-    if table is not None and smoke:
-        table.caption = SMOKE_NOTE
+    if table is not None and smoke:  # keep the spec's caption: it explains the columns
+        paper = f" Paper's setting: {table.caption}" if table.caption else ""
+        table.caption = SMOKE_NOTE + paper
     panels, notes = (
         figure_panels(loaded, results, mlflow_history(client)) if spec.figure else ([], [])
     )
