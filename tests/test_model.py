@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import small_config, toy_targets
 from torchvision.models.detection import fcos_resnet50_fpn
+from torchvision.ops import generalized_box_iou
 
 from pss.config import BackboneConfig, load_config
 from pss.errors import UserError
@@ -13,6 +14,13 @@ from pss.models import Detector
 from pss.models.backbone import ModulatedDeformConv, build_body
 
 IMAGES = (2, 3, 256, 256)
+
+
+def positive_levels(model: Detector, out, targets) -> set[int]:
+    """FPN levels holding at least one one-to-many positive of ``targets``."""
+    priors = model.priors(out)
+    gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in targets])
+    return set(priors.levels[(gt_index >= 0).any(0)].tolist())
 
 
 @pytest.mark.parametrize("name", ["fcos", "atss", "fcos_pss", "atss_pss"])
@@ -26,6 +34,23 @@ def test_each_detector_trains_and_answers_in_its_modes(name: str):
     assert set(losses) == expected
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
+    # Every trainable parameter gets a gradient, except the box scale of a level that
+    # holds no positive (the box loss is the only loss that reads it).
+    levels = positive_levels(model, out, toy_targets())
+    assert levels and levels != set(range(len(model.head.scales)))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.") for n in trainable)
+    without = {
+        n
+        for n, p in trainable.items()
+        if p.grad is None or not p.grad.abs().sum() > 0
+    }
+    assert without == {f"head.scales.{i}.scale" for i in range(5) if i not in levels}
+    # ... and one SGD step moves exactly those parameters.
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    torch.optim.SGD(trainable.values(), lr=0.01).step()
+    moved = {n for n, p in trainable.items() if not torch.equal(p, before[n])}
+    assert moved == set(trainable) - without
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(IMAGES))
@@ -83,16 +108,13 @@ def test_raw_mode_keeps_duplicates_that_nms_removes():
 
 
 def pss_loss_grads(model: Detector, detach_pss: bool) -> dict[str, torch.Tensor]:
+    """Gradients of L_pss for every trainable parameter (zeros where it does not reach)."""
     torch.manual_seed(1)
     out = model(torch.randn(IMAGES))
     if detach_pss:
         out.pss = out.pss.detach()
     loss = model.losses(out, toy_targets())["loss_pss"]
-    named = [
-        (n, p)
-        for n, p in model.named_parameters()
-        if p.requires_grad and not n.startswith("head.pss.")
-    ]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     return {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(named, grads)}
 
@@ -102,9 +124,17 @@ def test_stop_grad_blocks_the_pss_branch_and_nothing_else(base: str):
     for stop_grad in (True, False):
         model = Detector(small_config(f"{base}_pss", f"model.pss.stop_grad={stop_grad}").model)
         real, detached = pss_loss_grads(model, False), pss_loss_grads(model, True)
-        same = all(torch.allclose(real[n], detached[n], atol=1e-7) for n in real)
+        outside = [n for n in real if not n.startswith("head.pss.")]
+        same = all(torch.allclose(real[n], detached[n], atol=1e-7) for n in outside)
         # The PSS loss still reaches the classifier through the product (footnote 4).
         assert real["head.cls_logits.weight"].abs().sum() > 0
+        # Stop-grad cuts the PSS head's *input*: the head itself still learns from L_pss,
+        # every one of its parameters.
+        inside = {n: g for n, g in real.items() if n.startswith("head.pss.")}
+        assert len(inside) == len(list(model.head.pss.parameters())) > 0
+        assert all(g.abs().sum() > 0 for g in inside.values()), [
+            n for n, g in inside.items() if not g.abs().sum() > 0
+        ]
         if stop_grad:
             assert same, "with stop-grad the PSS logits must send no gradient outside the head"
         else:
@@ -155,13 +185,56 @@ def test_pss_loss_scales_with_lambda1():
     assert double["loss_rank"].item() == pytest.approx(2 * base["loss_rank"].item(), rel=1e-5)
 
 
-def test_centerness_off_drops_branch_but_keeps_box_weighting():
-    model = Detector(small_config("fcos_pss", "model.head.centerness=false").model)
+def centerness_weighted_giou(model: Detector, out, targets) -> tuple[float, float]:
+    """L_box from first principles, and the same without the center-ness weights.
+
+    Weight of a positive: sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of its
+    location in its object (FCOS); L_box = giou_weight * sum(w (1 - GIoU)) / sum(w).
+    """
+    priors = model.priors(out)
+    boxes = model.decode(out).detach()
+    weighted, plain = [], []
+    for b, t in enumerate(targets):
+        gt_index = model.one_to_many(priors, t["boxes"])
+        locs = torch.nonzero(gt_index >= 0).squeeze(1)
+        gt = t["boxes"][gt_index[locs]]
+        x, y = priors.points[locs, 0], priors.points[locs, 1]
+        left, right, top, bottom = x - gt[:, 0], gt[:, 2] - x, y - gt[:, 1], gt[:, 3] - y
+        w = torch.sqrt(
+            torch.minimum(left, right) / torch.maximum(left, right)
+            * torch.minimum(top, bottom) / torch.maximum(top, bottom)
+        )
+        giou = torch.diag(generalized_box_iou(boxes[b, locs], gt))
+        weighted.append((w, w * (1 - giou)))
+        plain.append(1 - giou)
+    w_sum = sum(w.sum() for w, _ in weighted)
+    giou_weight = model.cfg.loss.giou_weight
+    loss = giou_weight * sum(wl.sum() for _, wl in weighted) / w_sum
+    unweighted = giou_weight * torch.cat(plain).mean()
+    return float(loss), float(unweighted)
+
+
+@pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])
+def test_centerness_off_drops_branch_but_keeps_box_weighting(name: str):
+    model = Detector(small_config(name, "model.head.centerness=false").model)
     assert model.head.centerness is None
+    assert not any("centerness" in n for n, _ in model.named_parameters())
     out = model(torch.randn(IMAGES))
     assert out.ctr is None
+    out.reg = torch.rand_like(out.reg) * 4  # boxes of varied quality, so weights matter
     losses = model.losses(out, toy_targets())
     assert "loss_ctr" not in losses and torch.isfinite(losses["loss"])
+    # The GIoU loss is still weighted by the center-ness *target* (no branch needed for it).
+    expected, unweighted = centerness_weighted_giou(model, out, toy_targets())
+    # the weighting makes a difference here, 100 times the tolerance below
+    assert abs(expected - unweighted) > 1e-3 * expected
+    assert losses["loss_box"].item() == pytest.approx(expected, rel=1e-5)
+    # The same as with the branch on, for the same box predictions.
+    with_branch = Detector(small_config(name).model)
+    out_on = with_branch(torch.randn(IMAGES))
+    out_on.reg = out.reg
+    on = with_branch.losses(out_on, toy_targets())["loss_box"]
+    assert on.item() == pytest.approx(losses["loss_box"].item(), rel=1e-6)
 
 
 def count(module: torch.nn.Module, prefix: str = "") -> int:

@@ -41,6 +41,17 @@ def test_resume_gives_exactly_the_uninterrupted_weights(shapes_root, tmp_path, t
     # the resumed run continued the same MLflow run and finished it
     runs = search_runs("resume")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    # ... and logged exactly what the uninterrupted run logged: each step once, same values
+    by_dir = {r.data.params["output_dir"]: r.info.run_id for r in runs}
+    client = MlflowClient()
+    for key in ("mAP_e2e", "mAR_nms", "loss", "loss_pss", "lr"):
+        straight_h, parted_h = (
+            [(m.step, m.value) for m in client.get_metric_history(by_dir[str(d)], key)]
+            for d in (straight.output_dir, parted.output_dir)
+        )
+        steps = [1, 2] if key.startswith("mA") else [1, 2, 3, 4]
+        assert [s for s, _ in parted_h] == steps, (key, parted_h)
+        assert sorted(parted_h) == sorted(straight_h), key
 
 
 def test_a_job_killed_while_evaluating_resumes_and_evaluates_that_epoch(
@@ -62,7 +73,13 @@ def test_a_job_killed_while_evaluating_resumes_and_evaluates_that_epoch(
     train(cfg, resume="auto", run=RunInfo(experiment="killed"))
     (run,) = search_runs("killed")
     history = MlflowClient().get_metric_history(run.info.run_id, "mAP_e2e")
-    assert run.info.status == "FINISHED" and sorted({m.step for m in history}) == [1, 2]
+    # epoch 2 evaluated once after the resume, epoch 1 not again: each step exactly once
+    assert run.info.status == "FINISHED" and sorted(m.step for m in history) == [1, 2]
+    # Epoch 2's iterations (3, 4) ran again after the resume and were logged again, with
+    # the values of their first run (the resume is exact).
+    losses = MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3, 3, 4, 4]
+    assert len({(m.step, m.value) for m in losses}) == 4
 
 
 def test_mlflow_contract(shapes_root, tmp_path, tracking):
@@ -104,7 +121,19 @@ def test_two_step_trains_only_the_pss_head(shapes_root, tmp_path, tracking):
     after = load_checkpoint(stage2.run_dir / "last.pth")["model"]
     changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
     assert not changed, f"frozen weights moved: {sorted(changed)[:3]}"
-    assert any(k.startswith("head.pss.") for k in after)
+    # The PSS head (absent from stage 1) trained: every one of its parameters left the
+    # value it was initialised with (the same seed, the same model), and the optimizer
+    # holds exactly its parameters, each with a non-zero momentum.
+    torch.manual_seed(stage2.train.seed)
+    fresh = Detector(stage2.model)
+    init = {k: v.clone() for k, v in fresh.state_dict().items()}
+    pss = [n for n, _ in fresh.named_parameters() if n.startswith("head.pss.")]
+    assert pss and not set(pss) & set(before)
+    unmoved = [k for k in pss if torch.equal(init[k], after[k])]
+    assert not unmoved, f"PSS head parameters that did not train: {unmoved}"
+    state = load_checkpoint(stage2.run_dir / "last.pth")["optimizer"]["state"]
+    assert len(state) == len(pss)
+    assert all(s["momentum_buffer"].abs().sum() > 0 for s in state.values())
 
 
 def test_non_finite_loss_stops_with_a_clear_error(shapes_root, tmp_path, tracking, monkeypatch):
