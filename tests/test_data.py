@@ -167,13 +167,32 @@ def test_max_size_caps_the_longer_side() -> None:
     torch.testing.assert_close(t["boxes"], target["boxes"] * (1333 / 2000))
 
 
-def test_random_resize_draws_from_scales_with_the_given_rng() -> None:
+@pytest.mark.parametrize(
+    "transform",
+    [RandomResize([100, 120, 140], 10_000), HorizontalFlip(0.5)],
+    ids=["resize", "flip"],
+)
+def test_random_transforms_draw_only_from_the_given_rng(transform) -> None:
     image, target = sample(width=300, height=200)
-    resize = RandomResize([100, 120, 140], 10_000)
-    drawn = {resize(image, target, random.Random(s))[1]["size"][0] for s in range(30)}
-    assert drawn == {100, 120, 140}
-    a = [resize(image, target, random.Random("x-1-3"))[1]["size"] for _ in range(3)]
-    assert a[0] == a[1] == a[2]
+
+    def outcome(rng: random.Random) -> tuple:
+        _, t = transform(image, target, rng)
+        return t.get("size"), t["boxes"].tolist()
+
+    results = {}
+    for s in range(30):
+        random.seed(1000 + s)  # the global RNG in another state each time
+        before = random.getstate()
+        rng = random.Random(f"x-{s}")
+        results[s] = outcome(rng)
+        global_untouched = random.getstate() == before
+        rng_used = rng.getstate() != random.Random(f"x-{s}").getstate()
+        assert global_untouched and rng_used, "draws from the global RNG, not the given rng"
+        random.seed(s)
+        assert outcome(random.Random(f"x-{s}")) == results[s]  # a function of the rng alone
+    drawn = {r[0][0] if r[0] else r[1][0][0] for r in results.values()}
+    # every scale (resize) or both sides (flip: x1 = 10 or 300 - 50) come up
+    assert drawn == ({100, 120, 140} if isinstance(transform, RandomResize) else {10.0, 250.0})
 
 
 def test_build_transforms_train_and_eval() -> None:
@@ -410,16 +429,58 @@ def test_shapes_files_pass_validation(tmp_path: Path) -> None:
     assert len(ds) == 2 and ds.cat_ids == [1, 3, 7]
 
 
-def test_distributed_loader_matches_single_process_order(
-    shapes_cfg: DataConfig, tmp_path: Path
-) -> None:
-    ds = build_dataset(shapes_cfg, "train", seed=0)
-    single = run_epoch(build_loader(ds, 2, 0, True, 5, False, 32, epoch=2))
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+def loader_view(loader: torch.utils.data.DataLoader) -> list[list[list]]:
+    """Per batch: [image_id, resized size, flipped] of each image (JSON-friendly)."""
+    return [
+        [[t["image_id"], list(t["size"]), bool(t.get("flipped"))] for t in targets]
+        for _, targets in loader
+    ]
+
+
+def _rank_loader_view(rank: int, world: int, init: str, cfg: DataConfig, out: str) -> None:
+    """One rank of a real gloo group: its training loader's epoch 2, written to ``out``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
+        ds = build_dataset(cfg, "train", seed=0)
         loader = build_loader(ds, 2, 0, True, 5, True, 32, epoch=2)
-        assert loader.sampler.num_replicas == 1 and loader.sampler.rank == 0
-        multi = run_epoch(loader)
+        assert (loader.sampler.num_replicas, loader.sampler.rank) == (world, rank)
+        Path(out).write_text(json.dumps(loader_view(loader)))
     finally:
         dist.destroy_process_group()
-    assert [ids for ids, _ in multi] == [ids for ids, _ in single]
+
+
+def test_distributed_loader_deals_one_process_batches_to_two_ranks(
+    shapes_cfg: DataConfig, tmp_path: Path
+) -> None:
+    """Two real ranks (batch 2 each): at every step their batches together hold exactly
+    the images (same augmentations) of one process's batch of 4; no image on both."""
+    ds = build_dataset(shapes_cfg, "train", seed=0)
+    single = loader_view(build_loader(ds, 4, 0, True, 5, False, 32, epoch=2))
+    assert len(single) == 2  # 9 images, batch 4: the last one is dropped
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    spawn = torch.multiprocessing.get_context("spawn")
+    init = f"file://{tmp_path / 'pg'}"
+    procs = [
+        spawn.Process(target=_rank_loader_view, args=(r, 2, init, shapes_cfg, str(outs[r])))
+        for r in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join(timeout=300)  # only catches a hang
+            assert proc.exitcode == 0, f"a rank exited with {proc.exitcode}"
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    ranks = [json.loads(out.read_text()) for out in outs]
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    key = json.dumps
+    for step, whole in enumerate(single):
+        assert [len(r[step]) for r in ranks] == [2, 2]
+        assert sorted(map(key, ranks[0][step] + ranks[1][step])) == sorted(map(key, whole))
+    ids = [image[0] for r in ranks for batch in r for image in batch]
+    assert len(ids) == len(set(ids)) == 8
