@@ -54,8 +54,53 @@ def test_table3_two_step_cell_is_stage2_of_a_baseline(clean_cwd, capsys):
     assert stages["stage1"]["overrides"]["model.name"] == "atss"
     assert stages["stage2"]["overrides"]["train.trainable"] == "pss"
     assert stages["stage2"]["depends_on"] == ["two_step"] and stages["stage1"]["depends_on"] == []
-    # stage 2's fingerprint follows stage 1's: changing stage 1 changes both
     assert stages["stage1"]["fingerprint"] != stages["stage2"]["fingerprint"]
+
+
+def fingerprints(spec: Path, capsys) -> dict[str, str]:
+    return {f"{c['cell']}@{c['stage']}": c["fingerprint"] for c in dry_run(spec, capsys)}
+
+
+def table3_variant(folder: Path, old: str = "", new: str = "") -> Path:
+    """A copy of table3.yaml with one edit, if given (bases made absolute)."""
+    text = (REPO / "sweeps" / "table3.yaml").read_text()
+    if old:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    text = text.replace("../experiments/", f"{REPO}/experiments/")
+    folder.mkdir(exist_ok=True)
+    path = folder / f"table3_{len(list(folder.iterdir()))}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_changing_stage1_changes_both_stage_fingerprints_and_nothing_else(clean_cwd, capsys):
+    """Stage 2 starts from stage 1's weights: its fingerprint follows stage 1's settings;
+    a change to stage 2 alone leaves stage 1 (and the other cell) as they were."""
+    specs = clean_cwd / "specs"
+    base = fingerprints(table3_variant(specs), capsys)
+    assert base == fingerprints(REPO / "sweeps" / "table3.yaml", capsys)
+    stage1 = fingerprints(
+        table3_variant(
+            specs,
+            "overrides: {model.name: atss}",
+            "overrides: {model.name: atss, train.base_lr: 0.02}",
+        ),
+        capsys,
+    )
+    stage2 = fingerprints(
+        table3_variant(
+            specs,
+            "overrides: {model.name: atss_pss, train.trainable: pss,",
+            "overrides: {model.name: atss_pss, train.base_lr: 0.02, train.trainable: pss,",
+        ),
+        capsys,
+    )
+    changed = {k for k in base if stage1[k] != base[k]}
+    assert changed == {"two_step@stage1", "two_step@stage2"}
+    changed = {k for k in base if stage2[k] != base[k]}
+    assert changed == {"two_step@stage2"}
+    assert stage1["two_step@stage2"] != stage2["two_step@stage2"]
 
 
 def test_fingerprints_distinguish_cells_and_smoke(clean_cwd, capsys):
