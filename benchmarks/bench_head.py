@@ -1,62 +1,23 @@
-"""What the PSS head costs, and how our FCOS compares with torchvision's (DESIGN.md section 10).
+"""What the PSS head costs, and how our FCOS compares with torchvision's (docs/benchmarks.md).
 
-Everything is measured side by side in one process on the same inputs: one
-image tensor (uniform noise in [0, 1], normalised with the ImageNet statistics
-for our models; torchvision's transform normalises the same raw tensor
-itself), padded like both data pipelines do to a multiple of 32 (800x1333 ->
-800x1344), the same synthetic targets, the same batch and thread count.
-Timings interleave the contenders (A, B, A, B, ...; the order is reversed on
-every other round so that drift cancels) and report medians.
+Measured side by side in one process on the same inputs: one image tensor
+(uniform noise, normalised like our pipeline; torchvision's transform
+normalises the same raw tensor itself) padded to a multiple of 32 (800x1333 ->
+800x1344), the same synthetic targets, batch and thread count; contenders
+interleaved, medians (benchmarks/side_by_side.py). Printed, with targets:
 
-Lines printed (ratio, target, PASS/MISS):
+1. FLOPs of the network forward, FCOS_PSS / FCOS (FlopCounterMode).
+2. Forward time FCOS_PSS / FCOS: within 0.02 of the FLOP ratio.
+3. Training step (forward, losses, backward, clip, SGD) FCOS_PSS / FCOS:
+   within 0.05 of the FLOP ratio.
+4. Post-processing e2e / nms (``model.predict``) on trained-looking score maps
+   (tests/support/score_maps.py): <= 0.5; again on a crowded image (info).
+5. Ours / torchvision's FCOS on the same backbone (forward: the network part;
+   training step: torchvision's full step): <= 1.0 with the same frozen
+   BatchNorm and frozen stages; torchvision as built (trainable BN) for info.
 
-1. FLOPs (``torch.utils.flop_counter.FlopCounterMode``) of the network forward,
-   backbone + FPN + head, FCOS_PSS / FCOS (80 classes, same config otherwise).
-   DESIGN.md takes it as the floor of the two time ratios below; where the
-   PSS head's 256-channel convs run faster per FLOP than the rest of the
-   network (they do on a CPU: the printout gives GFLOP/s per part) the time
-   ratio can sit under it.
-2. Forward time FCOS_PSS / FCOS: eval mode, ``no_grad``, ``model(images)``.
-   Target: within 0.02 of the FLOP ratio.
-3. Training step FCOS_PSS / FCOS: train mode, forward + ``losses`` + backward +
-   gradient clipping + SGD step, same targets. Target: within 0.05 of the FLOP
-   ratio (the one-to-one assignment must not dominate).
-4. Post-processing e2e / nms: ``model.predict(out, sizes, "e2e")`` against
-   ``"nms"`` on the same head outputs. Target: <= 0.5. A randomly initialised
-   head is useless here (almost every location sits at the prior, so either
-   nothing or everything passes the 0.05 score threshold), so the outputs are
-   built to look like a trained detector's (see :func:`realistic_outputs`):
-   every logit far below the threshold except around OBJECTS objects per
-   image; around each, a disc of locations on the object's FPN level (and
-   weaker, smaller ones on the levels next to it) scores its class highly,
-   two confusable classes more weakly, and their boxes are jittered copies of
-   the object's box, so NMS has real duplicates to remove; CLUTTER scattered
-   false positives just above the threshold; the PSS map is high at one
-   location per object (the best-scored one) and low elsewhere. The printout
-   states how many (location, class) pairs pass the 0.05 threshold per level
-   and in all (a few hundred), and repeats the measurement on a crowded image
-   (4x the objects, about two thousand candidates) for information. It also
-   splits predict's time into the part both modes share and the part each
-   mode adds, and times a sketch of an exact, cheaper e2e (:func:`e2e_pruned`,
-   not in the library) that returns the same detections.
-5. Our FCOS / torchvision's FCOS (``fcos_resnet50_fpn(weights=None,
-   weights_backbone=None, num_classes=80)``, or the same FCOS on another
-   ResNet), same backbone, input and batch. Forward: its network part,
-   ``tv.backbone(x)`` + ``tv.head(features)``, against ``model(x)``. Training
-   step: torchvision's full ``tv(images, targets)`` in train mode (including
-   its transform, set not to rescale: ``min_size=(H,)``, ``max_size=W``; it
-   normalises and re-batches the images, which our step does not need to)
-   against our forward + losses, both + backward + clipping + SGD step.
-   Built without weights torchvision uses trainable BatchNorm and trains every
-   stage; ours uses FrozenBatchNorm2d and freezes the stem and C2. Both are
-   printed; the like-for-like one (torchvision with FrozenBatchNorm2d and the
-   stem and C2 frozen, as torchvision itself does with a pretrained backbone)
-   carries the target (<= 1.0).
-
-Where a target is missed, the printout says by how much and what the
-component timings point to. On a shared CPU prefer ``--threads 1``: with
-more threads every op waits for its slowest thread, and a core taken by
-another process stalls them all (seen here: 10x slower, ratios off by 4x).
+Part timings (backbone+FPN, head, losses, assignment, post-processing parts)
+are printed beside the ratios. On a shared CPU prefer ``--threads 1``.
 
     .venv/bin/python benchmarks/bench_head.py                      # 800x1333, batch 1
     .venv/bin/python benchmarks/bench_head.py --size 512x512 --repeats 5
@@ -72,13 +33,11 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -88,17 +47,24 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pss import postprocess
-from pss.boxes import distance_to_box, make_priors
 from pss.config import load_config
 from pss.models import Detector
-from pss.models.backbone import PIXEL_MEAN, PIXEL_STD, Backbone
+from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
 from pss.models.heads import HeadOutputs
+from side_by_side import Clock, Report, interleaved, med
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.score_maps import (  # noqa: E402 - after the path to tests/support
+    SCORE_THRESH,
+    realistic_outputs,
+    synthetic_targets,
+    to_device,
+)
 
 NUM_CLASSES = 80
 OBJECTS = 15  # objects per image in the realistic score maps
 CLUTTER = 30  # scattered false positives per image just above the threshold
 TRAIN_BOXES = 7  # ground-truth boxes per image in the training step
-SCORE_THRESH = 0.05
 FORWARD_TOL, TRAIN_TOL, POST_MAX, TV_MAX = 0.02, 0.05, 0.5, 1.0
 QUICK_SIZE = "128x128"
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -201,70 +167,7 @@ def build_torchvision(backbone: str, frozen: bool, hw: tuple[int, int], device) 
     return tv.to(device)
 
 
-def synthetic_targets(hw: tuple[int, int], batch: int, device, seed: int) -> list[dict]:
-    """TRAIN_BOXES boxes per image, sides 24 px to half the image, in pixels."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    h, w = hw
-    targets = []
-    for _ in range(batch):
-        side = torch.exp(
-            torch.empty(TRAIN_BOXES).uniform_(math.log(24), math.log(min(h, w) / 2), generator=gen)
-        )
-        aspect = torch.exp(torch.empty(TRAIN_BOXES).uniform_(-0.7, 0.7, generator=gen))
-        bw = (side * aspect.sqrt()).clamp(max=w - 2)
-        bh = (side / aspect.sqrt()).clamp(max=h - 2)
-        x1 = torch.rand(TRAIN_BOXES, generator=gen) * (w - bw)
-        y1 = torch.rand(TRAIN_BOXES, generator=gen) * (h - bh)
-        boxes = torch.stack((x1, y1, x1 + bw, y1 + bh), 1)
-        labels = torch.randint(0, NUM_CLASSES, (TRAIN_BOXES,), generator=gen)
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-    return targets
-
-
 # ------------------------------------------------------------------------- measuring
-
-
-class Clock:
-    """Wall time of a call, synchronising CUDA around it."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-
-def interleaved(
-    clock: Clock, fns: dict[str, Callable[[], object]], repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each fn, run in turns (order reversed every other round)."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(clock(fns[name]))
-    return times
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def spread(a: list[float], b: list[float]) -> str:
-    """Range of the per-round ratios b/a: how noisy the ratio of medians is."""
-    ratios = [y / x for x, y in zip(a, b)]
-    if len(ratios) < 2:
-        return "1 round"
-    return f"rounds {min(ratios):.3f}-{max(ratios):.3f}"
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -274,194 +177,24 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def fmt_time(seconds: float) -> str:
-    return f"{seconds * 1e3:9.2f} ms" if seconds < 1 else f"{seconds:9.3f} s "
-
-
-# ----------------------------------------------------------- realistic score maps
-
-
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return torch.log(p) - torch.log1p(-p)
-
-
-def realistic_outputs(
-    sizes: list[tuple[int, int]],
-    hw: tuple[int, int],
-    batch: int,
-    seed: int,
-    objects: int = OBJECTS,
-    clutter: int = CLUTTER,
-) -> tuple[HeadOutputs, dict]:
-    """Head outputs [B, N, ...] whose scores look like a trained FCOS_PSS's.
-
-    Background: class logits ~ N(-8, 1) (sigma ~ 3e-4), center-ness logits
-    ~ N(-1, 0.5), PSS logits ~ N(-7, 1), boxes of 1-3 strides per side. For each
-    of ``objects`` objects per image (sides 24 px to half the image,
-    log-uniform; random class): its FPN level by the FCOS regress ranges; the
-    locations inside the box within 3 strides of its centre on that level
-    (within 2 strides on the next coarser and finer levels, at 0.5x and 0.35x
-    the score) get class probability peak * exp(-d^2 / 2.9) (d in strides,
-    peak ~ U(0.5, 0.95)), center-ness 0.4 + 0.55 exp(-d^2 / 2), two confusable
-    classes at 0.1-0.35 of that, boxes = the object's box with 10 % jitter per
-    side, and PSS ~ N(-4, 1) (the one-to-many duplicates the selector learned
-    to suppress); the best of them on the object's level gets PSS +3.
-    ``clutter`` random (location, class) pairs get a base score U(0.05, 0.2).
-    """
-    gen = torch.Generator().manual_seed(seed + 2)
-    strides = Backbone.strides
-    priors = make_priors(sizes, strides, "cpu")
-    counts = priors.counts
-    starts = [sum(counts[:i]) for i in range(len(counts))]
-    n, c = priors.points.shape[0], NUM_CLASSES
-    cls = torch.randn(batch, n, c, generator=gen) - 8.0
-    ctr = torch.randn(batch, n, generator=gen) * 0.5 - 1.0
-    pss = torch.randn(batch, n, generator=gen) - 7.0
-    reg = torch.rand(batch, n, 4, generator=gen) * 2.5 + 0.5
-    bounds = [0.0, 64.0, 128.0, 256.0, 512.0, float("inf")]
-    h, w = hw
-    for b in range(batch):
-        side = torch.exp(
-            torch.empty(objects).uniform_(math.log(24), math.log(min(h, w) / 2), generator=gen)
-        )
-        aspect = torch.exp(torch.empty(objects).uniform_(-0.7, 0.7, generator=gen))
-        bw, bh = (side * aspect.sqrt()).clamp(max=w - 2), (side / aspect.sqrt()).clamp(max=h - 2)
-        x1 = torch.rand(objects, generator=gen) * (w - bw)
-        y1 = torch.rand(objects, generator=gen) * (h - bh)
-        boxes = torch.stack((x1, y1, x1 + bw, y1 + bh), 1)
-        labels = torch.randint(0, c, (objects,), generator=gen)
-        for box, label in zip(boxes, labels):
-            centre = (box[:2] + box[2:]) / 2
-            reach = float(max(box[2] - box[0], box[3] - box[1])) / 2
-            level = next(i for i in range(5) if bounds[i] <= reach < bounds[i + 1])
-            peak = float(torch.empty(()).uniform_(0.5, 0.95, generator=gen))
-            confusers = torch.randint(0, c, (2,), generator=gen)
-            best, best_score = -1, 0.0
-            rings = [(level, 3.0, 1.0)]  # (level, radius in strides, score factor)
-            if level < 4:
-                rings.append((level + 1, 2.0, 0.5))
-            if level > 0:
-                rings.append((level - 1, 2.0, 0.35))
-            for lvl, radius, factor in rings:
-                sl = slice(starts[lvl], starts[lvl] + counts[lvl])
-                pts = priors.points[sl]
-                d = (pts - centre).norm(dim=1) / strides[lvl]
-                inside = (pts > box[:2]).all(1) & (pts < box[2:]).all(1)
-                idx = torch.nonzero((d <= radius) & inside).squeeze(1)
-                if idx.numel() == 0:
-                    idx = d.argmin()[None]
-                loc = idx + starts[lvl]
-                dd = d[idx]
-                p_cls = factor * peak * torch.exp(-(dd**2) / 2.9)
-                p_ctr = 0.4 + 0.55 * torch.exp(-(dd**2) / 2)
-                cls[b, loc, label] = _logit(p_cls)
-                for conf in confusers:
-                    ratio = torch.empty(len(loc)).uniform_(0.1, 0.35, generator=gen)
-                    cls[b, loc, conf] = _logit(p_cls * ratio)
-                ctr[b, loc] = _logit(p_ctr)
-                point = priors.points[loc]
-                ltrb = torch.cat((point - box[:2], box[2:] - point), 1).clamp(min=1.0)
-                jitter = 1 + 0.1 * torch.randn(len(loc), 4, generator=gen)
-                reg[b, loc] = ltrb * jitter / strides[lvl]
-                pss[b, loc] = torch.randn(len(loc), generator=gen) - 4.0
-                score = p_cls * p_ctr
-                k = int(score.argmax())
-                if lvl == level and float(score[k]) > best_score:
-                    best, best_score = int(loc[k]), float(score[k])
-            pss[b, best] = 3.0
-        loc = torch.randint(0, n, (clutter,), generator=gen)
-        lab = torch.randint(0, c, (clutter,), generator=gen)
-        base = torch.empty(clutter).uniform_(SCORE_THRESH * 1.01, 0.2, generator=gen)
-        ctr[b, loc] = 0.0  # center-ness 0.5
-        cls[b, loc, lab] = _logit(base / 0.5)
-    out = HeadOutputs(cls=cls, reg=reg, ctr=ctr, pss=pss, sizes=list(sizes))
-    base = torch.sigmoid(cls) * torch.sigmoid(ctr)[..., None]
-    passing = base > SCORE_THRESH  # [B, N, C]
-    per_level = [
-        int(passing[:, s : s + k].sum()) / batch for s, k in zip(starts, counts)
-    ]  # per image
-    e2e = base * torch.sigmoid(pss)[..., None]
-    stats = {
-        "locations_per_level": counts,
-        "pairs_per_image": n * c,
-        "nms_candidates_per_level": per_level,
-        "nms_candidates": sum(per_level),
-        "e2e_pairs_above_thresh": int((e2e > SCORE_THRESH).sum()) / batch,
-        "objects": objects,
-        "clutter": clutter,
-    }
-    return out, stats
-
-
-def to_device(out: HeadOutputs, device: torch.device) -> HeadOutputs:
-    return HeadOutputs(
-        cls=out.cls.to(device),
-        reg=out.reg.to(device),
-        ctr=None if out.ctr is None else out.ctr.to(device),
-        pss=None if out.pss is None else out.pss.to(device),
-        sizes=out.sizes,
-    )
-
-
 # ------------------------------------------------------------ post-processing parts
-
-
-def e2e_pruned(model: Detector, out: HeadOutputs, image_sizes: list[tuple[int, int]]):
-    """What ``predict(out, sizes, "e2e")`` returns, without touching every pair twice.
-
-    A sketch, not in the library: a location's best pair scores
-    u_i = sigma(pss_i) sigma(ctr_i) sigma(max_c s_i(c)), so the top-K pairs all
-    lie in the K locations with the highest u_i (each of those holds a pair
-    scoring u_i). One max over classes and a top-K over locations replace the
-    sigmoid, product and top-K over all N x C pairs; the sigmoids and boxes
-    are then computed for K locations only. Same detections (up to ties).
-    """
-    ic = model.cfg.inference
-    priors = model.priors(out)
-    num_classes = out.cls.shape[-1]
-    upper = F.logsigmoid(out.cls.amax(-1).float()) + F.logsigmoid(out.pss.float())
-    if out.ctr is not None:
-        upper = upper + F.logsigmoid(out.ctr.float())
-    results = []
-    for b, (h, w) in enumerate(image_sizes):
-        loc = upper[b].topk(min(ic.max_per_image, upper.shape[1])).indices
-        scores = out.cls[b, loc].float().sigmoid()
-        if out.ctr is not None:
-            scores = scores * out.ctr[b, loc].float().sigmoid()[:, None]
-        scores = scores * out.pss[b, loc].float().sigmoid()[:, None]
-        top, idx = scores.reshape(-1).topk(min(ic.max_per_image, scores.numel()))
-        keep = top > ic.e2e_score_thresh
-        top, idx = top[keep], idx[keep]
-        sel = loc[idx // num_classes]
-        ltrb = F.relu(out.reg[b, sel].float()) * priors.strides[sel, None]
-        boxes = distance_to_box(priors.points[sel], ltrb)
-        lo = boxes.new_zeros(4)
-        hi = boxes.new_tensor([w, h, w, h])
-        boxes = torch.minimum(torch.maximum(boxes, lo), hi)
-        results.append({"boxes": boxes, "scores": top, "labels": idx % num_classes})
-    return results
 
 
 def postprocess_parts(
     model: Detector, out: HeadOutputs, image_sizes: list[tuple[int, int]]
 ) -> dict[str, Callable[[], object]]:
-    """predict's work split in three: shared by both modes, e2e only, nms only."""
+    """The nms mode's work in two parts: scoring and decoding every (location, class)
+    pair, then selection (threshold, per-level top-k, class-aware NMS)."""
     ic = model.cfg.inference
     counts = model.priors(out).counts
 
-    def shared():
+    def nms_scores():
         base = out.cls.float().sigmoid() * out.ctr.float().sigmoid()[..., None]
         return model.decode(out), base
 
-    boxes, base = shared()
+    boxes, base = nms_scores()
 
-    def e2e_only():
-        for b in range(len(image_sizes)):
-            scores = base[b] * out.pss[b].float().sigmoid()[:, None]
-            postprocess.topk_detections(scores, boxes[b], ic.max_per_image, ic.e2e_score_thresh)
-
-    def nms_only():
+    def nms_select():
         for b in range(len(image_sizes)):
             postprocess.nms_detections(
                 base[b],
@@ -473,60 +206,7 @@ def postprocess_parts(
                 ic.max_per_image,
             )
 
-    return {"shared": shared, "e2e_only": e2e_only, "nms_only": nms_only}
-
-
-def same_detections(a: list[dict], b: list[dict]) -> bool:
-    return all(
-        torch.allclose(x["scores"], y["scores"])
-        and torch.equal(x["labels"], y["labels"])
-        and torch.allclose(x["boxes"], y["boxes"], atol=1e-3)
-        for x, y in zip(a, b)
-    )
-
-
-# --------------------------------------------------------------------------- report
-
-
-class Report:
-    """Prints one line per measurement and keeps the numbers."""
-
-    def __init__(self) -> None:
-        self.lines: dict[str, dict] = {}
-
-    def line(
-        self,
-        key: str,
-        label: str,
-        names: tuple[str, str],
-        times: tuple[list[float], list[float]],
-        target: str,
-        check: Callable[[float], bool] | None,
-    ) -> float:
-        a, b = med(times[0]), med(times[1])
-        ratio = b / a
-        rounds = [y / x for x, y in zip(*times)]
-        verdict = "info" if check is None else ("PASS" if check(ratio) else "MISS")
-        noise = f"rounds {min(rounds):.3f}-{max(rounds):.3f}" if len(rounds) > 1 else "1 round"
-        print(
-            f"{label:<36} {names[0]:>9} {fmt_time(a)}  {names[1]:>9} {fmt_time(b)}  "
-            f"ratio {ratio:6.3f}  target {target:<15} {verdict}  ({noise})"
-        )
-        self.lines[key] = {
-            "a": names[0],
-            "b": names[1],
-            "time_a_s": a,
-            "time_b_s": b,
-            "ratio": ratio,
-            "round_ratios": rounds,
-            "target": target,
-            "verdict": verdict,
-        }
-        return ratio
-
-    def straddles(self, key: str, bound: float) -> bool:
-        rounds = self.lines[key]["round_ratios"]
-        return len(rounds) > 1 and min(rounds) <= bound <= max(rounds)
+    return {"nms_scores": nms_scores, "nms_select": nms_select}
 
 
 def autocast(device: torch.device, amp: bool):
@@ -599,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     std = torch.tensor(PIXEL_STD, device=device)[:, None, None]
     images = (raw - mean) / std  # what our data pipeline feeds the model
     raw_list = list(raw)  # what torchvision's transform takes (it normalises itself)
-    targets = synthetic_targets(hw, batch, device, args.seed)
+    targets = synthetic_targets(hw, batch, TRAIN_BOXES, NUM_CLASSES, device, args.seed)
     lr = 0.01 * batch / 16
 
     fcos = build_ours("fcos", args.backbone, device)
@@ -806,7 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
         ("postprocess_ratio", OBJECTS, CLUTTER),
         ("postprocess_ratio_crowded", 4 * OBJECTS, 4 * CLUTTER),
     ):
-        out_cpu, stats = realistic_outputs(sizes, hw, batch, args.seed, objects, clutter)
+        out_cpu, stats = realistic_outputs(
+            sizes, hw, batch, NUM_CLASSES, args.seed, objects, clutter
+        )
         out = to_device(out_cpu, device)
         per_level = ", ".join(
             f"P{i + 3} {k:.0f}" for i, k in enumerate(stats["nms_candidates_per_level"])
@@ -816,17 +498,12 @@ def main(argv: list[str] | None = None) -> dict:
             mode: sum(int((d["scores"] > SCORE_THRESH).sum()) for d in ds) / batch
             for mode, ds in dets.items()
         }
-        pruned_ok = same_detections(dets["e2e"], e2e_pruned(pss, out, image_sizes))
-        stats.update(detections_above_thresh=kept, pruned_identical=pruned_ok)
+        stats.update(detections_above_thresh=kept)
         results[key.replace("ratio", "inputs")] = stats
         if key == "postprocess_ratio":
             print(
-                f"\n-- post-processing: model.predict(out, sizes, mode) on the same realistic "
-                f"score maps, {args.post_repeats} rounds\n   (a trained detector's statistics: "
-                f"everything far below the {SCORE_THRESH} threshold except around each object, "
-                f"a disc of duplicates on its level\n   and the two next to it, its class high, "
-                f"2 confusers lower, boxes jittered 10 %; scattered false positives; the PSS "
-                f"map high at\n   one location per object; see realistic_outputs)"
+                f"\n-- post-processing: model.predict(out, sizes, mode) on trained-looking "
+                f"score maps (tests/support/score_maps.py), {args.post_repeats} rounds"
             )
         print(
             f"   {objects} objects + {clutter} false positives per image: (location, class) "
@@ -837,7 +514,6 @@ def main(argv: list[str] | None = None) -> dict:
         fns = {
             "nms": lambda out=out: pss.predict(out, image_sizes, "nms"),
             "e2e": lambda out=out: pss.predict(out, image_sizes, "e2e"),
-            "e2e_pruned": lambda out=out: e2e_pruned(pss, out, image_sizes),
             **postprocess_parts(pss, out, image_sizes),
         }
         t = interleaved(clock, fns, args.post_repeats, max(warmup, 2))
@@ -850,22 +526,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"<= {POST_MAX}",
             None if crowded else (lambda r: r <= POST_MAX),
         )
-        report.line(
-            key.replace("ratio", "ratio_pruned"),
-            "  sketch: pruned e2e / nms",
-            ("nms", "pruned"),
-            (t["nms"], t["e2e_pruned"]),
-            "info",
-            None,
-        )
-        part = {k: med(t[k]) * 1e3 for k in ("shared", "e2e_only", "nms_only")}
+        part = {k: med(t[k]) * 1e3 for k in ("nms_scores", "nms_select")}
         post[key] = part
         post_times[key] = {k: med(v) for k, v in t.items()}
         print(
-            f"   parts: shared by both modes (decode, sigmoids over all pairs) "
-            f"{part['shared']:.2f} ms; e2e only (x PSS, top-k over all pairs) "
-            f"{part['e2e_only']:.2f} ms; nms only (threshold, NMS) {part['nms_only']:.2f} ms; "
-            f"pruned e2e gives the same detections: {'yes' if pruned_ok else 'NO'}"
+            f"   nms parts: score and decode every pair {part['nms_scores']:.2f} ms, "
+            f"threshold + top-k + NMS {part['nms_select']:.2f} ms"
         )
     results["times_s"]["postprocess"] = post_times
     results["postprocess_parts_s"] = {
@@ -882,7 +548,6 @@ def main(argv: list[str] | None = None) -> dict:
         gflops_pss_head=rate_pss,
         train_step_extra_s=step_extra_ms / 1e3,
     )
-    explain(results, report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -941,129 +606,6 @@ def train_parts(
         1,
     )
     return {k: med(v) * 1e3 for k, v in times.items()}
-
-
-def explain(results: dict, report: Report) -> None:
-    """A paragraph per missed target: by how much, and what the part timings point to."""
-    lines = report.lines
-    missed = [k for k, v in lines.items() if v["verdict"] == "MISS"]
-    print("\n-- verdict: " + ("every target met" if not missed else "missed " + ", ".join(missed)))
-    flop, cpu = results["flop_ratio"], results["device"] == "cpu"
-    fwd, loss = results["forward_parts_s"], results["train_parts_s"]
-    on = " on a CPU" if cpu else ""
-
-    def noise(key: str, bound: float) -> str:
-        if not report.straddles(key, bound):
-            return ""
-        return (
-            f" The per-round ratios straddle {bound:.3f}, so the miss is within this machine's "
-            "run-to-run noise (more --repeats or a quiet machine settle it)."
-        )
-
-    if "forward_ratio" in missed:
-        r = lines["forward_ratio"]["ratio"]
-        bound = flop + FORWARD_TOL if r > flop else flop - FORWARD_TOL
-        alone = results["pss_head_extra_s"] / results["times_s"]["forward"]["fcos"]
-        rate_pss, rate_all = results["gflops_pss_head"], results["gflops_network"]
-        text = (
-            f"forward: {r:.3f} is {abs(r - flop):.3f} {'above' if r > flop else 'below'} the "
-            f"FLOP ratio {flop:.3f}. Timed alone on the same features the PSS head adds "
-            f"{alone:.1%} to the FCOS forward for +{flop - 1:.1%} FLOPs ({rate_pss:.0f} GFLOP/s"
-            f" there, {rate_all:.0f} over the whole network)"
-        )
-        predicted = 1 + alone
-        text += f"; that predicts a time ratio of {predicted:.3f}"
-        if r < flop and rate_pss > 1.1 * rate_all:
-            text += (
-                ". Its convs (256-ch 3x3, most of them on the large P3/P4 maps) are the most "
-                "efficient work in the network, while the backbone (stem, 1x1 convs, "
-                f"FrozenBN passes) runs at {results['gflops_backbone']:.0f} GFLOP/s{on}: per "
-                "FLOP the PSS head is cheaper than the average, so here the FLOP ratio is not "
-                "a floor for the time ratio."
-            )
-        elif r > flop and rate_pss < 0.9 * rate_all:
-            text += (
-                ". It runs less efficiently than the rest (part of its work "
-                "is on the small P5-P7 maps, and its GroupNorm + ReLU passes are memory-bound "
-                f"work that the FLOP count leaves out){on}."
-            )
-        else:
-            text += (
-                ", close to what its FLOPs say: the whole-model ratio's distance from it is "
-                "timing noise, not the head."
-            )
-        print("   " + text + noise("forward_ratio", bound))
-    if "train_ratio" in missed:
-        r = lines["train_ratio"]["ratio"]
-        bound = flop + TRAIN_TOL if r > flop else flop - TRAIN_TOL
-        extra = results["train_step_extra_s"] * 1e3
-        loss_extra = (loss["pss_losses"] - loss["losses"]) * 1e3
-        train_flop = results["train_flop_ratio"]
-        text = (
-            f"train step: {r:.3f} is {abs(r - flop):.3f} {'above' if r > flop else 'below'} "
-            f"the forward FLOP ratio {flop:.3f} (training FLOP ratio {train_flop:.3f}: behind "
-            "the stop-grad the PSS head sends no gradient back, so it adds less to the backward "
-            f"than to the forward). The PSS step took {abs(extra):.0f} ms "
-            f"{'more' if extra >= 0 else 'less'} than the FCOS step; its extra losses cost "
-            f"{loss_extra:.0f} ms (the one-to-one assignment {loss['assignment'] * 1e3:.1f} ms)"
-        )
-        if r > flop:
-            text += (
-                ", the rest is the PSS head's forward and backward and the backward of the PSS "
-                "losses."
-            )
-        else:
-            text += (
-                f"; a step ratio below {min(flop, train_flop) - TRAIN_TOL:.3f} is not "
-                "explained by the work done and points at timing noise."
-            )
-        print("   " + text + noise("train_ratio", bound))
-    if "postprocess_ratio" in missed:
-        r = lines["postprocess_ratio"]["ratio"]
-        part = results["postprocess_parts_s"]["postprocess_ratio"]
-        cands = results["postprocess_inputs"]["nms_candidates"]
-        pruned = lines["postprocess_ratio_pruned"]["ratio"]
-        text = (
-            f"post-processing: e2e / nms = {r:.3f} > {POST_MAX}. Both modes spend "
-            f"{part['shared'] * 1e3:.2f} ms decoding every box and taking sigmoids over every "
-            f"(location, class) pair; e2e then multiplies all {NUM_CLASSES} x N pairs by the "
-            f"PSS map and takes a top-k over all of them ({part['e2e_only'] * 1e3:.2f} ms), "
-            f"while nms thresholds them and runs NMS on {cands:.0f} candidates "
-            f"({part['nms_only'] * 1e3:.2f} ms"
-            + (
-                "; NMS on so few boxes is cheap on a CPU, the paper's 2.91 ms is a GPU time)."
-                if cpu
-                else ")."
-            )
-        )
-        if pruned <= POST_MAX:
-            text += (
-                f" Touching only the best locations (the pruned sketch, same detections) gives "
-                f"{pruned:.3f}: the excess is in the library's e2e path, not in the method."
-            )
-        else:
-            text += (
-                f" Even the pruned sketch gives {pruned:.3f}: at this input size the fixed "
-                "per-call overheads of both modes dominate."
-            )
-        print("   " + text + noise("postprocess_ratio", POST_MAX))
-    if "tv_forward_ratio" in missed:
-        r = lines["tv_forward_ratio"]["ratio"]
-        print(
-            f"   ours / torchvision forward: {r:.3f} > {TV_MAX} with the same backbone, frozen "
-            f"BN and {results['flops']['fcos'] / results['flops']['torchvision']:.3f}x its "
-            f"FLOPs; backbone+FPN ours {fwd['body'] * 1e3:.1f} ms vs {fwd['tv_body'] * 1e3:.1f}"
-            f" ms, head ours {fwd['head'] * 1e3:.1f} ms vs {fwd['tv_head'] * 1e3:.1f} ms."
-            + noise("tv_forward_ratio", TV_MAX)
-        )
-    if "tv_train_ratio" in missed:
-        r = lines["tv_train_ratio"]["ratio"]
-        print(
-            f"   ours / torchvision train step: {r:.3f} > {TV_MAX} with the same backbone, "
-            f"frozen BN and frozen stages; losses alone ours {loss['losses'] * 1e3:.1f} ms vs "
-            f"{loss['tv_losses'] * 1e3:.1f} ms, and torchvision's step also includes its "
-            f"transform ({loss['tv_transform'] * 1e3:.1f} ms)." + noise("tv_train_ratio", TV_MAX)
-        )
 
 
 if __name__ == "__main__":

@@ -65,21 +65,14 @@ def box_to_distance(points: Tensor, boxes: Tensor) -> Tensor:
     return torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)
 
 
-def encode_deltas(anchors: Tensor, boxes: Tensor) -> Tensor:
-    """ATSS coder: boxes relative to anchors, divided by BBOX_STDS. [N, 4] -> [N, 4]."""
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    bx, by = boxes[:, 0] + 0.5 * bw, boxes[:, 1] + 0.5 * bh
-    d = torch.stack(((bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)), 1)
-    return d / d.new_tensor(BBOX_STDS)
-
-
 def decode_deltas(anchors: Tensor, deltas: Tensor) -> Tensor:
-    """Inverse of :func:`encode_deltas`; anchors [N, 4] broadcast against deltas [..., N, 4]."""
+    """ATSS coder: boxes from deltas (scaled by BBOX_STDS) relative to anchors.
+
+    anchors [..., N, 4] broadcast with deltas [..., N, 4] -> boxes [..., N, 4].
+    """
     d = deltas * deltas.new_tensor(BBOX_STDS)
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
     cx, cy = ax + d[..., 0] * aw, ay + d[..., 1] * ah
     w = aw * d[..., 2].clamp(max=MAX_LOG_RATIO).exp()
     h = ah * d[..., 3].clamp(max=MAX_LOG_RATIO).exp()

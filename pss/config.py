@@ -2,7 +2,7 @@
 
 An experiment is one YAML file (or several, merged left to right) validated
 against :class:`ExperimentConfig`. The defaults *are* the paper's recipe
-(DESIGN.md section 4), so a config file only says what differs. Every key is
+(docs/method.md), so a config file only says what differs. Every key is
 checked: unknown keys and wrong types fail before anything runs, naming the
 file, the dotted key and the nearest valid key.
 
@@ -13,6 +13,7 @@ file, the dotted key and the nearest valid key.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pss.errors import UserError, nearest
+from pss.contract import MODES, has_pss
+from pss.errors import UserError, nearest, validation_error
 
 MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
 BACKBONES = (
@@ -34,7 +36,7 @@ BACKBONES = (
     "resnext101_32x4d",
     "res2net101_26w_4s",
 )
-EVAL_MODES = ("e2e", "nms", "raw")
+EVAL_MODES = MODES
 
 
 class _Section(BaseModel):
@@ -129,7 +131,7 @@ class ModelConfig(_Section):
 
     @property
     def has_pss(self) -> bool:
-        return self.name.endswith("_pss")
+        return has_pss(self.name)
 
 
 class SyntheticConfig(_Section):
@@ -256,17 +258,68 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> Any:
-    """Safe-load a YAML file; any problem is a UserError naming the file."""
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """A SafeLoader (no Python tags) that also refuses alias bombs (billion laughs)."""
+
+    def construct_document(self, node):  # type: ignore[override]
+        _check_size(node)
+        return super().construct_document(node)
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count nodes with aliases expanded; refuse documents that blow up."""
+    seen: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in seen:
+            return seen[key]
+        seen[key] = 1  # guards against recursive aliases
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        seen[key] = total
+        if total > MAX_YAML_NODES:
+            raise yaml.YAMLError(
+                f"document expands to more than {MAX_YAML_NODES} nodes (alias bomb?)"
+            )
+        return total
+
+    size(root)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(raw: bytes) -> Any:
+    """Parsed once per content: expanding a sweep reads the same experiment files per cell."""
+    return yaml.load(raw, Loader=_GuardedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: str | Path, what: str = "") -> Any:
+    """Safe-load a YAML file (every config, spec and profile); problems name the file.
+
+    ``what`` names the kind of file in messages ('cannot read spec: ...').
+    """
     path = Path(path)
+    kind = f" {what}" if what else ""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", str(path)) from None
+        raise UserError(f"cannot read{kind}: {exc.strerror or exc}", str(path)) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"{what or 'file'} is larger than {MAX_YAML_BYTES} bytes", str(path))
     try:
-        return yaml.safe_load(text)
+        return copy.deepcopy(_parse(raw))  # a copy: callers may change what they get
     except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML: {exc}", str(path)) from None
+        text = str(exc).replace("\n", " ")
+        if "could not determine a constructor" in text:
+            text = "YAML tags such as !!python/... are not allowed: " + text
+        raise UserError(f"not valid{kind} YAML: {text}", str(path)) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -293,8 +346,12 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def check_keys(tree: Any, model: type[BaseModel] = None, prefix: str = "") -> None:  # type: ignore[assignment]
-    """Raise ValueError naming the first unknown dotted key and the nearest valid one."""
+def check_keys(tree: Any, model: type[BaseModel] | None = None, prefix: str = "") -> None:
+    """Raise KeyError naming the first unknown dotted key and the nearest valid one.
+
+    Done before validation so that a typo deep in a file or an override gets the
+    nearest *dotted* key ('model.pss.num_convs'), which pydantic cannot give.
+    """
     model = model or ExperimentConfig
     if not isinstance(tree, dict):
         return
@@ -355,12 +412,7 @@ def config_from_dict(tree: dict[str, Any], source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
-        got = err.get("input")
-        got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-        more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-        raise UserError(f"{loc}: {err['msg']}{got_text}{more}", source) from None
+        raise validation_error(exc, ExperimentConfig, source) from None
 
 
 def load_config(
@@ -390,9 +442,11 @@ def load_config(
     )
     source = ", ".join(str(p) for p in paths)
     for key, value in items:
-        set_dotted(tree, key, value)
+        alone: dict[str, Any] = {}
+        set_dotted(alone, key, value)
         try:
-            check_keys(tree)
+            check_keys(alone)  # this override's keys only: the files were checked above
         except KeyError as exc:
             raise UserError(f"override {exc.args[0]}", source) from None
+        set_dotted(tree, key, value)
     return config_from_dict(tree, source)

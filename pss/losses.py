@@ -1,7 +1,7 @@
 """Loss functions, as pure functions on flat tensors.
 
 All return *sums* (or, for the ranking loss, a mean over pairs); the detector
-divides by the normalisers of DESIGN.md section 4.
+divides by the normalisers of docs/method.md.
 """
 
 from __future__ import annotations

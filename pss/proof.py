@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss.config import ExperimentConfig, load_config
+from pss.contract import AP50, MAP, MAR, TAG_PROOF, TAG_SEED, metric_name
 from pss.data import ensure_shapes
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 
@@ -40,7 +41,7 @@ EXPERIMENT = "proof"
 E2E_MARGIN = 2.0  # fcos_pss e2e may be at most this far below fcos with NMS
 RAW_GAP = 3.0  # fcos raw must be at least this far below fcos with NMS ("clearly lower")
 
-log = logging.getLogger("pss.proof")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def train_one(cfg: ExperimentConfig, experiment: str = EXPERIMENT) -> Trained:
     from pss.tracking import Tracker
 
     tracker = Tracker.create(
-        experiment, cfg.name, {"pss.proof": cfg.model.name, "pss.seed": cfg.train.seed}
+        experiment, cfg.name, {TAG_PROOF: cfg.model.name, TAG_SEED: cfg.train.seed}
     )
     start = time.perf_counter()
     metrics = train(cfg, resume=None, run=RunInfo(experiment=experiment, run_id=tracker.run_id))
@@ -84,7 +85,8 @@ def verdict(
     raw_gap: float = RAW_GAP,
 ) -> tuple[bool, str]:
     """Whether the claim holds, and one line per condition saying why."""
-    nms, raw, e2e = fcos["mAP_nms"], fcos["mAP_raw"], pss["mAP_e2e"]
+    nms, raw = fcos[metric_name(MAP, "nms")], fcos[metric_name(MAP, "raw")]
+    e2e = pss[metric_name(MAP, "e2e")]
     close = e2e >= nms - e2e_margin
     clear = raw <= nms - raw_gap
     lines = [
@@ -112,12 +114,13 @@ def table(results: dict[str, Trained]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for model, mode, label in rows:
-        if model not in results or f"mAP_{mode}" not in results[model].metrics:
+        if model not in results or metric_name(MAP, mode) not in results[model].metrics:
             continue
         m, secs = results[model].metrics, results[model].seconds
+        ap, ap50, ar = (m[metric_name(k, mode)] for k in (MAP, AP50, MAR))
         out.append(
-            f"| {model} | {label} | {m[f'mAP_{mode}']:.1f} | {m[f'AP50_{mode}']:.1f} | "
-            f"{m[f'mAR_{mode}']:.1f} | {secs:.0f} s ({secs / 60:.1f} min) |"
+            f"| {model} | {label} | {ap:.1f} | {ap50:.1f} | {ar:.1f} | "
+            f"{secs:.0f} s ({secs / 60:.1f} min) |"
         )
     return "\n".join(out)
 

@@ -1,51 +1,38 @@
-"""MLflow tracking, per DESIGN.md section 7.
+"""Writing to MLflow (the tracking contract: docs/tracking.md; its names: pss.contract).
 
 One run per cell-and-seed in one experiment per spec. A :class:`Tracker`
 talks to one run through ``MlflowClient`` (explicit run ids, no global active
 run), so several runs can be driven from one process and a requeued job can
 re-attach to its run. The store is ``MLFLOW_TRACKING_URI`` when set, else
-MLflow's own default (a local SQLite ``mlflow.db``).
-
-Tags: pss.sweep, pss.cell, pss.seed, pss.fingerprint, pss.stage,
-pss.git_commit, pss.slurm_job_id. Metrics are in percent; per-epoch metrics
-use step = epoch, training losses step = iteration.
+MLflow's own default (a local SQLite ``mlflow.db``). Metrics are in percent;
+per-epoch metrics use step = epoch, training losses step = iteration.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import random
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-TAG_PREFIX = "pss."
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
-T = TypeVar("T")
+from pss.contract import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    RUNNING,
+    TAG_GIT_COMMIT,
+    TAG_SLURM_JOB_ID,
+    TRACEBACK_FILE,
+)
+from pss.runs import retry
 
-
-def _transient(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(s in text for s in ("database is locked", "busy", "connection", "timed out", "503"))
-
-
-def retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered back-off on transient store errors (locks, network)."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - MlflowException, sqlalchemy, requests...
-            if attempt == attempts - 1 or not _transient(exc):
-                raise
-            time.sleep(min(10.0, 0.2 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+__all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 
 
 @functools.cache
@@ -103,7 +90,7 @@ class Tracker:
     ) -> Tracker:
         mlflow = client()
         exp = experiment_id(experiment, mlflow)
-        all_tags = {f"{TAG_PREFIX}git_commit": git_commit(), **(tags or {})}
+        all_tags = {TAG_GIT_COMMIT: git_commit(), **(tags or {})}
         run = retry(
             mlflow.create_run,
             exp,
@@ -146,6 +133,11 @@ class Tracker:
     def finish(self, status: str = FINISHED) -> None:
         retry(self.mlflow.set_terminated, self.run_id, status)
 
+    def fail(self, why: str) -> None:
+        """End the run FAILED, saying why in its traceback artifact (reports show it)."""
+        self.log_text(why, TRACEBACK_FILE)
+        self.finish(FAILED)
+
     def status(self) -> str:
         return retry(self.mlflow.get_run, self.run_id).info.status
 
@@ -162,14 +154,15 @@ class NullTracker(Tracker):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def finish(self, status: str = FINISHED) -> None: ...
+    def fail(self, why: str) -> None: ...
 
 
 def slurm_tags() -> dict[str, str]:
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
     if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return {f"{TAG_PREFIX}slurm_job_id": f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"}
+        return {TAG_SLURM_JOB_ID: f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"}
     if os.environ.get("SLURM_JOB_ID"):
-        return {f"{TAG_PREFIX}slurm_job_id": os.environ["SLURM_JOB_ID"]}
+        return {TAG_SLURM_JOB_ID: os.environ["SLURM_JOB_ID"]}
     return {}
 
 

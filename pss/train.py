@@ -1,9 +1,10 @@
 """Train (and evaluate) one experiment config.
 
-    python -m pss.train experiments/smoke/fcos_pss.yaml --set train.epochs=2 [--resume PATH|auto]
+    python -m pss.train experiments/fcos_pss_r50_3x.yaml [experiments/smoke/overlay.yaml]
+        [--set train.epochs=2 ...] [--resume PATH|auto] [--experiment NAME] [--run-name NAME]
 
 Exit status: 0 finished, 1 the run failed (e.g. the loss diverged), 2 bad input
-(config, data files, checkpoint), with one message on stderr.
+(config, data files, checkpoint), with one message on stderr (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pss.train", description=__doc__.split("\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m pss.train", description=__doc__.split("\n")[0])
     parser.add_argument("config", nargs="+", help="experiment YAML file(s), merged in order")
     parser.add_argument(
         "--set",

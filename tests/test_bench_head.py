@@ -3,7 +3,7 @@
 The benchmark's targets are judged in its printout (PASS/MISS) on a real-size
 run; here only its plumbing is checked: a --quick run (128x128, one round)
 writes a JSON with every ratio, finite numbers, a plausible FLOP ratio and
-an exact pruned e2e sketch. One thread: on the shared 2-core CI machine a
+sparse, trained-looking post-processing inputs. One thread: on the shared 2-core CI machine a
 2-thread run stalls on every op whenever another process holds a core (seen:
 150 s instead of 10 s).
 """
@@ -30,7 +30,6 @@ RATIOS = (
     "tv_train_ratio_bn",
     "train_flop_ratio",
     "postprocess_ratio_crowded",
-    "postprocess_ratio_pruned",
 )
 TARGETS = (
     "forward_ratio",
@@ -79,8 +78,9 @@ def test_quick_run_reports_every_ratio(tmp_path: Path):
         assert result["lines"][key]["verdict"] in {"PASS", "MISS"}
     assert proc.stdout.count("PASS") + proc.stdout.count("MISS") >= len(TARGETS)
 
-    # The post-processing inputs are sparse like a trained model's, and the pruned
-    # e2e sketch returns exactly predict's e2e detections.
-    inputs = result["postprocess_inputs"]
-    assert 0 < inputs["nms_candidates"] < 0.1 * inputs["pairs_per_image"]
-    assert inputs["pruned_identical"] and result["postprocess_inputs_crowded"]["pruned_identical"]
+    # The post-processing inputs are sparse like a trained model's: candidates for NMS,
+    # and detections above the threshold in both modes.
+    for key in ("postprocess_inputs", "postprocess_inputs_crowded"):
+        inputs = result[key]
+        assert 0 < inputs["nms_candidates"] < 0.1 * inputs["pairs_per_image"]
+        assert min(inputs["detections_above_thresh"].values()) > 0

@@ -26,8 +26,8 @@ from pss.report import latex, make_report
 from pss.report.cli import main
 from pss.report.collect import collect_cells, fetch_runs
 from pss.report.figures import figure_panels, mlflow_history
-from pss.report.seeding import FakeRun, seed_runs, synthetic_runs
 from pss.sweep.spec import expand, load_spec
+from support.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"

@@ -24,10 +24,12 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from pss import dist
+from pss.contract import ACCURACY, FORWARD_MS, POSTPROCESS_MS, metric_name
 from pss.models import Detector
 
 # COCOeval.stats index of each metric we report.
-STATS = {"mAP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "mAR": 8}
+# Where each accuracy metric sits in COCOeval.stats (mAR is AR@100, all areas).
+STATS = dict(zip(ACCURACY, (0, 8, 1, 2, 3, 4, 5)))
 WARMUP_BATCHES = 2  # not timed
 
 
@@ -117,7 +119,7 @@ def evaluate(
         return {}
     all_ids = sorted({i for g in gathered for i in g[1]})
     n_timed = max(sum(g[4] for g in gathered), 1)
-    metrics: dict[str, float] = {"forward_ms": 1000 * sum(g[2] for g in gathered) / n_timed}
+    metrics: dict[str, float] = {FORWARD_MS: 1000 * sum(g[2] for g in gathered) / n_timed}
     for mode in modes:
         # A distributed sampler pads with repeated images: keep one copy per image.
         owner: dict[int, int] = {}
@@ -128,8 +130,9 @@ def evaluate(
             d for r, g in enumerate(gathered) for d in g[0][mode] if owner[d["image_id"]] == r
         ]
         for name, value in coco_metrics(dataset.coco, dets, all_ids).items():
-            metrics[f"{name}_{mode}"] = value
-        metrics[f"postprocess_ms_{mode}"] = 1000 * sum(g[3][mode] for g in gathered) / n_timed
+            metrics[metric_name(name, mode)] = value
+        post_ms = 1000 * sum(g[3][mode] for g in gathered) / n_timed
+        metrics[metric_name(POSTPROCESS_MS, mode)] = post_ms
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"detections_{mode}.json").write_text(json.dumps(dets))

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pss import dist
+from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import build_dataset, build_loader
 from pss.engine.checkpoint import (
@@ -37,10 +37,9 @@ from pss.engine.checkpoint import (
 from pss.engine.evaluate import evaluate
 from pss.errors import UserError
 from pss.models import Detector
-from pss.tracking import FAILED, FINISHED, KILLED, NullTracker, Tracker, slurm_tags
+from pss.tracking import FINISHED, KILLED, NullTracker, Tracker, slurm_tags
 
-log = logging.getLogger("pss.train")
-CHECKPOINT = "last.pth"
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,7 +228,7 @@ def train(
         raise UserError(
             f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
         )
-    ckpt_path = cfg.run_dir / CHECKPOINT
+    ckpt_path = cfg.run_dir / contract.CHECKPOINT
     if resume == "auto":
         resume = ckpt_path if ckpt_path.is_file() else None
     state = load_checkpoint(resume) if resume else None
@@ -276,7 +275,7 @@ def train(
     tracker = _open_tracker(cfg, run, state)
     if state is not None:
         log.info("resumed from %s (epoch %d, iteration %d)", resume, epoch0, iteration)
-        tracker.set_tags({"pss.resumed_from_epoch": str(epoch0)})
+        tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch0)})
     val_loader = build_loader(
         val_set,
         cfg.eval.batch_size,
@@ -352,8 +351,7 @@ def train(
         if isinstance(exc, KeyboardInterrupt | SystemExit | StopTraining):
             tracker.finish(KILLED)
         else:
-            tracker.log_text(traceback.format_exc(), "traceback.txt")
-            tracker.finish(FAILED)
+            tracker.fail(traceback.format_exc())
         raise
 
 
@@ -362,8 +360,8 @@ def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tr
         return NullTracker()
     run_id = run.run_id or (state or {}).get("run_id")
     tags = {
-        "pss.fingerprint": cfg.fingerprint(),
-        "pss.seed": str(cfg.train.seed),
+        contract.TAG_FINGERPRINT: cfg.fingerprint(),
+        contract.TAG_SEED: str(cfg.train.seed),
         **slurm_tags(),
         **run.tags,
     }

@@ -1,5 +1,5 @@
 """Detectors: ``Detector(cfg.model)`` builds fcos, atss, fcos_pss or atss_pss."""
 
-from pss.models.detector import MODES, Detector, build_detector
+from pss.models.detector import MODES, Detector
 
-__all__ = ["MODES", "Detector", "build_detector"]
+__all__ = ["MODES", "Detector"]

@@ -12,7 +12,7 @@ be removed.
 Base loss (one-to-many): focal loss / #positives, GIoU weighted by the
 center-ness target / sum of those targets (x giou_weight), center-ness BCE /
 #positives. PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
-P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see DESIGN.md section 4.
+P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see docs/method.md.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pss.boxes import (
     make_priors,
 )
 from pss.config import ModelConfig
+from pss.contract import MODES
 from pss.dist import reduce_mean
 from pss.models.backbone import Backbone
 from pss.models.heads import DenseHead, HeadOutputs
-
-MODES = ("e2e", "nms", "raw")
 
 
 class Detector(nn.Module):
@@ -263,6 +262,3 @@ def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
         dim=1,
     )
 
-
-def build_detector(cfg: ModelConfig) -> Detector:
-    return Detector(cfg)

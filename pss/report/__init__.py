@@ -5,9 +5,9 @@ Modules: :mod:`~pss.report.collect` (runs -> cell results), :mod:`~pss.report.st
 :mod:`~pss.report.layout` (the paper's layout from a spec), the writers
 :mod:`~pss.report.markdown`, :mod:`~pss.report.latex`, :mod:`~pss.report.csvfile`,
 :mod:`~pss.report.figures` (convergence curves) and :mod:`~pss.report.build`
-(:func:`build_report`, which the sweep runner calls when a sweep completes).
+(:func:`make_report`, which the sweep runner calls when a sweep completes).
 """
 
-from pss.report.build import Report, build_report, make_report
+from pss.report.build import Report, make_report
 
-__all__ = ["Report", "build_report", "make_report"]
+__all__ = ["Report", "make_report"]

@@ -1,6 +1,6 @@
 """Build a sweep's report: tables (Markdown, LaTeX, CSV), figures and REPORT.md.
 
-:func:`build_report` is what ``reports/make_tables.py`` and the sweep runner
+:func:`make_report` is what ``reports/make_tables.py`` and the sweep runner
 call. It reads the spec, expands it into jobs (the reported cells and stages),
 reads every run of the sweep's MLflow experiment in one paged search, and
 writes ``reports/out/<experiment>/``: ``<name>.md/.tex/.csv`` for a
@@ -17,10 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from mlflow.tracking import MlflowClient
-
-from pss import tracking
 from pss.errors import UserError
 from pss.report import csvfile, latex, markdown
 from pss.report.collect import (
@@ -31,9 +29,10 @@ from pss.report.collect import (
     fetch_runs,
     report_jobs,
 )
-from pss.report.figures import check_figure, figure_panels, mlflow_history, plot
-from pss.report.layout import build_table, check_table
+from pss.report.figures import figure_panels, plot, store_history
+from pss.report.layout import build_table
 from pss.report.table import Table
+from pss.runs import current_uri
 from pss.sweep.spec import Job, LoadedSpec, load_spec
 
 FORMATS = ("md", "tex", "csv")
@@ -54,7 +53,6 @@ class Report:
     table: Table | None = None
     markdown: str | None = None  # the table as Markdown (what the CLI prints)
     files: list[Path] = field(default_factory=list)  # everything written, REPORT.md last
-    figure_notes: list[str] = field(default_factory=list)
 
 
 def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -76,9 +74,9 @@ def default_out_dir(experiment: str) -> Path:
     return base / "reports" / "out" / experiment
 
 
-def store_uri(client: MlflowClient) -> str:
-    """The tracking URI with any user:password removed."""
-    uri = str(getattr(client, "_tracking_client", client).tracking_uri)
+def store_uri(client: Any = None) -> str:
+    """The tracking URI (the client's, else this process's) with any user:password removed."""
+    uri = str(client.tracking_uri) if client is not None else current_uri()
     return re.sub(r"//[^/@]*@", "//", uri)
 
 
@@ -98,9 +96,18 @@ def make_report(
     out_dir: str | Path | None = None,
     with_paper: bool = False,
     *,
-    client: MlflowClient | None = None,
+    client: Any = None,
 ) -> Report:
-    """Build everything for a spec and return what was made (see :func:`build_report`)."""
+    """Build a spec's tables and figures from its MLflow runs; returns what was written.
+
+    spec_path: a sweep spec (``sweeps/table5.yaml``); a bad spec raises UserError.
+    smoke: read the ``<name>-smoke`` experiment (and the smoke variant's jobs).
+    formats: table files to write, any of ``md``, ``tex``, ``csv`` (REPORT.md always).
+    out_dir: where to write; default ``reports/out/<experiment>``.
+    with_paper: add the paper's value and the difference (ours - paper) beside ours.
+    client: an MlflowClient to read through; default: the store of ``MLFLOW_TRACKING_URI``
+    (or MLflow's default), read directly where it is a local SQLite store.
+    """
     chosen = parse_formats(formats)
     loaded = load_spec(spec_path)
     spec = loaded.spec
@@ -108,15 +115,10 @@ def make_report(
         raise UserError(
             "no table: or figure: block, so there is no report to build", str(spec_path)
         )
-    if spec.table is not None:
-        check_table(loaded)
-    if spec.figure is not None:
-        check_figure(loaded)
     jobs = report_jobs(loaded, smoke=smoke)
     experiment = loaded.experiment(smoke)
-    client = client or tracking.client()
     runs = fetch_runs(experiment, client)
-    results = collect_cells(loaded, jobs, runs, lambda run: failure_reason(client, run))
+    results = collect_cells(loaded, jobs, runs, lambda run: failure_reason(run, client))
     out = Path(out_dir) if out_dir is not None else default_out_dir(experiment)
     report = Report(path=out / REPORT, experiment=experiment)
 
@@ -125,9 +127,10 @@ def make_report(
     if table is not None and smoke:  # keep the spec's caption: it explains the columns
         paper = f" Paper's setting: {table.caption}" if table.caption else ""
         table.caption = SMOKE_NOTE + paper
-    panels, notes = (
-        figure_panels(loaded, results, mlflow_history(client)) if spec.figure else ([], [])
-    )
+    panels, notes = ([], [])
+    if spec.figure is not None:
+        history = store_history(results, spec.figure.metric, client=client)
+        panels, notes = figure_panels(loaded, results, history)
     sections: list[str] = []
     if table is not None:
         report.table, report.markdown = table, markdown.render(table)
@@ -136,33 +139,11 @@ def make_report(
         for fmt in chosen:
             report.files.append(write_text(out / f"{spec.name}.{fmt}", writers[fmt](table)))
     if spec.figure is not None:
-        report.figure_notes = notes
         report.files += plot(spec.figure, panels, out / spec.name)
         sections.append(_figure_section(spec.figure.title, spec.name, notes))
     header = _header(loaded, experiment, store_uri(client), runs, _cells(jobs), results)
     report.files.append(write_text(report.path, "\n".join([header, *sections]).rstrip() + "\n"))
     return report
-
-
-def build_report(
-    spec_path: str | Path,
-    smoke: bool = False,
-    formats: str | Iterable[str] = FORMATS,
-    out_dir: str | Path | None = None,
-    with_paper: bool = False,
-    *,
-    client: MlflowClient | None = None,
-) -> Path:
-    """Build a spec's tables and figures from its MLflow runs; returns the REPORT.md path.
-
-    spec_path: a sweep spec (``sweeps/table5.yaml``); a bad spec raises UserError.
-    smoke: read the ``<name>-smoke`` experiment (and the smoke variant's jobs).
-    formats: table files to write, any of ``md``, ``tex``, ``csv`` (REPORT.md always).
-    out_dir: where to write; default ``reports/out/<experiment>``.
-    with_paper: add the paper's value and the difference (ours - paper) beside ours.
-    client: an MlflowClient; default: the store of ``MLFLOW_TRACKING_URI`` (or MLflow's default).
-    """
-    return make_report(spec_path, smoke, formats, out_dir, with_paper, client=client).path
 
 
 def _cells(jobs: Iterable[Job]) -> set[str]:

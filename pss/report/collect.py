@@ -1,7 +1,8 @@
 """From MLflow runs to per-cell results.
 
-One ``search_runs`` pass (paged, 1,000 runs a page) reads every run of a
-sweep's experiment; runs are then matched to the spec's reported jobs by their
+One read of the store (:func:`pss.runs.read_runs`: one SQL snapshot of a local
+store, one paged ``search_runs`` of any other) gives every run of a sweep's
+experiment; runs are then matched to the spec's reported jobs by their
 tags (``pss.cell``, ``pss.stage``, ``pss.seed``). For each cell and seed the
 newest FINISHED run is used; every seed without one (not run yet, running,
 failed, killed) becomes an *issue* that the table shows as a footnote, so
@@ -19,17 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.artifacts import download_artifacts
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-from mlflow.tracking import MlflowClient
-
-from pss import tracking
+from pss import contract
+from pss.contract import NO_STAGE, TRACEBACK_FILE
+from pss.runs import StoredRun, read_runs, retry
 from pss.sweep.spec import CellSpec, Job, LoadedSpec, all_cells, expand, row_values
 
-TAG = tracking.TAG_PREFIX
-NO_STAGE = "none"  # pss.stage of unstaged cells
 SHORT_ID = 8  # run ids in notes are shortened to this many characters
-TRACEBACK_FILE = "traceback.txt"
+MODEL_NAME = "model.name"  # the param that says which model a run trained
 MAX_REASON = 160
 
 
@@ -53,33 +50,38 @@ class RunRecord:
         return self.run_id[:SHORT_ID]
 
 
-def run_record(run: Any) -> RunRecord | None:
-    """A :class:`RunRecord` for an MLflow run, or None if it is not a sweep cell's run."""
-    tags = run.data.tags
-    cell = tags.get(f"{TAG}cell")
+def run_record(run: StoredRun) -> RunRecord | None:
+    """A :class:`RunRecord` for a stored run, or None if it is not a sweep cell's run."""
+    tags = run.tags
+    cell = tags.get(contract.TAG_CELL)
     try:
-        seed = int(tags.get(f"{TAG}seed", ""))
+        seed = int(tags.get(contract.TAG_SEED, ""))
     except ValueError:
         return None
     if not cell:
         return None
     return RunRecord(
-        run_id=run.info.run_id,
+        run_id=run.run_id,
         cell=cell,
-        stage=tags.get(f"{TAG}stage") or NO_STAGE,
+        stage=tags.get(contract.TAG_STAGE) or NO_STAGE,
         seed=seed,
-        status=run.info.status,
-        start_time=run.info.start_time or 0,
-        metrics=dict(run.data.metrics),
-        model_name=run.data.params.get("model.name"),
-        git_commit=tags.get(f"{TAG}git_commit"),
-        artifact_uri=run.info.artifact_uri,
+        status=run.status,
+        start_time=run.start_time,
+        metrics=run.metrics,
+        model_name=run.params.get(MODEL_NAME),
+        git_commit=tags.get(contract.TAG_GIT_COMMIT),
+        artifact_uri=run.artifact_uri,
     )
 
 
-def fetch_runs(experiment: str, client: MlflowClient) -> list[RunRecord]:
-    """Every sweep run of ``experiment`` (one paged search), newest first."""
-    records = (run_record(r) for r in tracking.search_runs(experiment, mlflow=client))
+def fetch_runs(experiment: str, client: Any = None, uri: str | None = None) -> list[RunRecord]:
+    """Every sweep run of ``experiment`` (one read of the store), newest first.
+
+    ``client``: an ``MlflowClient`` to read through; default: ``uri`` (or this
+    process's tracking URI), read directly where it is a local SQLite store.
+    """
+    stored = read_runs(experiment, uri, params=(MODEL_NAME,), client=client)
+    records = (run_record(r) for r in stored)
     return sorted((r for r in records if r is not None), key=_newest_first)
 
 
@@ -87,25 +89,45 @@ def _newest_first(run: RunRecord) -> tuple[int, str]:
     return (-run.start_time, run.run_id)
 
 
-def failure_reason(client: MlflowClient, run: RunRecord) -> str | None:
-    """The exception line of the run's ``traceback.txt`` artifact, or None."""
+def failure_reason(run: RunRecord, client: Any = None) -> str | None:
+    """The exception line of the run's ``traceback.txt`` artifact, or None.
+
+    Read from the file where the artifacts are a local folder, else downloaded
+    through MLflow (a tracking server's artifact store).
+    """
+    local = _local_artifacts(run.artifact_uri)
     try:
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-            if run.artifact_uri:  # known from the search: no get_run round trips
-                uri = run.artifact_uri.rstrip("/") + "/" + TRACEBACK_FILE
-                path = tracking.retry(download_artifacts, artifact_uri=uri, dst_path=tmp)
-            else:
-                path = tracking.retry(client.download_artifacts, run.run_id, TRACEBACK_FILE, tmp)
-            text = Path(path).read_text(errors="replace")
+        if local is not None:
+            text = (local / TRACEBACK_FILE).read_text(errors="replace")
+        else:
+            text = _download_text(run, TRACEBACK_FILE, client)
     except Exception:  # noqa: BLE001 - no artifact, unreachable artifact store, ...
         return None
     return traceback_line(text)
 
 
+def _local_artifacts(uri: str | None) -> Path | None:
+    if not uri or ("://" in uri and not uri.startswith("file://")) or uri.startswith("mlflow-"):
+        return None
+    return Path(uri.removeprefix("file://"))
+
+
+def _download_text(run: RunRecord, name: str, client: Any) -> str:
+    from mlflow.artifacts import download_artifacts  # a remote artifact store only
+
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+        if run.artifact_uri:  # known from the search: no get_run round trips
+            uri = run.artifact_uri.rstrip("/") + "/" + name
+            path = retry(download_artifacts, artifact_uri=uri, dst_path=tmp)
+        else:
+            path = retry(client.download_artifacts, run.run_id, name, tmp)
+        return Path(path).read_text(errors="replace")
+
+
 @contextlib.contextmanager
 def _no_progress_bar() -> Iterator[None]:
     """MLflow draws a download progress bar on stderr unless told not to."""
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     old = os.environ.get(name)
     os.environ[name] = "false"
     try:
@@ -181,18 +203,14 @@ def report_jobs(loaded: LoadedSpec, smoke: bool = False) -> list[Job]:
     return expand(LoadedSpec(one_seed, loaded.path), smoke=smoke)
 
 
-def mode_of(model_name: str) -> str:
-    return "e2e" if model_name.endswith("_pss") else "nms"
-
-
 def describe(run: RunRecord, reason: Callable[[RunRecord], str | None]) -> str:
     """'running (run abc12345)', 'failed (run abc12345): ValueError: ...', ..."""
     where = f"(run {run.short_id})"
     status = run.status.upper()
-    if status == tracking.FAILED:
+    if status == contract.FAILED:
         line = reason(run)
         return f"failed {where}: {line}" if line else f"failed {where}, no {TRACEBACK_FILE}"
-    if status == tracking.RUNNING:
+    if status == contract.RUNNING:
         return f"running {where}"
     return f"{status.lower()} {where}"
 
@@ -230,7 +248,7 @@ def collect_cells(
         finished, issues = [], []
         for seed in seeds:
             history = seeds_runs.get(seed, [])
-            done = [r for r in history if r.status.upper() == tracking.FINISHED]
+            done = [r for r in history if r.status.upper() == contract.FINISHED]
             if done:
                 finished.append(done[0])
             elif history:
@@ -243,7 +261,7 @@ def collect_cells(
         results[job.cell] = CellResult(
             cell=cell,
             row=row_values(spec, cell),
-            mode=mode_of(model_name),
+            mode=contract.primary_mode(model_name),
             runs=finished,
             issues=issues,
             multi_seed=len(spec.seeds) > 1,
@@ -263,7 +281,7 @@ def _earlier_stage(
         return None
     for earlier in stages[: stages.index(job.stage)]:
         history = by_key.get((job.cell, earlier), {}).get(seed, [])
-        if any(r.status.upper() == tracking.FINISHED for r in history):
+        if any(r.status.upper() == contract.FINISHED for r in history):
             continue
         if not history:
             return f"{earlier} not run yet"

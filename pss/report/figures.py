@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pss.errors import UserError, nearest
 from pss.report import metrics
 from pss.report.collect import CellResult
 from pss.report.stats import summarize
-from pss.sweep.spec import FigureSpec, LoadedSpec, all_cells, row_values
+from pss.runs import metric_history
+from pss.sweep.spec import FigureSpec, LoadedSpec
 
 History = Callable[[str, str], list[tuple[int, float]]]  # (run id, metric) -> [(epoch, value)]
 
@@ -41,28 +41,6 @@ class Panel:
     curves: tuple[Curve, ...]
 
 
-def check_figure(loaded: LoadedSpec) -> None:
-    """Reject what the spec schema lets through but a figure cannot use (UserError)."""
-    figure, src = loaded.spec.figure, str(loaded.path)
-    assert figure is not None
-    if not metrics.is_known(figure.metric) or metrics.MODE in figure.metric:
-        raise UserError(
-            f"figure.metric: unknown metric '{figure.metric}'"
-            f"{nearest(figure.metric, metrics.KNOWN)}",
-            src,
-        )
-    for name in ("panels", "series"):
-        key = getattr(figure, name)
-        for cell in all_cells(loaded.spec):
-            row = row_values(loaded.spec, cell)
-            if cell.report and key is not None and key not in row:
-                raise UserError(
-                    f"figure.{name}: '{key}' is not a cell id, override or label of cell "
-                    f"'{cell.id}'{nearest(key, row)}",
-                    src,
-                )
-
-
 def _label(figure: FigureSpec, key: str | None, value: Any) -> str:
     labels = figure.labels.get(key or "", {})
     try:
@@ -74,13 +52,17 @@ def _label(figure: FigureSpec, key: str | None, value: Any) -> str:
 
 
 def mlflow_history(client: Any) -> History:
-    """A :data:`History` reading ``get_metric_history`` (the last value logged per epoch)."""
+    """A :data:`History` asking an ``MlflowClient`` (the last value logged per epoch)."""
+    return lambda run_id, metric: metric_history(None, [run_id], metric, client)[run_id]
 
-    def history(run_id: str, metric: str) -> list[tuple[int, float]]:
-        points = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.timestamp)
-        return sorted({m.step: m.value for m in points}.items())
 
-    return history
+def store_history(
+    results: list[CellResult], metric: str, uri: str | None = None, client: Any = None
+) -> History:
+    """A :data:`History` of ``metric`` for every run of ``results``, read in one go."""
+    ids = [run.run_id for result in results for run in result.runs]
+    points = metric_history(uri, ids, metric, client)
+    return lambda run_id, name: points.get(run_id, []) if name == metric else []
 
 
 def _curve(label: str, result: CellResult, metric: str, history: History) -> Curve | None:
@@ -111,7 +93,6 @@ def figure_panels(
     """The panels of the spec's figure, and a note for every cell without a curve."""
     figure = loaded.spec.figure
     assert figure is not None
-    check_figure(loaded)
     order: list[Any] = []
     curves: dict[Any, list[Curve]] = defaultdict(list)
     notes: list[str] = []

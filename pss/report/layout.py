@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pss.errors import UserError, nearest
+from pss.errors import UserError
 from pss.report import metrics
 from pss.report.collect import CellResult
 from pss.report.stats import Summary, compare, summarize
@@ -38,33 +38,7 @@ from pss.sweep.spec import (
     ReferenceRow,
     RowKey,
     Spec,
-    all_cells,
-    row_values,
 )
-
-
-def check_table(loaded: LoadedSpec) -> None:
-    """Reject what the spec schema lets through but a table cannot use (UserError)."""
-    table, src = loaded.spec.table, str(loaded.path)
-    assert table is not None
-    for i, group in enumerate(table.columns):
-        for j, column in enumerate(group.columns):
-            if not metrics.is_known(column.metric):
-                raise UserError(
-                    f"table.columns.{i}.columns.{j}.metric: unknown metric '{column.metric}'"
-                    f"{nearest(column.metric, metrics.KNOWN)} (expected one of "
-                    f"{', '.join(metrics.KNOWN)}, or a name with '{{mode}}')",
-                    src,
-                )
-    for i, key in enumerate(table.rows):
-        for cell in all_cells(loaded.spec):
-            row = row_values(loaded.spec, cell)
-            if cell.report and key.key not in row:
-                raise UserError(
-                    f"table.rows.{i}.key: '{key.key}' is not a cell id, override or label of "
-                    f"cell '{cell.id}'{nearest(key.key, row)}",
-                    src,
-                )
 
 
 def label(key: RowKey, value: Any) -> str:
@@ -247,7 +221,6 @@ def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool 
     table = spec.table
     if table is None:
         raise UserError("no table: block in the spec", str(loaded.path))
-    check_table(loaded)
     specs = [c for g in table.columns for c in g.columns]
     notes = Notes()
     groups: list[RowGroup] = []

@@ -1,4 +1,4 @@
-"""Facts about the tracked metrics (DESIGN.md section 7) that reports need.
+"""How reports show the tracked metrics (their names live in :mod:`pss.contract`).
 
 Accuracy metrics are in percent, one decimal, higher is better; times are in
 milliseconds, two decimals (as the paper prints them: at 5,000 val images a
@@ -9,20 +9,10 @@ models, ``nms`` for the baselines).
 
 from __future__ import annotations
 
-import re
+from pss.contract import MODE_PLACEHOLDER
 
-MODE = "{mode}"
-MODES = {"e2e": "w/o NMS", "nms": "w/ NMS", "raw": "raw"}
-ACCURACY = ("mAP", "mAR", "AP50", "AP75", "APs", "APm", "APl")
-_NAMES = "|".join((*ACCURACY, "postprocess_ms"))
-_PATTERN = re.compile(r"^(?:(?:" + _NAMES + r")_(?:e2e|nms|raw|\{mode\})|forward_ms)$")
-KNOWN = sorted(
-    [f"{m}_{mode}" for m in (*ACCURACY, "postprocess_ms") for mode in MODES] + ["forward_ms"]
-)
-
-
-def is_known(metric: str) -> bool:
-    return bool(_PATTERN.match(metric))
+MODE = MODE_PLACEHOLDER
+MODE_LABELS = {"e2e": "w/o NMS", "nms": "w/ NMS", "raw": "raw"}  # column and axis text
 
 
 def is_time(metric: str) -> bool:
@@ -56,7 +46,7 @@ def paper_keys(metric: str, mode: str | None) -> list[str]:
 def axis_label(metric: str) -> str:
     """'mAP w/o NMS (%)' for mAP_e2e, 'forward (ms)' for forward_ms."""
     parts = metric.split("_")
-    mode = MODES.get(parts[-1]) if len(parts) > 1 else None
+    mode = MODE_LABELS.get(parts[-1]) if len(parts) > 1 else None
     if is_time(metric):
         name = metric.split("_ms")[0].replace("_", " ")
         return f"{name}{' ' + mode if mode else ''} (ms)"

@@ -14,8 +14,6 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scipy import stats
-
 ALPHA = 0.05  # significance level of the comparison with the baseline
 
 
@@ -52,6 +50,8 @@ def welch_p(a: Summary, b: Summary) -> float | None:
     """Two-sided p-value of Welch's t-test, or None (n < 2 on a side, or no variance)."""
     if a.n < 2 or b.n < 2:
         return None
+    from scipy import stats  # only reports with several seeds pay for importing scipy.stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero variance on both sides -> nan
         p = stats.ttest_ind(a.values, b.values, equal_var=False).pvalue

@@ -1,4 +1,9 @@
-"""The command line of ``sweeps/run.py`` (see its docstring)."""
+"""The command line of ``sweeps/run.py`` (see its docstring and docs/cli.md).
+
+``status``, ``--dry-run`` and a re-run of a finished sweep import neither torch
+nor MLflow's client: they read the store directly (:mod:`pss.runs`) and answer
+in about a second; only submitting loads what submitting needs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import logging
 import sys
 
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.sweep.executors import KINDS
+from pss.sweep.profile import load_profile
 from pss.sweep.submit import SweepOptions, plan, print_status, run_sweep
 
 
@@ -25,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--executor",
-        choices=["auto", "slurm", "local", "debug"],
+        choices=KINDS,
         default="auto",
         help="auto: SLURM where sbatch exists, else local",
     )
@@ -51,14 +58,19 @@ def main(argv: list[str]) -> int:
     try:
         if status:
             return print_status(args.spec, args.smoke)
+        loaded, jobs = plan(args.spec, args.smoke)
         if args.dry_run:
-            loaded, jobs = plan(args.spec, args.smoke)
             if args.json:
                 print(json.dumps([j.as_json() for j in jobs], indent=1))
             else:
                 for job in jobs:
                     print(f"{job.key}  {job.fingerprint}  {json.dumps(job.overrides)}")
             return EXIT_OK
+        if loaded.spec.search is not None:
+            from pss.sweep.search import run_search  # Optuna and MLflow: searches only
+
+            profile = load_profile(args.cluster)
+            return run_search(loaded, profile, args.smoke, args.executor, not args.no_wait)
         options = SweepOptions(
             smoke=args.smoke,
             executor=args.executor,
@@ -67,7 +79,7 @@ def main(argv: list[str]) -> int:
             max_parallel=args.max_parallel,
             report=not args.no_report,
         )
-        return run_sweep(args.spec, options)
+        return run_sweep(loaded, jobs, options)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -20,12 +20,14 @@ from typing import Any
 import optuna
 import submitit
 
+from pss import contract
 from pss.config import load_config
-from pss.engine.train import RunInfo, StopTraining, train
 from pss.errors import EXIT_FAILED, EXIT_OK, UserError
+from pss.runs import current_uri
+from pss.sweep.executors import make_executor, report_failures, resolve_executor
 from pss.sweep.profile import ClusterProfile, effective_resources
 from pss.sweep.spec import LoadedSpec, SearchSpec
-from pss.sweep.store import current_uri, uri_for_jobs
+from pss.sweep.store import uri_for_jobs
 from pss.sweep.worker import Payload, prepare_process
 from pss.tracking import experiment_id
 
@@ -34,11 +36,11 @@ FINAL_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
 def default_storage(tracking_uri: str, experiment: str) -> str:
-    """SQLite beside a local MLflow store; else under outputs/sweeps/<experiment>/."""
+    """SQLite beside a local MLflow store; else in the sweep's folder (contract.sweep_dir)."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         return f"sqlite:///{db.with_name('optuna.db')}"
-    path = (Path("outputs") / "sweeps" / experiment / "optuna.db").resolve()
+    path = (contract.sweep_dir(experiment) / "optuna.db").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -101,6 +103,9 @@ class SearchWorker(submitit.helpers.Checkpointable):
         return len(study.trials)
 
     def objective(self, trial: optuna.Trial) -> float:
+        # Imported here, in the job: the driver that pickles this object never loads torch.
+        from pss.engine.train import RunInfo, StopTraining, train
+
         p, search = self.payload, self.payload.search
         values = {}
         for param in search.params:
@@ -121,12 +126,9 @@ class SearchWorker(submitit.helpers.Checkpointable):
         }
         cfg = load_config(p.job.config_files, overrides)
         tags = {
-            "pss.sweep": p.sweep,
-            "pss.cell": name,
-            "pss.seed": str(cfg.train.seed),
-            "pss.stage": "none",
-            "pss.trial": str(trial.number),
-            "pss.study": p.study,
+            **contract.job_tags(p.sweep, name, None, cfg.train.seed, cfg.fingerprint()),
+            contract.TAG_TRIAL: str(trial.number),
+            contract.TAG_STUDY: p.study,
         }
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -142,17 +144,19 @@ class SearchWorker(submitit.helpers.Checkpointable):
         return metrics[search.metric]
 
 
-def run_search(loaded: LoadedSpec, options, profile: ClusterProfile) -> int:
-    from pss.sweep.submit import resolve_executor, sweep_dir
-
+def run_search(
+    loaded: LoadedSpec, profile: ClusterProfile, smoke: bool, executor: str, wait: bool
+) -> int:
+    """Run (or continue) the spec's study with ``search.workers`` submitit jobs."""
     spec, search = loaded.spec, loaded.spec.search
     assert search is not None
-    experiment = loaded.experiment(options.smoke)
-    files = [str(f) for f in loaded.config_files(options.smoke)]
-    base = {**(spec.smoke_overrides if options.smoke else {}), **spec.overrides}
+    experiment = loaded.experiment(smoke)
+    files = [str(f) for f in loaded.config_files(smoke)]
+    base = {**(spec.smoke_overrides if smoke else {}), **spec.overrides}
     _check_params(loaded, files, base)
-    n_trials = search.smoke_n_trials if options.smoke else search.n_trials
-    kind = resolve_executor(options.executor)
+    n_trials = search.smoke_n_trials if smoke else search.n_trials
+    kind = resolve_executor(executor)
+    folder = contract.sweep_dir(experiment)
     storage = search.storage or default_storage(current_uri(), experiment)
     study = _study(search, experiment, storage, load=False)
     done = sum(t.state in FINAL_STATES for t in study.trials)
@@ -162,7 +166,7 @@ def run_search(loaded: LoadedSpec, options, profile: ClusterProfile) -> int:
         file=sys.stderr,
     )
     if remaining > 0:
-        res = effective_resources(spec.resources, profile, options.smoke)
+        res = effective_resources(spec.resources, profile, smoke)
         uri = profile.tracking_uri or uri_for_jobs(kind)
         experiment_id(experiment)  # create the store here, not racing in the workers
         workers = min(search.workers, remaining)
@@ -184,31 +188,23 @@ def run_search(loaded: LoadedSpec, options, profile: ClusterProfile) -> int:
             storage,
             n_trials,
             math.ceil(remaining / workers),
-            str((sweep_dir(experiment) / "trials").resolve()),
+            str((folder / "trials").resolve()),
             spec.name,
         )
-        folder = sweep_dir(experiment) / "submitit"
-        if kind == "slurm":
-            from pss.sweep.submit import _slurm_executor
-
-            executor = _slurm_executor(folder, res, profile)
-        elif kind == "debug":
-            executor = submitit.DebugExecutor(folder=folder / "%j")
-        else:
-            executor = submitit.LocalExecutor(folder=folder / "%j")
-            executor.update_parameters(timeout_min=res.timeout_min)
-        jobs = [executor.submit(SearchWorker(payload)) for _ in range(workers)]
+        logs = Path(profile.logs_folder) if profile.logs_folder else folder / "submitit"
+        pool = make_executor(kind, logs, res, profile)
+        jobs = [pool.submit(SearchWorker(payload)) for _ in range(workers)]
         print(
             f"{workers} search workers submitted ({kind}): "
             + ", ".join(str(j.job_id) for j in jobs),
             file=sys.stderr,
         )
-        if not options.wait:
+        if not wait:
             return EXIT_OK
         failures = _wait_workers(jobs, study, n_trials)
         if failures:
-            print(f"{failures} search worker(s) failed; see {folder}", file=sys.stderr)
-    return _print_best(study, search) if options.wait or remaining <= 0 else EXIT_OK
+            print(f"{failures} search worker(s) failed; see {logs}", file=sys.stderr)
+    return _print_best(study, search) if wait or remaining <= 0 else EXIT_OK
 
 
 def _check_params(loaded: LoadedSpec, files: list[str], base: dict[str, Any]) -> None:
@@ -235,15 +231,7 @@ def _wait_workers(jobs: list, study: optuna.Study, n_trials: int) -> int:
             print(f"search: {finished}/{n_trials} trials finished", file=sys.stderr, flush=True)
             last = finished
         time.sleep(3)
-    failures = 0
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures += 1
-            lines = str(exc).strip().splitlines()
-            print(f"worker {job.job_id} failed: {lines[-1] if lines else exc}", file=sys.stderr)
-    return failures
+    return len(report_failures((f"worker {j.job_id}", j) for j in jobs))
 
 
 def _print_best(study: optuna.Study, search: SearchSpec) -> int:

@@ -21,17 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pss.config import ExperimentConfig, load_config
-from pss.errors import UserError, nearest
+from pss import contract
+from pss.config import ExperimentConfig, load_config, read_yaml
+from pss.errors import UserError, nearest, validation_error
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
-MAX_YAML_BYTES = 1_000_000
 # The smoke overlay of this checkout (specs may name their own with `smoke:`).
 DEFAULT_SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke" / "overlay.yaml"
-MAX_YAML_NODES = 100_000
 
 
 class _Strict(BaseModel):
@@ -179,97 +177,6 @@ class Spec(_Strict):
         return self
 
 
-# ---------------------------------------------------------------------- reading
-
-
-class _SafeCountingLoader(yaml.SafeLoader):
-    """SafeLoader that refuses Python tags (as SafeLoader does) and alias bombs."""
-
-    nodes = 0
-
-    def construct_document(self, node):  # type: ignore[override]
-        _check_size(node)
-        return super().construct_document(node)
-
-
-def _check_size(root: yaml.Node) -> None:
-    """Count nodes with aliases expanded; refuse documents that blow up (billion laughs)."""
-    seen: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in seen:
-            return seen[key]
-        seen[key] = 1  # guards against recursive aliases
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        seen[key] = total
-        if total > MAX_YAML_NODES:
-            raise yaml.YAMLError(
-                f"document expands to more than {MAX_YAML_NODES} nodes (alias bomb?)"
-            )
-        return total
-
-    size(root)
-
-
-def read_spec_yaml(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read spec: {exc.strerror or exc}", str(path)) from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise UserError(f"spec is larger than {MAX_YAML_BYTES} bytes", str(path))
-    try:
-        return yaml.load(raw, Loader=_SafeCountingLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        text = str(exc).replace("\n", " ")
-        if "could not determine a constructor" in text:
-            text = "YAML tags such as !!python/... are not allowed: " + text
-        raise UserError(f"not a valid spec YAML: {text}", str(path)) from None
-
-
-def _pydantic_error(exc: ValidationError, path: Path) -> UserError:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = _model_at(Spec, err["loc"][:-1])
-        leaf = str(err["loc"][-1])
-        hint = nearest(leaf, parent.model_fields) if parent else ""
-        return UserError(f"unknown key '{loc}'{hint}", str(path))
-    got = err.get("input")
-    got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-    msg = err["msg"].removeprefix("Value error, ")
-    return UserError(f"{loc or '(top level)'}: {msg}{got_text}", str(path))
-
-
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field_info = model.model_fields.get(str(part))
-        if field_info is None:
-            return None
-        inner = _inner_model(field_info.annotation)
-        if inner is None:
-            return None
-        model = inner
-    return model
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
 @dataclass
 class Job:
     """One training job: a cell (and stage) for one seed."""
@@ -280,15 +187,27 @@ class Job:
     overrides: dict[str, Any]  # everything on top of the base (and smoke overlay)
     config: ExperimentConfig
     fingerprint: str
-    depends_on: list[str] = field(default_factory=list)  # cell ids
-    init_from_stage: str | None = None
+    depends_on: list[str] = field(default_factory=list)  # cell ids (the dry-run JSON)
+    after: list[str] = field(default_factory=list)  # stages of this cell that must finish first
     report: bool = True
 
     @property
     def key(self) -> str:
         """Unique within a sweep: cell[@stage]/s<seed>."""
-        stage = f"@{self.stage}" if self.stage else ""
-        return f"{self.cell}{stage}/s{self.seed}"
+        return contract.job_key(self.cell, self.stage, self.seed)
+
+    @property
+    def run_name(self) -> str:
+        return contract.run_name(self.cell, self.stage)
+
+    @property
+    def parent_keys(self) -> list[str]:
+        """Keys of the jobs (same cell and seed) that must finish before this one starts."""
+        return [contract.job_key(self.cell, stage, self.seed) for stage in self.after]
+
+    def tags(self, sweep: str) -> dict[str, str]:
+        """The MLflow tags of this job's run (docs/tracking.md)."""
+        return contract.job_tags(sweep, self.cell, self.stage, self.seed, self.fingerprint)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -314,7 +233,7 @@ class LoadedSpec:
         return (self.root / relative).resolve()
 
     def experiment(self, smoke: bool) -> str:
-        return f"{self.spec.name}-smoke" if smoke else self.spec.name
+        return contract.experiment_name(self.spec.name, smoke)
 
     def config_files(self, smoke: bool, cell: CellSpec | None = None) -> list[Path]:
         files = [self.resolve(cell.base if cell is not None and cell.base else self.spec.base)]
@@ -324,15 +243,21 @@ class LoadedSpec:
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
-    """Read and validate a spec file (schema, base experiment, cells, stages, paper rows)."""
+    """Read and validate a whole spec file before anything runs.
+
+    Schema, experiment files, cells, stages and their dependencies, paper rows,
+    and the table and figure layout (metrics, row keys, baseline): a spec that
+    loads can be expanded (:func:`expand` then checks every cell's config) and
+    reported.
+    """
     path = Path(path)
-    data = read_spec_yaml(path)
+    data = read_yaml(path, "spec")
     if not isinstance(data, dict):
         raise UserError("a spec must be a mapping (name, base, grid/cells, ...)", str(path))
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise _pydantic_error(exc, path) from None
+        raise validation_error(exc, Spec, str(path)) from None
     loaded = LoadedSpec(spec, path)
     for i, file in enumerate(loaded.config_files(smoke=True)):
         key = "base" if i == 0 else "smoke"
@@ -345,6 +270,10 @@ def load_spec(path: str | Path) -> LoadedSpec:
                 str(path),
             )
     _check_cells(loaded)
+    if spec.table is not None:
+        _check_table(loaded)
+    if spec.figure is not None:
+        _check_figure(loaded)
     return loaded
 
 
@@ -393,7 +322,7 @@ def _check_cells(loaded: LoadedSpec) -> None:
         if len(set(names)) != len(names):
             raise UserError(f"cells.{cell.id}.stages: duplicate stage name", src)
         for stage in cell.stages:
-            for dep in [*stage.depends_on, *([stage.init_from] if stage.init_from else [])]:
+            for dep in _stage_needs(stage):
                 if dep not in names:
                     raise UserError(
                         f"cells.{cell.id}.stages.{stage.name}: unknown stage '{dep}'"
@@ -401,25 +330,6 @@ def _check_cells(loaded: LoadedSpec) -> None:
                         src,
                     )
         _check_acyclic(cell, src)
-    if spec.table is not None:
-        known = set(ids)
-        for i, ref in enumerate(spec.table.reference_rows):
-            if ref.after is not None and ref.after not in known:
-                raise UserError(
-                    f"table.reference_rows.{i}.after: unknown cell '{ref.after}'"
-                    f"{nearest(ref.after, known)}",
-                    src,
-                )
-        base = spec.table.baseline
-        if base is not None and not any(_matches(row_values(spec, c), base) for c in cells):
-            raise UserError(f"table.baseline: no cell has {base}", src)
-        for i, ref in enumerate(spec.table.reference_rows):
-            if len(ref.labels) != len(spec.table.rows):
-                raise UserError(
-                    f"table.reference_rows.{i}.labels: expected {len(spec.table.rows)} labels "
-                    "(one per row key)",
-                    src,
-                )
     for i, row in enumerate(spec.paper):
         matches = [c.id for c in cells if _matches(row_values(spec, c), row.where)]
         if len(matches) != 1:
@@ -430,10 +340,78 @@ def _check_cells(loaded: LoadedSpec) -> None:
             )
 
 
+def _check_table(loaded: LoadedSpec) -> None:
+    """What the schema lets through but a table cannot use: metrics, row keys, baseline."""
+    spec, src = loaded.spec, str(loaded.path)
+    table = spec.table
+    assert table is not None
+    cells = all_cells(spec)
+    for i, group in enumerate(table.columns):
+        for j, column in enumerate(group.columns):
+            if not contract.is_known_metric(column.metric):
+                known = contract.known_metrics()
+                raise UserError(
+                    f"table.columns.{i}.columns.{j}.metric: unknown metric '{column.metric}'"
+                    f"{nearest(column.metric, known)} (expected one of "
+                    f"{', '.join(known)}, or a name with '{contract.MODE_PLACEHOLDER}')",
+                    src,
+                )
+    for i, key in enumerate(table.rows):
+        _check_row_key(spec, cells, key.key, f"table.rows.{i}.key", src)
+    ids = {c.id for c in cells}
+    for i, ref in enumerate(table.reference_rows):
+        if ref.after is not None and ref.after not in ids:
+            raise UserError(
+                f"table.reference_rows.{i}.after: unknown cell '{ref.after}'"
+                f"{nearest(ref.after, ids)}",
+                src,
+            )
+        if len(ref.labels) != len(table.rows):
+            raise UserError(
+                f"table.reference_rows.{i}.labels: expected {len(table.rows)} labels "
+                "(one per row key)",
+                src,
+            )
+    base = table.baseline
+    if base is not None and not any(_matches(row_values(spec, c), base) for c in cells):
+        raise UserError(f"table.baseline: no cell has {base}", src)
+
+
+def _check_figure(loaded: LoadedSpec) -> None:
+    """What the schema lets through but a figure cannot use: its metric and row keys."""
+    spec, src = loaded.spec, str(loaded.path)
+    figure = spec.figure
+    assert figure is not None
+    if (
+        not contract.is_known_metric(figure.metric)
+        or contract.MODE_PLACEHOLDER in figure.metric
+    ):
+        raise UserError(
+            f"figure.metric: unknown metric '{figure.metric}'"
+            f"{nearest(figure.metric, contract.known_metrics())}",
+            src,
+        )
+    cells = all_cells(spec)
+    for name in ("panels", "series"):
+        key = getattr(figure, name)
+        if key is not None:
+            _check_row_key(spec, cells, key, f"figure.{name}", src)
+
+
+def _check_row_key(spec: Spec, cells: list[CellSpec], key: str, where: str, src: str) -> None:
+    """Every reported cell must have a value for a row key (its id, an override or a label)."""
+    for cell in cells:
+        row = row_values(spec, cell)
+        if cell.report and key not in row:
+            raise UserError(
+                f"{where}: '{key}' is not a cell id, override or label of cell "
+                f"'{cell.id}'{nearest(key, row)}",
+                src,
+            )
+
+
 def _check_acyclic(cell: CellSpec, src: str) -> None:
-    deps = {
-        s.name: set(s.depends_on) | ({s.init_from} if s.init_from else set()) for s in cell.stages
-    }
+    deps = {s.name: set(_stage_needs(s)) for s in cell.stages}
     state: dict[str, int] = {}
 
     def visit(name: str, trail: list[str]) -> None:
@@ -465,14 +443,19 @@ def row_values(spec: Spec, cell: CellSpec) -> dict[str, Any]:
     return {"cell": cell.id, **cell_overrides(spec, cell), **cell.labels}
 
 
+def _stage_needs(stage: StageSpec) -> list[str]:
+    """The stages that must finish before ``stage`` starts: depends_on and init_from."""
+    needs = [*stage.depends_on, *([stage.init_from] if stage.init_from else [])]
+    return list(dict.fromkeys(needs))
+
+
 def _stage_order(cell: CellSpec) -> list[StageSpec]:
     done: list[str] = []
     ordered: list[StageSpec] = []
     pending = list(cell.stages)
     while pending:
         for stage in pending:
-            needs = set(stage.depends_on) | ({stage.init_from} if stage.init_from else set())
-            if needs <= set(done):
+            if set(_stage_needs(stage)) <= set(done):
                 ordered.append(stage)
                 done.append(stage.name)
                 pending.remove(stage)
@@ -497,7 +480,8 @@ def expand(
     includes the fingerprints of the stages it starts from.
     """
     spec, src = loaded.spec, str(loaded.path)
-    output_root = output_root or Path("outputs") / "sweeps"
+    output_root = output_root or contract.OUTPUT_ROOT
+    experiment = loaded.experiment(smoke)
     jobs: list[Job] = []
     for cell in all_cells(spec):
         files = loaded.config_files(smoke, cell)
@@ -517,7 +501,7 @@ def expand(
                 if stage and stage.init_from:
                     parent = by_stage[stage.init_from]
                     overrides["train.init_from"] = str(
-                        run_dir(output_root, loaded.experiment(smoke), parent) / "last.pth"
+                        Path(parent.config.run_dir) / contract.CHECKPOINT
                     )
                     parents.append(parent.fingerprint)
                 name = f"{spec.name}-{cell.id}" + (f"-{stage.name}" if stage else "")
@@ -529,26 +513,20 @@ def expand(
                 fp = cfg.fingerprint()
                 if parents:
                     fp = _combine(fp, *parents)
+                after = _stage_needs(stage) if stage else []
+                stage_name = stage.name if stage else None
+                out = contract.run_dir(experiment, cell.id, stage_name, seed, fp, output_root)
                 job = Job(
                     cell=cell.id,
                     seed=seed,
-                    stage=stage.name if stage else None,
+                    stage=stage_name,
                     overrides={k: v for k, v in overrides.items() if k != "train.init_from"},
-                    config=cfg,
+                    config=cfg.model_copy(update={"output_dir": str(out)}),
                     fingerprint=fp,
-                    depends_on=[cell.id] if stage and (stage.depends_on or stage.init_from) else [],
-                    init_from_stage=stage.init_from if stage else None,
+                    depends_on=[cell.id] if after else [],
+                    after=after,
                     report=cell.report and (stage is None or stage is stages[-1]),
-                )
-                job.config = cfg.model_copy(
-                    update={"output_dir": str(run_dir(output_root, loaded.experiment(smoke), job))}
                 )
                 by_stage[job.stage or ""] = job
                 jobs.append(job)
     return jobs
-
-
-def run_dir(output_root: Path, experiment: str, job: Job) -> Path:
-    """outputs/sweeps/<experiment>/<cell>[@stage]/s<seed>-<fingerprint>"""
-    stage = f"@{job.stage}" if job.stage else ""
-    return output_root / experiment / f"{job.cell}{stage}" / f"s{job.seed}-{job.fingerprint}"

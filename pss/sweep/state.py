@@ -16,30 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pss import contract
+from pss.contract import FAILED, FINISHED, KILLED, RUNNING
+from pss.runs import StoredRun, read_runs
 from pss.sweep.spec import Job
-from pss.tracking import FAILED, FINISHED, KILLED, search_runs
 
-FINISHED_S, RUNNING_S, PENDING_S, FAILED_S, MISSING_S = (
-    "finished",
-    "running",
-    "pending",
-    "failed",
-    "missing",
-)
+STATES = ("finished", "running", "pending", "failed", "missing")
+FINISHED_S, RUNNING_S, PENDING_S, FAILED_S, MISSING_S = STATES
 
 
-def stage_tag(job: Job) -> str:
-    return job.stage or "none"
-
-
-def job_tags(sweep: str, job: Job) -> dict[str, str]:
-    return {
-        "pss.sweep": sweep,
-        "pss.cell": job.cell,
-        "pss.seed": str(job.seed),
-        "pss.stage": stage_tag(job),
-        "pss.fingerprint": job.fingerprint,
-    }
+LEDGER = "ledger.json"  # in the sweep's folder (contract.sweep_dir)
+# A pending SLURM job whose afterok dependency failed waits forever for it.
+NEVER = "DependencyNeverSatisfied"
+DEPENDENCY_FAILED = f"a job it depends on failed (SLURM: {NEVER})"
 
 
 class Ledger:
@@ -53,6 +42,11 @@ class Ledger:
                 self.entries = json.loads(path.read_text())
             except ValueError:
                 self.entries = {}
+
+    @classmethod
+    def of(cls, experiment: str) -> Ledger:
+        """The ledger of a sweep's experiment, in its folder under contract.OUTPUT_ROOT."""
+        return cls(contract.sweep_dir(experiment) / LEDGER)
 
     def record(self, job: Job, **entry: Any) -> None:
         self.entries[job.key] = {"fingerprint": job.fingerprint, **entry}
@@ -79,13 +73,13 @@ class JobState:
     metrics: dict[str, float] | None = None
 
 
-def _slurm_states(ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id still known to the controller (squeue -r)."""
+def _slurm_states(ids: list[str]) -> dict[str, tuple[str, str]]:
+    """(state, reason) of each job id still known to the controller (squeue -r)."""
     if not ids:
         return {}
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)],
+            ["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(ids)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -95,8 +89,8 @@ def _slurm_states(ids: list[str]) -> dict[str, str]:
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
+        if len(parts) >= 2:
+            states[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
     return states
 
 
@@ -112,28 +106,29 @@ def _pid_alive(pid: str) -> bool:
 
 
 def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobState]:
-    """One :class:`JobState` per job, from one MLflow query and one squeue call."""
-    runs: dict[tuple[str, str, str, str], list[Any]] = {}
-    for run in search_runs(experiment):
-        tags = run.data.tags
+    """One :class:`JobState` per job, from one read of the store and one squeue call."""
+    runs: dict[tuple[str, str, str, str], list[StoredRun]] = {}
+    for run in read_runs(experiment):
+        tags = run.tags
         key = (
-            tags.get("pss.cell", ""),
-            tags.get("pss.stage", "none"),
-            tags.get("pss.seed", ""),
-            tags.get("pss.fingerprint", ""),
+            tags.get(contract.TAG_CELL, ""),
+            tags.get(contract.TAG_STAGE, contract.NO_STAGE),
+            tags.get(contract.TAG_SEED, ""),
+            tags.get(contract.TAG_FINGERPRINT, ""),
         )
         runs.setdefault(key, []).append(run)  # newest first
     slurm_ids = [e["job_id"] for j in jobs if (e := ledger.get(j)) and e.get("executor") == "slurm"]
     live = _slurm_states(slurm_ids)
     states = []
     for job in jobs:
-        found = runs.get((job.cell, stage_tag(job), str(job.seed), job.fingerprint), [])
+        key = (job.cell, contract.stage_tag(job.stage), str(job.seed), job.fingerprint)
+        found = runs.get(key, [])
         entry = ledger.get(job) or {}
         sched = entry.get("job_id")
-        done = next((r for r in found if r.info.status == FINISHED), None)
+        done = next((r for r in found if r.status == FINISHED), None)
         if done is not None:
             states.append(
-                JobState(job, FINISHED_S, done.info.run_id, sched, metrics=done.data.metrics)
+                JobState(job, FINISHED_S, done.run_id, sched, metrics=done.metrics)
             )
             continue
         if not found:
@@ -141,26 +136,30 @@ def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobSt
             states.append(JobState(job, state, None, sched))
             continue
         run = found[0]
-        status = run.info.status
+        status = run.status
         alive = _job_alive(entry, live)
-        if alive:
-            slurm = live.get(str(sched), "")
-            state = RUNNING_S if status == "RUNNING" and slurm in ("", "RUNNING") else PENDING_S
-            states.append(JobState(job, state, run.info.run_id, sched, reason=slurm.lower()))
+        slurm, why = live.get(str(sched), ("", ""))
+        if alive and why == NEVER:
+            states.append(
+                JobState(job, FAILED_S, run.run_id, sched, reason=DEPENDENCY_FAILED)
+            )
+        elif alive:
+            state = RUNNING_S if status == RUNNING and slurm in ("", "RUNNING") else PENDING_S
+            states.append(JobState(job, state, run.run_id, sched, reason=slurm.lower()))
         elif status == FAILED:
-            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason="run failed"))
+            states.append(JobState(job, FAILED_S, run.run_id, sched, reason="run failed"))
         elif status == KILLED:
             reason = "killed (preempted or cancelled) and not requeued"
-            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason=reason))
+            states.append(JobState(job, FAILED_S, run.run_id, sched, reason=reason))
         elif entry:
             reason = "its job ended without finishing the run"
-            states.append(JobState(job, FAILED_S, run.info.run_id, sched, reason=reason))
+            states.append(JobState(job, FAILED_S, run.run_id, sched, reason=reason))
         else:
-            states.append(JobState(job, MISSING_S, run.info.run_id, sched))
+            states.append(JobState(job, MISSING_S, run.run_id, sched))
     return states
 
 
-def _job_alive(entry: dict[str, Any], live: dict[str, str]) -> bool:
+def _job_alive(entry: dict[str, Any], live: dict[str, tuple[str, str]]) -> bool:
     if not entry:
         return False
     if entry.get("executor") == "slurm":
@@ -176,8 +175,8 @@ def format_table(states: list[JobState]) -> str:
     rows = []
     for s in states:
         metrics = s.metrics or {}
-        mode = "e2e" if "mAP_e2e" in metrics else "nms"
-        value = metrics.get(f"mAP_{mode}")
+        mode = contract.primary_mode(s.job.config.model.name)
+        value = metrics.get(contract.metric_name(contract.MAP, mode))
         rows.append(
             (
                 s.job.cell,

@@ -20,16 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
-
 from pss.errors import UserError
+from pss.runs import current_uri
 
 REMOTE = ("http://", "https://", "databricks")
-
-
-def current_uri() -> str:
-    """The tracking URI of this process, absolute (MLflow's default is ./mlflow.db)."""
-    return mlflow.get_tracking_uri()
 
 
 def _local_path(uri: str) -> Path | None:

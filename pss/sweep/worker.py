@@ -18,8 +18,8 @@ from typing import Any
 import submitit
 
 from pss.config import load_config
-from pss.engine.train import RunInfo, train
-from pss.tracking import FAILED, Tracker
+from pss.contract import RUNNING, SCHEDULED
+from pss.tracking import Tracker
 
 
 @dataclass
@@ -61,6 +61,9 @@ class CellJob(submitit.helpers.Checkpointable):
         self.payload = payload
 
     def __call__(self) -> dict[str, float]:
+        # Imported here, in the job: the driver that pickles this object never loads torch.
+        from pss.engine.train import RunInfo, train
+
         p = self.payload
         prepare_process(p)
         try:
@@ -72,8 +75,6 @@ class CellJob(submitit.helpers.Checkpointable):
         except Exception:
             # Bad input stops train() before it touches the run the sweep opened for
             # this job: say so there, so that the cell shows as failed, with the reason.
-            if p.run_id and Tracker(p.run_id).status() in ("SCHEDULED", "RUNNING"):
-                tracker = Tracker(p.run_id)
-                tracker.log_text(traceback.format_exc(), "traceback.txt")
-                tracker.finish(FAILED)
+            if p.run_id and Tracker(p.run_id).status() in (SCHEDULED, RUNNING):
+                Tracker(p.run_id).fail(traceback.format_exc())
             raise

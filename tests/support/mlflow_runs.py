@@ -3,7 +3,7 @@
 :class:`FakeRun` describes one run (cell, stage, seed, status, final metrics,
 optional per-epoch history, a traceback for failed runs); :func:`seed_runs`
 writes runs with exactly the tags, params and metrics a real sweep job logs
-(DESIGN.md section 7), a few calls per run (``log_batch``).
+(docs/tracking.md), a few calls per run (``log_batch``).
 :func:`synthetic_runs` makes plausible finished runs for every reported cell
 of a spec.
 """
@@ -19,10 +19,10 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from pss import contract
 from pss.sweep.spec import LoadedSpec, expand
 
 T0 = 1_700_000_000_000  # start time (ms) of the first seeded run
-ACCURACY = ("mAP", "mAR", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @dataclass
@@ -58,13 +58,10 @@ def seed_runs(
     exp = experiment(client, experiment_name, artifact_root)
     ids = []
     for i, fake in enumerate(runs):
+        sweep = fake.sweep or experiment_name.removesuffix(contract.SMOKE_SUFFIX)
         tags = {
-            "pss.sweep": fake.sweep or experiment_name.removesuffix("-smoke"),
-            "pss.cell": fake.cell,
-            "pss.seed": str(fake.seed),
-            "pss.stage": fake.stage or "none",
-            "pss.fingerprint": fake.fingerprint,
-            "pss.git_commit": "0123456789abcdef",
+            **contract.job_tags(sweep, fake.cell, fake.stage, fake.seed, fake.fingerprint),
+            contract.TAG_GIT_COMMIT: "0123456789abcdef",
         }
         begin = start + 60_000 * i
         run = client.create_run(exp, start_time=begin, tags=tags, run_name=fake.cell)
@@ -84,7 +81,7 @@ def seed_runs(
         for j in range(0, max(len(metrics), len(params), 1), 100):
             client.log_batch(run_id, metrics=metrics[j : j + 100], params=params[j : j + 100])
         if fake.traceback is not None:
-            client.log_text(run_id, fake.traceback, "traceback.txt")
+            client.log_text(run_id, fake.traceback, contract.TRACEBACK_FILE)
         if fake.status in ("FINISHED", "FAILED", "KILLED"):
             client.set_terminated(run_id, fake.status, end_time=begin + 30_000)
         elif fake.status != "RUNNING":
@@ -95,14 +92,15 @@ def seed_runs(
 
 def metric_values(model_name: str, rng: random.Random, base: float = 42.0) -> dict[str, float]:
     """Plausible final metrics: e2e only for the PSS models (as the engine logs them)."""
-    modes = ("e2e", "nms") if model_name.endswith("_pss") else ("nms",)
+    modes = ("e2e", "nms") if contract.has_pss(model_name) else ("nms",)
     out: dict[str, float] = {}
     for mode in modes:
         offset = rng.gauss(0, 0.3)
-        for i, name in enumerate(ACCURACY):
-            out[f"{name}_{mode}"] = round(base + 4 * i + offset + rng.gauss(0, 0.1), 3)
-        out[f"postprocess_ms_{mode}"] = round(rng.uniform(1.0, 8.0), 3)
-    out["forward_ms"] = round(rng.uniform(38.0, 56.0), 3)
+        for i, name in enumerate(contract.ACCURACY):
+            value = base + 4 * i + offset + rng.gauss(0, 0.1)
+            out[contract.metric_name(name, mode)] = round(value, 3)
+        out[contract.metric_name(contract.POSTPROCESS_MS, mode)] = round(rng.uniform(1.0, 8.0), 3)
+    out[contract.FORWARD_MS] = round(rng.uniform(38.0, 56.0), 3)
     return out
 
 
@@ -125,8 +123,7 @@ def synthetic_runs(
             final = metric_values(name, rng)
             history = {}
             if epochs:
-                mode = "e2e" if name.endswith("_pss") else "nms"
-                key = f"mAP_{mode}"
+                key = contract.metric_name(contract.MAP, contract.primary_mode(name))
                 history[key] = [
                     round(final[key] * (1 - 0.6 * 0.8**e) + rng.gauss(0, 0.2), 3)
                     for e in range(epochs)

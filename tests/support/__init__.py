@@ -1,0 +1,10 @@
+"""Test support shared by tests and benchmarks: synthetic inputs, not measurements.
+
+- :mod:`support.mlflow_runs`: an MLflow store seeded with runs that follow the
+  tracking contract (reports, scale benchmarks).
+- :mod:`support.score_maps`: head outputs that look like a trained detector's,
+  and synthetic training targets (post-processing and training benchmarks).
+
+Tests import it as ``support`` (pytest puts ``tests/`` on ``sys.path``);
+benchmarks put ``tests/`` on ``sys.path`` themselves.
+"""

@@ -1,0 +1,173 @@
+"""The repository keeps its own rules: one home for the shared names, no import cycles,
+and every document a docstring cites exists in the repository."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PSS = REPO / "pss"
+CONTRACT = PSS / "contract.py"
+
+
+def python_files(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (REPO / f).rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def code_strings(tree: ast.AST) -> list[ast.Constant]:
+    """String constants in code (f-string parts included), docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+
+
+# What the sweep contract spells (pss/contract.py): a pattern per rule, matched against
+# the string constants of every other module of the library.
+CONTRACT_LITERALS = {
+    "tag names": re.compile(
+        r"^pss\.(sweep|cell|seed|stage|fingerprint|git_commit|slurm_job_id|"
+        r"resumed_from_epoch|trial|study|proof)$"
+    ),
+    "the output root": re.compile(r"^outputs/sweeps|^sweeps$"),
+    "the primary-mode rule (a PSS model name)": re.compile(r"^_pss$"),
+    "the accuracy metric names": re.compile(r"^(AP50|AP75|APs|APm|APl)$"),
+    "timing metric names": re.compile(r"^(forward_ms|postprocess_ms)"),
+    "the job key / run name ('@stage', '/s<seed>')": re.compile(r"^@$|^/s$"),
+    "the smoke experiment suffix": re.compile(r"^-smoke$"),
+    "the checkpoint file name": re.compile(r"^last\.pth$"),
+    "the traceback artifact": re.compile(r"^traceback\.txt$"),
+}
+
+
+def test_the_sweep_contract_is_spelled_in_pss_contract_only():
+    found = []
+    for path in python_files("pss"):
+        if path == CONTRACT:
+            continue
+        for node in code_strings(ast.parse(path.read_text())):
+            for rule, pattern in CONTRACT_LITERALS.items():
+                if pattern.search(node.value):
+                    where = f"{path.relative_to(REPO)}:{node.lineno}"
+                    found.append(f"{where}: {node.value!r} ({rule})")
+    assert not found, "literals of pss/contract.py spelled elsewhere:\n" + "\n".join(found)
+
+
+def test_the_contract_module_holds_every_rule():
+    """The patterns above are not vacuous: each one matches in pss/contract.py."""
+    strings = [n.value for n in code_strings(ast.parse(CONTRACT.read_text()))]
+    missing = [
+        rule
+        for rule, pattern in CONTRACT_LITERALS.items()
+        if not any(pattern.search(s) for s in strings)
+    ]
+    assert not missing, f"rules not found in pss/contract.py: {missing}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """pss module -> the pss modules it imports (at any depth: function-level imports too)."""
+    modules = {module_name(p): p for p in python_files("pss")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                # 'from pss.report import latex' names a module; 'import make_report' a name
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_in_the_library():
+    graph = import_graph()
+    assert "pss.sweep.executors" in graph["pss.sweep.search"]  # the walk sees imports
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+DOC_REF = re.compile(r"\bdocs/[\w./-]+\.md\b")
+OUTSIDE = "DESIGN.md" + " section"  # the design notes beside the repository, not in it
+
+
+@pytest.mark.parametrize("folder", ["pss", "benchmarks", "tests", "sweeps", "reports"])
+def test_every_cited_document_is_in_the_repository(folder):
+    cited, missing = 0, []
+    files = [*python_files(folder), *(REPO / folder).rglob("*.md")]
+    files += (REPO / folder).rglob("*.yaml")
+    for path in files:
+        text = path.read_text(errors="replace")
+        assert OUTSIDE not in text, f"{path}: cites a document outside the repository"
+        for ref in DOC_REF.findall(text):
+            cited += 1
+            if not (REPO / ref).is_file():
+                missing.append(f"{path.relative_to(REPO)}: {ref}")
+    assert not missing, "cited documents that do not exist:\n" + "\n".join(missing)
+    if folder == "pss":
+        assert cited > 0  # the library does cite its documents
+
+
+def test_readme_and_docs_links_resolve():
+    missing = []
+    for md in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        for ref in re.findall(r"\]\(([^)#\s]+)\)", md.read_text()):
+            if "://" in ref:
+                continue
+            if not (md.parent / ref).exists():
+                missing.append(f"{md.relative_to(REPO)}: {ref}")
+    assert not missing, "\n".join(missing)
