@@ -1,26 +1,35 @@
 """Reports from a real (temporary SQLite) MLflow store seeded with known runs.
 
-Golden files live in tests/golden/; regenerate them after an intended change with
+Golden files live in tests/golden/; the tests only read them. After an intended change
+of the output, regenerate them with the one explicit command
 
-    PSS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py
+    .venv/bin/python -m tests.golden_update
 
-(run ids, which are random, are replaced by '<cell/sSEED>' before comparing).
+and review the diff (run ids, which are random, are replaced by '<cell/sSEED>'). Every
+statistic in them (mean, std, n, Welch p, paper difference) is also derived here from
+the seeded samples, independently of pss.report (closed forms, scipy.special).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
+from test_report_stats import welch_p_closed_form
 
 from pss.report import latex, make_report
 from pss.report.cli import main
@@ -32,7 +41,7 @@ from support.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
 GOLDEN = Path(__file__).resolve().parent / "golden"
-UPDATE = os.environ.get("PSS_UPDATE_GOLDEN") == "1"
+GOLDEN_TABLES = ("table1", "table5")
 TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "pss/engine/train.py", line 300, in train\n'
@@ -64,18 +73,27 @@ def _fast_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="pss-report-", dir=base))
 
 
-@pytest.fixture(scope="module")
-def store() -> Iterator[Store]:
+@contextmanager
+def seeded_store() -> Iterator[Store]:
+    """A temporary store holding the golden scenarios, the current MLflow store meanwhile."""
     root = _fast_tmp()
     uri = f"sqlite:///{root}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        s = Store(uri, MlflowClient(uri), root, {})
-        s.seed("table1", table1_runs())
-        s.seed("table5", table5_runs())
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            s = Store(uri, MlflowClient(uri), root, {})
+            s.seed("table1", table1_runs())
+            s.seed("table5", table5_runs())
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[Store]:
+    with seeded_store() as s:
         yield s
-    shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -157,25 +175,242 @@ def table1_runs() -> list[FakeRun]:
 # -------------------------------------------------------------------- goldens
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
-        assert UPDATE, f"missing golden file {path}; run with PSS_UPDATE_GOLDEN=1 to create it"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from {path}"
+def render_golden_tables(store: Store, name: str, with_paper: bool, out: Path) -> dict[str, str]:
+    """{golden file name: text} of one table's report (md, tex, csv), run ids normalised."""
+    report = make_report(SWEEPS / f"{name}.yaml", out_dir=out, with_paper=with_paper)
+    assert report.markdown is not None and report.path == out / "REPORT.md"
+    suffix = "_paper" if with_paper else ""
+    return {
+        f"{name}{suffix}.{fmt}": store.normalize((out / f"{name}.{fmt}").read_text("utf-8"))
+        for fmt in ("md", "tex", "csv")
+    }
 
 
-@pytest.mark.parametrize("name", ["table1", "table5"])
+@pytest.mark.parametrize("name", GOLDEN_TABLES)
 @pytest.mark.parametrize("with_paper", [False, True], ids=["ours", "paper"])
 def test_golden_tables(store: Store, tmp_path: Path, name: str, with_paper: bool):
-    out = tmp_path / "out"
-    report = make_report(SWEEPS / f"{name}.yaml", out_dir=out, with_paper=with_paper)
-    suffix = "_paper" if with_paper else ""
-    for fmt in ("md", "tex", "csv"):
-        text = store.normalize((out / f"{name}.{fmt}").read_text(encoding="utf-8"))
-        check_golden(f"{name}{suffix}.{fmt}", text)
-    assert report.markdown is not None and report.path == out / "REPORT.md"
+    for file, text in render_golden_tables(store, name, with_paper, tmp_path / "out").items():
+        path = GOLDEN / file
+        assert path.is_file(), f"missing {path}; create it with `python -m tests.golden_update`"
+        assert text == path.read_text(encoding="utf-8"), (
+            f"{file} differs from {path}; if the change is intended, regenerate the goldens "
+            "with `python -m tests.golden_update` and review the diff"
+        )
+
+
+# ------------------------------------------- the goldens' statistics, derived again
+# From the scenarios' samples alone, with closed forms and scipy.special (not
+# scipy.stats.ttest_ind, which pss.report uses): every mean, std, n, Welch p and
+# paper difference the golden files hold.
+
+PAPER = yaml.safe_load((Path(__file__).parent / "data" / "paper_tables.yaml").read_text())
+BACKBONE = {"r50": "R50", "r101": "R101", "x101dcn": "X101-32x4d-DCN", "r2n101dcn": "R2N101-DCN"}
+
+
+@dataclass(frozen=True)
+class StatColumn:
+    header: str  # the CSV column of the mean
+    metric: str  # '{mode}': e2e for PSS models, nms for the baselines
+    paper_key: str  # its key in tests/data/paper_tables.yaml
+    decimals: int
+
+
+GOLDEN_COLUMNS = {
+    "table1": [
+        StatColumn("mAP (%)", "mAP_{mode}", "mAP", 1),
+        StatColumn("mAR (%)", "mAR_{mode}", "mAR", 1),
+        StatColumn("Network forward (ms)", "forward_ms", "forward_ms", 2),
+        StatColumn("Post process. (ms)", "postprocess_ms_{mode}", "postprocess_ms", 2),
+    ],
+    "table5": [
+        StatColumn(f"{title} {label}", metric, metric, 1)
+        for title in ("mAP (%)", "mAR (%)")
+        for label, mode in (("w/o NMS", "e2e"), ("w/ NMS", "nms"))
+        for metric in [f"{title.split()[0]}_{mode}"]
+    ],
+}
+
+
+def model_of(table: str, cell: str) -> str:
+    return cell.split("-")[1] if table == "table1" else cell.split("-")[0]
+
+
+def baseline_of(table: str, cell: str) -> str:
+    """Table 1: FCOS of the same backbone; Table 5: two conv layers of the same model."""
+    group = cell.split("-")[0]
+    return f"{group}-fcos" if table == "table1" else f"{group}-convs2"
+
+
+def paper_value(table: str, cell: str, key: str) -> float | None:
+    if table == "table1":
+        want = {"backbone": BACKBONE[cell.split("-")[0]], "model": model_of(table, cell)}
+    else:
+        want = {"model": model_of(table, cell), "pss_num_convs": int(cell[-1])}
+    rows = [r for r in PAPER[table]["rows"] if all(r.get(k) == v for k, v in want.items())]
+    assert len(rows) <= 1, rows
+    return rows[0].get(key) if rows else None
+
+
+def seed_samples(table: str, cell: str, metric: str) -> list[float]:
+    """The metric of the newest FINISHED run of each seed (seeded oldest first)."""
+    runs = {"table1": table1_runs, "table5": table5_runs}[table]()
+    newest = {r.seed: r for r in runs if r.cell == cell and r.status == "FINISHED"}
+    return [r.metrics[metric] for r in newest.values() if metric in r.metrics]
+
+
+@dataclass(frozen=True)
+class Derived:
+    n: int
+    mean: float | None
+    std: float | None
+    p: float | None  # against the group's baseline
+    within_noise: bool
+    paper: float | None
+    is_baseline: bool
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+def derive(table: str, cell: str, column: StatColumn) -> Derived:
+    mode = "e2e" if model_of(table, cell).endswith("_pss") else "nms"
+    metric = column.metric.replace("{mode}", mode)
+    x = seed_samples(table, cell, metric)
+    base_cell = baseline_of(table, cell)
+    base_mode = "e2e" if model_of(table, base_cell).endswith("_pss") else "nms"
+    y = seed_samples(table, base_cell, column.metric.replace("{mode}", base_mode))
+    stds = [statistics.stdev(v) for v in (x, y) if len(v) >= 2]
+    is_baseline = cell == base_cell
+    diff = statistics.fmean(x) - statistics.fmean(y) if x and y else None
+    return Derived(
+        n=len(x),
+        mean=statistics.fmean(x) if x else None,
+        std=statistics.stdev(x) if len(x) >= 2 else None,
+        p=None if is_baseline else welch_p_closed_form(x, y),
+        within_noise=not is_baseline and bool(stds) and diff is not None and abs(diff) < max(stds),
+        paper=paper_value(table, cell, column.paper_key),
+        is_baseline=is_baseline,
+    )
+
+
+def agrees(golden: str, value: float | None) -> bool:
+    """The CSV holds round(value, 6) with 6 significant digits, '' for none."""
+    if value is None:
+        return golden == ""
+    return golden != "" and abs(float(golden) - value) <= 5e-7 + 5e-6 * abs(value)
+
+
+def golden_csv(name: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO((GOLDEN / f"{name}.csv").read_text("utf-8"))))
+
+
+@pytest.mark.parametrize("name", GOLDEN_TABLES)
+@pytest.mark.parametrize("with_paper", [False, True], ids=["ours", "paper"])
+def test_golden_csv_statistics_are_derived_independently(name: str, with_paper: bool):
+    rows = golden_csv(name + ("_paper" if with_paper else ""))
+    checked = {"p": 0, "unequal_n_p": 0, "std": 0}
+    for row in rows:
+        for column in GOLDEN_COLUMNS[name]:
+            h = column.header
+            if row["cell"] == "(paper)":  # Table 1's DeFCN row: the paper's value alone
+                (defcn,) = [r for r in PAPER[name]["rows"] if r["model"] == "defcn"]
+                assert agrees(row[h], defcn.get(column.paper_key)), row
+                continue
+            d = derive(name, row["cell"], column)
+            where = (row["cell"], h, d)
+            assert row[f"{h} n"] == str(d.n), where
+            assert agrees(row[h], d.mean) and agrees(row[f"{h} std"], d.std), where
+            assert agrees(row[f"{h} p"], d.p), (where, row[f"{h} p"])
+            if with_paper:
+                assert agrees(row[f"{h} paper"], d.paper), where
+                assert agrees(row[f"{h} Δ"], d.delta), where
+            checked["std"] += d.std is not None
+            checked["p"] += d.p is not None
+            base = derive(name, baseline_of(name, row["cell"]), column)
+            checked["unequal_n_p"] += d.p is not None and d.n != base.n
+    assert checked["std"] >= 8 and checked["p"] >= 4
+    if name == "table5":
+        assert checked["unequal_n_p"] == 1  # fcos_pss-convs1 mAR w/ NMS: n=2 against n=3
+
+
+def fmt_fixed(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def expected_cell(d: Derived, decimals: int) -> tuple[str, set[str]]:
+    """The text of a value cell (no bold, no note) and its marks."""
+    if d.n == 0:
+        return "–", set()
+    text = fmt_fixed(d.mean, decimals)
+    if d.std is not None:
+        text += f" ± {fmt_fixed(d.std, decimals)} (n={d.n})"
+    marks = {"†"} if d.p is not None and d.p < 0.05 else set()
+    return text, marks | ({"≈"} if d.within_noise else set())
+
+
+def expected_delta(d: Derived, decimals: int) -> str:
+    if d.delta is None:
+        return "–"
+    rounded = round(d.delta, decimals)
+    return fmt_fixed(0.0, decimals) if rounded == 0 else f"{rounded:+.{decimals}f}"
+
+
+def md_cells(name: str, rows: int) -> list[list[str]]:
+    """The cells of the last ``rows`` lines of the Markdown table (its data rows)."""
+    lines = (GOLDEN / f"{name}.md").read_text("utf-8").splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in table[-rows:]]
+
+
+def tex_cells(name: str, rows: int) -> list[list[str]]:
+    """The cells of the last ``rows`` lines of the LaTeX tabular (its data rows)."""
+    body = (GOLDEN / f"{name}.tex").read_text("utf-8").split("\\bottomrule", 1)[0]
+    lines = [line for line in body.splitlines() if line.endswith("\\\\")]
+    return [[c.strip() for c in line[:-2].split(" & ")] for line in lines[-rows:]]
+
+
+def parse_md(cell: str) -> tuple[str, set[str]]:
+    cell = re.sub(r"\[\d+\]$", "", cell)
+    marks = {m for m in "†≈" if m in cell}
+    return cell.replace("**", "").rstrip("†≈"), marks
+
+
+def parse_tex(cell: str) -> tuple[str, set[str]]:
+    sup = re.search(r"\$\^\{([^}]*)\}\$$", cell)
+    marks = set()
+    if sup:
+        cell = cell[: sup.start()]
+        marks = {"†" if m == "\\dagger" else "≈" for m in sup[1].split(",") if "\\" in m}
+    cell = re.sub(r"^\\textbf\{(.*)\}$", r"\1", cell).replace(" $\\pm$ ", " ± ")
+    return ("–" if cell == "--" else cell.strip("$")), marks
+
+
+@pytest.mark.parametrize("name", GOLDEN_TABLES)
+@pytest.mark.parametrize("fmt", ["md", "tex"])
+@pytest.mark.parametrize("with_paper", [False, True], ids=["ours", "paper"])
+def test_golden_table_cells_are_derived_independently(name: str, fmt: str, with_paper: bool):
+    """mean ± std (n), † (Welch p < 0.05), ≈ (within seed noise), paper and Δ columns."""
+    file = name + ("_paper" if with_paper else "")
+    cells = [r["cell"] for r in golden_csv(file)]  # one line per table row, in order
+    rows = (md_cells if fmt == "md" else tex_cells)(file, len(cells))
+    parse = parse_md if fmt == "md" else parse_tex
+    columns = GOLDEN_COLUMNS[name]
+    width = 3 if with_paper else 1
+    for cell, row in zip(cells, rows):
+        values = row[len(row) - width * len(columns) :]
+        for i, column in enumerate(columns):
+            text, marks = parse(values[i * width])
+            if cell == "(paper)":
+                continue
+            d = derive(name, cell, column)
+            assert (text, marks) == expected_cell(d, column.decimals), (cell, column.header)
+            if with_paper:
+                paper, delta = (parse(v)[0] for v in values[i * width + 1 : i * width + 3])
+                want = "" if d.paper is None else fmt_fixed(d.paper, column.decimals)
+                assert paper == want, (cell, column.header, paper)
+                assert delta == expected_delta(d, column.decimals), (cell, column.header)
 
 
 def test_table5_content(store: Store, tmp_path: Path):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from scipy import special, stats
 
 from pss.errors import UserError
 from pss.report import latex, markdown, metrics
@@ -25,6 +28,20 @@ def t_cdf_4(t: float) -> float:
     return 0.5 + 3 / 8 * t / math.sqrt(a) * (1 - t * t / (12 * a))
 
 
+def welch_p_closed_form(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch p: t and the Welch-Satterthwaite df by hand, then Student's t tail
+    as the regularised incomplete beta function, P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2)
+    (scipy.special only; pss.report uses scipy.stats.ttest_ind)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return None
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(special.betainc(df / 2, 0.5, df / (df + t * t)))
+
+
 def test_welch_known_p_value():
     a, b = Summary((1.0, 2.0, 3.0)), Summary((4.0, 5.0, 6.0))
     # equal variances (1) and n (3): t = -3 / sqrt(2/3), Welch-Satterthwaite df = 4
@@ -34,6 +51,31 @@ def test_welch_known_p_value():
     assert welch_p(a, b) == pytest.approx(expected, rel=1e-9)
     cmp = compare(a, b)
     assert cmp.significant and not cmp.within_noise and cmp.diff == pytest.approx(-3.0)
+
+
+def test_welch_closed_form_is_the_t_tail_at_four_degrees_of_freedom():
+    t = -3 / math.sqrt(2 / 3)
+    closed = welch_p_closed_form((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    assert closed == pytest.approx(2 * (1 - t_cdf_4(abs(t))), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ((59.4, 59.6), (59.5, 59.7, 59.6)),  # n = 2 against 3 (the Table 5 golden's case)
+        ((41.5, 41.7, 41.6, 41.9), (42.2, 42.4)),  # 4 against 2
+        ((1.0, 2.0, 4.0, 8.0, 16.0), (3.0, 3.5, 2.0)),  # unequal n and variances
+    ],
+)
+def test_welch_with_unequal_n_matches_the_closed_form(a, b):
+    expected = welch_p_closed_form(a, b)
+    assert welch_p(Summary(a), Summary(b)) == pytest.approx(expected, rel=1e-9)
+    assert welch_p(Summary(b), Summary(a)) == pytest.approx(expected, rel=1e-9)
+    # Student's pooled-variance test, or equal-length samples, would give other p-values
+    pooled = stats.ttest_ind(a, b, equal_var=True).pvalue
+    n = min(len(a), len(b))
+    truncated = welch_p_closed_form(a[:n], b[:n])
+    assert abs(pooled - expected) > 1e-3 * expected and abs(truncated - expected) > 1e-3
 
 
 def test_welch_needs_two_seeds_and_noise_flag():
