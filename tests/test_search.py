@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -27,6 +28,12 @@ search:
 """
 
 
+def trials_evaluated(root: Path, job_id: str) -> int:
+    """Trials whose epoch-1 evaluation the worker ``job_id`` logged (its submitit stderr)."""
+    (log,) = root.rglob(f"{job_id}_0_log.err")
+    return len(re.findall(r"^\S+ \S+ pss\.[\w.]+: epoch 1: mAP", log.read_text(), re.M))
+
+
 def test_search_runs_trials_as_tracked_runs_and_prints_the_best(
     tmp_path, monkeypatch, shapes_root, capsys
 ):
@@ -38,12 +45,17 @@ def test_search_runs_trials_as_tracked_runs_and_prints_the_best(
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "best trial: #" in out.out and "model.loss.pss_weight = " in out.out
-    assert "2 search workers submitted (local)" in out.err
+    submitted = re.search(r"2 search workers submitted \(local\): (\S+), (\S+)\n", out.err)
+    assert submitted, out.err
     # the study lives beside the MLflow store, shared by the workers
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.load_study(study_name="search-smoke", storage=storage)
-    finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) >= 4
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    # Both workers ran trials: each worker's own log shows the first evaluation of at
+    # least one trial, and together they show every trial's.
+    evaluated = [trials_evaluated(tmp_path, job_id) for job_id in submitted.groups()]
+    assert all(n >= 1 for n in evaluated), evaluated
+    assert sum(evaluated) == sum(1 in t.intermediate_values for t in study.trials) == 4
     runs = search_runs("search-smoke")
     assert sorted(int(r.data.tags["pss.trial"]) for r in runs) == sorted(
         t.number for t in study.trials
@@ -59,9 +71,11 @@ def test_search_runs_trials_as_tracked_runs_and_prints_the_best(
                 s: m.value
                 for s, m in zip(steps, client.get_metric_history(run.info.run_id, "mAP_e2e"))
             }
-    # again: the study is complete, nothing new runs
+    # again: the study is complete, no worker starts, nothing new runs
     assert main(argv) == 0
-    assert "4/4 trials done" in capsys.readouterr().err or len(study.trials) >= 4
+    err = capsys.readouterr().err
+    assert "4/4 trials done" in err and "search workers submitted" not in err
+    assert len(optuna.load_study(study_name="search-smoke", storage=storage).trials) == 4
     assert len(search_runs("search-smoke")) == len(runs)
 
 
