@@ -174,7 +174,10 @@ class TrainConfig(_Section):
     warmup_iters: int = Field(500, ge=0)
     warmup_factor: float = Field(1.0 / 3.0, gt=0, le=1)
     grad_clip: float | None = Field(35.0, gt=0)
-    amp: bool = True  # used on CUDA only
+    # Mixed precision. true (default): float16 autocast with a gradient scaler on CUDA,
+    # float32 on a CPU; "fp16": the same, refused on a CPU; "bf16": bfloat16 autocast
+    # without a scaler, on a CPU or CUDA; false: float32. The losses stay float32.
+    amp: bool | Literal["fp16", "bf16"] = True
     seed: int = 0
     iters_per_epoch: int | None = Field(None, ge=1)  # cap, for smoke runs
     # Two-step training (Table 3): start from a stage-1 checkpoint and train only

@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pss.config import DataConfig
+from pss.data.sampler import ShardedBatches
 from pss.data.transforms import Compose, Normalize, Target, build_transforms
 from pss.errors import UserError
 
@@ -336,31 +337,40 @@ def build_loader(
 ) -> DataLoader:
     """A DataLoader whose order is a pure function of (seed, epoch); ``batch_size`` is per process.
 
-    The sampler is always a ``DistributedSampler`` (one replica when not
+    Training (``shuffle=True``): a ``DistributedSampler`` (one replica when not
     distributed, rank/world from torch.distributed otherwise), so
     ``set_epoch(loader, e)`` reproduces epoch e's order exactly, e.g. after
-    resuming. Training (``shuffle=True``) drops the last incomplete batch
-    unless that would leave no batch at all. Note that a distributed,
-    unshuffled sampler pads with repeated images so every rank gets as many:
-    deduplicate by ``image_id`` when gathering results.
+    resuming, and the ranks' batches of step k together hold one process's
+    batch k (of ``batch_size * world`` images). It drops the last incomplete
+    batch unless that would leave no batch at all.
+
+    Evaluation (``shuffle=False``): :class:`~pss.data.sampler.ShardedBatches`,
+    the batches of one in-order pass dealt to the ranks: every image exactly
+    once (no padding with repeats), in the same batch as on one process.
     """
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=_sampler_seed(seed))
-    else:
-        sampler = DistributedSampler(
-            dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=_sampler_seed(seed)
-        )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=partial(collate, size_divisibility=size_divisibility),
-        drop_last=shuffle and len(sampler) >= batch_size,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),
+    world, rank = (
+        (torch.distributed.get_world_size(), torch.distributed.get_rank())
+        if distributed
+        else (1, 0)
     )
+    common = {
+        "num_workers": num_workers,
+        "collate_fn": partial(collate, size_divisibility=size_divisibility),
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": False,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if shuffle:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=_sampler_seed(seed)
+        )
+        drop_last = len(sampler) >= batch_size
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common
+        )
+    else:
+        batches = ShardedBatches(len(dataset), batch_size, world, rank)
+        loader = DataLoader(dataset, batch_sampler=batches, **common)
     set_epoch(loader, epoch)
     return loader
 

@@ -53,6 +53,22 @@ def coco_metrics(coco_gt: COCO, detections: list[dict], image_ids: list[int]) ->
     return {name: max(float(evaluator.stats[i]), 0.0) * 100 for name, i in STATS.items()}
 
 
+def evaluated_once(ids_per_rank: list[list[int]], num_images: int) -> list[int]:
+    """All evaluated image ids, sorted, after checking that the ranks saw each image once.
+
+    An image missing or seen twice is a sampler bug (e.g. torch's DistributedSampler
+    pads with repeats), which would silently change the metrics.
+    """
+    all_ids = sorted(i for ids in ids_per_rank for i in ids)
+    repeated = sorted({a for a, b in zip(all_ids, all_ids[1:]) if a == b})
+    if repeated or len(all_ids) != num_images:
+        raise RuntimeError(
+            f"evaluated {len(all_ids)} images of {num_images}"
+            + (f", some more than once: {repeated[:5]}" if repeated else "")
+        )
+    return all_ids
+
+
 def _to_coco(det: dict[str, torch.Tensor], image_id: int, scale: float, dataset) -> list[dict]:
     boxes = (det["boxes"] / scale).cpu().numpy().astype(np.float64)
     boxes[:, 2:] -= boxes[:, :2]
@@ -117,18 +133,13 @@ def evaluate(
     model.train(was_training)
     if not dist.is_main():
         return {}
-    all_ids = sorted({i for g in gathered for i in g[1]})
+    all_ids = evaluated_once([g[1] for g in gathered], len(dataset))
     n_timed = max(sum(g[4] for g in gathered), 1)
     metrics: dict[str, float] = {FORWARD_MS: 1000 * sum(g[2] for g in gathered) / n_timed}
     for mode in modes:
-        # A distributed sampler pads with repeated images: keep one copy per image.
-        owner: dict[int, int] = {}
-        for rank_index, g in enumerate(gathered):
-            for image_id in g[1]:
-                owner.setdefault(image_id, rank_index)
-        dets = [
-            d for r, g in enumerate(gathered) for d in g[0][mode] if owner[d["image_id"]] == r
-        ]
+        dets = sorted(
+            (d for g in gathered for d in g[0][mode]), key=lambda d: d["image_id"]
+        )  # stable: each image's detections keep their order, as on one process
         for name, value in coco_metrics(dataset.coco, dets, all_ids).items():
             metrics[metric_name(name, mode)] = value
         post_ms = 1000 * sum(g[3][mode] for g in gathered) / n_timed

@@ -11,7 +11,7 @@ run is created, so bad input leaves no run behind.
 from __future__ import annotations
 
 import logging
-import os
+import math
 import sys
 import time
 import traceback
@@ -63,25 +63,28 @@ class RunInfo:
 # --------------------------------------------------------------------------- set-up
 
 
-def setup_distributed() -> torch.device:
-    """Join the process group described by torchrun's or submitit's environment."""
-    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-    if (
-        os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-        and slurm_tasks > 1
-        and "RANK" not in os.environ
-    ):
-        import submitit
+def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``train.amp`` asks for on ``device`` (None: float32).
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    if world > 1 and not dist.is_distributed():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend, init_method="env://")
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    true: float16 on CUDA, float32 on a CPU; "fp16": float16 (CUDA only);
+    "bf16": bfloat16 (a CPU, or a GPU that supports it); false: float32.
+    """
+    cuda = device.type == "cuda"
+    if amp is False or (amp is True and not cuda):
+        return None
+    if amp == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise UserError(
+                f"train.amp=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; "
+                "use train.amp=fp16"
+            )
+        return torch.bfloat16
+    if not cuda:
+        raise UserError(
+            "train.amp=fp16 needs a CUDA device (float16 with a gradient scaler); "
+            "on a CPU use train.amp=bf16 or false"
+        )
+    return torch.float16
 
 
 def lr_lambda(cfg: ExperimentConfig, iters_per_epoch: int) -> Callable[[int], float]:
@@ -108,20 +111,97 @@ def build_model(cfg: ExperimentConfig, device: torch.device) -> Detector:
         model.requires_grad_(False)
         model.head.pss.requires_grad_(True)
     if cfg.model.backbone.norm == "bn" and dist.is_distributed():
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = _synchronise_batchnorm(model, cfg, device)
     return model.to(device)
+
+
+def _synchronise_batchnorm(
+    model: Detector, cfg: ExperimentConfig, device: torch.device
+) -> Detector:
+    """Trainable BatchNorm under DDP: SyncBatchNorm (batch statistics over all ranks).
+
+    Without it every rank would normalise with its own share of the batch and the
+    ranks would not train one process's model. torch's SyncBatchNorm runs on CUDA
+    only, so several CPU processes with trainable BatchNorm are refused (one CPU
+    process in a group keeps plain BatchNorm: there is nothing to synchronise).
+    """
+    if cfg.train.trainable == "pss":  # everything but the PSS head frozen, in eval mode
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if dist.world_size() > 1:
+        raise UserError(
+            f"model.backbone.norm=bn trains BatchNorm, which {dist.world_size()} CPU "
+            "processes cannot synchronise (torch's SyncBatchNorm needs CUDA); use "
+            "model.backbone.norm=gn or frozen_bn, or one process"
+        )
+    return model
+
+
+def build_optimizer(cfg: ExperimentConfig, detector: Detector) -> torch.optim.SGD:
+    """SGD on the trainable parameters, lr scaled linearly with the global batch."""
+    t = cfg.train
+    params = [p for p in detector.parameters() if p.requires_grad]
+    lr = t.base_lr * t.batch_size / t.reference_batch
+    return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 # --------------------------------------------------------------------------- loop
 
 
-def _check_finite(losses: dict[str, torch.Tensor], epoch: int, it: int) -> None:
-    if not torch.isfinite(losses["loss"]):
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+def _check_finite(losses: dict[str, float], epoch: int, it: int) -> None:
+    if not math.isfinite(losses["loss"]):
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise TrainingDiverged(
             f"non-finite loss at epoch {epoch}, iteration {it} ({parts}); "
             "lower train.base_lr or check the data"
         )
+
+
+def forward_losses(
+    model: nn.Module,
+    detector: Detector,
+    images: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    amp: torch.dtype | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This rank's loss on its share of the global batch, and every loss averaged over ranks.
+
+    images [b, 3, H, W] (b = global batch / world), targets on the same device. The
+    network runs under autocast when ``amp`` is a dtype; the losses in float32. The
+    first value is what this rank back-propagates; DDP's gradient average makes it
+    one process's gradient. The dict is the global batch's losses, the same on every
+    rank, for logging and the divergence check (so all ranks stop together).
+    """
+    images = dist.pad_to_common_size(images)
+    with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+        out = model(images)
+    losses = detector.losses(out, targets)
+    means = dist.reduce_mean(torch.stack([v.detach() for v in losses.values()]))
+    return losses["loss"], dict(zip(losses, means.tolist()))
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    """Backward (scaled for float16), gradient clipping on the true gradients, step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def train_one_epoch(
@@ -131,6 +211,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
+    amp: torch.dtype | None,
     cfg: ExperimentConfig,
     epoch: int,
     iteration: int,
@@ -155,35 +236,17 @@ def train_one_epoch(
         targets = [
             {"boxes": tg["boxes"].to(device), "labels": tg["labels"].to(device)} for tg in targets
         ]
-        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
-            out = model(images)
-        losses = detector.losses(out, targets)
+        loss, losses = forward_losses(model, detector, images, targets, amp)
         _check_finite(losses, epoch, iteration)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)
-        else:
-            losses["loss"].backward()
-        if t.grad_clip:
-            nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], t.grad_clip
-            )
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler, t.grad_clip)
         scheduler.step()
         iteration += 1
         for k, v in losses.items():
-            window[k] = window.get(k, 0.0) + float(v.detach())
+            window[k] = window.get(k, 0.0) + v
         window["_n"] = window.get("_n", 0.0) + 1
         bar.update(1)
         if interactive:
-            bar.set_postfix(
-                loss=f"{float(losses['loss']):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}"
-            )
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}")
         if iteration % t.log_interval == 0 or step == iters - 1:
             n = window.pop("_n")
             means = {k: v / n for k, v in window.items()}
@@ -222,8 +285,9 @@ def train(
     it may raise :class:`StopTraining`.
     """
     run = run or RunInfo()
-    device = setup_distributed()
+    device = dist.init_from_environment()
     t = cfg.train
+    amp = autocast_dtype(t.amp, device)
     if t.batch_size % dist.world_size():
         raise UserError(
             f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
@@ -257,11 +321,9 @@ def train(
     per_process = t.batch_size // dist.world_size()
     loader_len = max(len(train_set) // t.batch_size, 1)
     iters = min(loader_len, t.iters_per_epoch) if t.iters_per_epoch else loader_len
-    params = [p for p in detector.parameters() if p.requires_grad]
-    lr = t.base_lr * t.batch_size / t.reference_batch
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(cfg, detector)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, iters))
-    scaler = torch.amp.GradScaler("cuda") if t.amp and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     epoch0, iteration = 0, 0
     if state is not None:
         load_model_weights(detector, state["model"], str(resume))
@@ -309,6 +371,7 @@ def train(
                 optimizer,
                 scheduler,
                 scaler,
+                amp,
                 cfg,
                 epoch,
                 iteration,
@@ -321,8 +384,8 @@ def train(
             if epoch % cfg.eval.interval == 0 or epoch == t.epochs:
                 metrics = _evaluate(detector, val_loader, val_set, cfg, device, epoch)
                 tracker.log_metrics(metrics, step=epoch)
-                if on_epoch is not None and dist.is_main():
-                    on_epoch(epoch, metrics)
+                if on_epoch is not None:
+                    _call_on_every_rank(on_epoch, epoch, metrics)
             if dist.is_main():
                 save_checkpoint(
                     ckpt_path,
@@ -353,6 +416,20 @@ def train(
         else:
             tracker.fail(traceback.format_exc())
         raise
+
+
+def _call_on_every_rank(
+    on_epoch: Callable[[int, dict[str, float]], None], epoch: int, metrics: dict[str, float]
+) -> None:
+    """``on_epoch`` runs on rank 0; when it stops the run, every rank stops."""
+    stop = None
+    if dist.is_main():
+        try:
+            on_epoch(epoch, metrics)
+        except StopTraining as exc:
+            stop = exc
+    if dist.broadcast_object(stop is not None):
+        raise stop or StopTraining(f"stopped by rank 0 after epoch {epoch}")
 
 
 def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tracker:

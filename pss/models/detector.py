@@ -13,9 +13,18 @@ Base loss (one-to-many): focal loss / #positives, GIoU weighted by the
 center-ness target / sum of those targets (x giou_weight), center-ness BCE /
 #positives. PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
 P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see docs/method.md.
+
+Under DDP each rank computes its images' loss *sums* over the normalisers of the
+whole global batch (:func:`pss.dist.reduce_mean` of the counts), so that DDP's
+averaged gradient is one process's gradient on the whole batch. The losses run
+in float32 whatever the head's outputs are (autocast off; float16 / bfloat16
+outputs are cast first): log-probabilities of rare classes and focal weights such
+as (1 - p_t)^2 underflow in a half type.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +105,10 @@ class Detector(nn.Module):
         )
 
     def losses(self, out: HeadOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        with torch.autocast(out.cls.device.type, enabled=False):
+            return self._losses(_float32(out), targets)
+
+    def _losses(self, out: HeadOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         lc = self.cfg.loss
         priors = self.priors(out)
         boxes = self.decode(out)  # [B, N, 4]
@@ -108,7 +121,7 @@ class Detector(nn.Module):
         offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets], device=gt_boxes.device)
         flat_j = pos_j + offsets.cumsum(0)[pos_b]  # object index into gt_boxes
 
-        num_pos = reduce_mean(out.cls.new_tensor(float(pos_b.numel()))).clamp(min=1.0)
+        num_pos = reduce_mean(pos_b.new_tensor(pos_b.numel(), dtype=torch.float32)).clamp(min=1.0)
         cls_target = torch.zeros_like(out.cls, dtype=torch.float32)
         cls_target[pos_b, pos_i, gt_labels[flat_j]] = 1.0
         result = {
@@ -171,7 +184,11 @@ class Detector(nn.Module):
         pos_i: Tensor,
         pos_j: Tensor,
     ) -> dict[str, Tensor]:
-        """L_pss (normalised by the number of selected locations) and L_rank (mean over images)."""
+        """L_pss (normalised by the number of selected locations) and L_rank (mean over images).
+
+        Both normalisers count the whole global batch under DDP: selected locations,
+        and images with at least one selected location (L_rank's mean).
+        """
         lc = self.cfg.loss
         log_p = self.log_prob(out)  # [B, N, C]
         chosen = self.select_one_to_one(log_p, boxes, targets, pos_b, pos_i, pos_j)
@@ -195,8 +212,9 @@ class Detector(nn.Module):
                 for b, (loc, cls) in enumerate(selected)
                 if loc.numel() > 0
             ]
-            rank = torch.stack(ranks).mean() if ranks else log_p.sum() * 0
-            result["loss_rank"] = lc.rank_weight * rank
+            rank = torch.stack(ranks).sum() if ranks else log_p.sum() * 0
+            images = reduce_mean(log_p.new_tensor(float(len(ranks)))).clamp(min=1.0)
+            result["loss_rank"] = lc.rank_weight * rank / images
         return result
 
     # ---------------------------------------------------------------- inference
@@ -262,3 +280,8 @@ def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
         dim=1,
     )
 
+
+def _float32(out: HeadOutputs) -> HeadOutputs:
+    """The head outputs as float32 (they are float16 / bfloat16 under autocast)."""
+    maps = {k: getattr(out, k) for k in ("cls", "reg", "ctr", "pss")}
+    return replace(out, **{k: v.float() for k, v in maps.items() if v is not None})
