@@ -495,7 +495,7 @@ def pdflatex(tex: str, where: Path) -> Path:
         cwd=where,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # only catches a hang
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     return where / "doc.pdf"
@@ -572,7 +572,7 @@ def test_bad_spec_exits_2(store: Store, tmp_path: Path, capsys):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # only catches a hang
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "cannot read spec" in proc.stderr
