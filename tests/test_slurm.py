@@ -23,6 +23,7 @@ from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import ensure_server
 from pss.tracking import Tracker, search_runs
+from pss.tracking import client as tracking_client
 
 pytestmark = pytest.mark.slurm
 # Jobs unpickle what they run; this module is not importable on the node, so send it by value.
@@ -65,20 +66,73 @@ cells:
 """
 
 
+def scontrol_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job` of one job, as {field: value}."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def sacct(job_ids: list[str], *fields: str, duplicates: bool = False) -> list[dict[str, str]]:
+    """SLURM accounting records of these jobs (allocations only; every requeued start too
+    with ``duplicates``)."""
+    argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)]
+    out = subprocess.run([*argv, *(["-D"] if duplicates else [])], capture_output=True,
+                         text=True, check=True).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` for an event that stays true once it happened (a file, a
+    counter); ``timeout`` only catches a hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def ended(job_ids: list[str]) -> list[dict[str, str]]:
+    """Wait until SLURM has recorded the end of every job (a job may still be exiting
+    after its run is marked finished); their accounting records."""
+    fields = ("JobID", "State", "Submit", "Eligible", "Start", "End")
+
+    def recorded():
+        records = sacct(job_ids, *fields)
+        done = len(records) == len(job_ids) and all(r["End"][:1].isdigit() for r in records)
+        return records if done else None
+
+    return _wait_for(recorded, 600, f"SLURM to record the end of jobs {job_ids}")
+
+
 def test_sweep_runs_on_slurm_with_a_stage_dependency(workdir, capsys):
     spec = write_spec(workdir / "onslurm.yaml", STAGED)
     argv = [str(spec), "--smoke", "--executor", "slurm", "--cluster", PROFILE, "--no-report"]
-    assert main(argv) == 0
+    assert main([*argv, "--no-wait"]) == 0
+    entries = ledger(workdir, "onslurm-smoke")
+    stage1 = entries["two_step@stage1/s0"]["job_id"]
+    stage2 = entries["two_step@stage2/s0"]["job_id"]
+    # SLURM itself holds stage 2 back with an afterok dependency on stage 1 (which trains
+    # for a while yet, so the dependency is still unfulfilled here).
+    held = scontrol_job(stage2)
+    assert held["Dependency"].startswith(f"afterok:{stage1}("), held["Dependency"]
+    assert held["JobState"] == "PENDING" and held["Reason"] == "Dependency", held
+    assert main(argv) == 0  # waits for the three jobs
     runs = search_runs("onslurm-smoke")
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
-    entries = ledger(workdir, "onslurm-smoke")
     for run in runs:
         key = run.data.tags["pss.cell"]
         if run.data.tags["pss.stage"] != "none":
             key += "@" + run.data.tags["pss.stage"]
         assert run.data.tags["pss.slurm_job_id"] == entries[f"{key}/s0"]["job_id"]
-    stage1 = entries["two_step@stage1/s0"]["job_id"]
-    assert entries["two_step@stage2/s0"]["depends_on"] == stage1
+    # Accounting: stage 2, submitted before stage 1 ended, became eligible only after it.
+    acct = {r["JobID"]: r for r in ended([stage1, stage2])}
+    first, second = acct[stage1], acct[stage2]
+    assert first["State"] == second["State"] == "COMPLETED", acct
+    assert second["Submit"] < first["End"] <= second["Eligible"] <= second["Start"], acct
     # jobs on SLURM logged through the tracking server the sweep started on the store
     server = json.loads((workdir / ".mlflow.db.server.json").read_text())
     assert server["url"].startswith("http://")
@@ -98,16 +152,6 @@ cells:
 """
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir):
     spec = write_spec(workdir / "preempt.yaml", PREEMPT)
     argv = [str(spec), "--smoke", "--executor", "slurm", "--cluster", PROFILE, "--no-report"]
@@ -122,20 +166,24 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir
         except Exception:  # noqa: BLE001 - being written
             return False
 
-    _wait_for(first_epoch_done, 240, "the first checkpoint")
+    # The event: epoch 1's checkpoint is on disk (2 epochs are still to train).
+    _wait_for(first_epoch_done, 1800, "the first checkpoint")
     job = submitit.SlurmJob(folder=workdir / "outputs/sweeps/preempt-smoke/submitit/%j",
                             job_id=entry["job_id"])
     job._interrupt()  # what SLURM does before a preemption or timeout: USR2 to the job
 
+    # The event: SLURM requeued the job (a lasting accounting record, not a state that
+    # may pass between two polls).
     def requeued():
-        out = subprocess.run(["squeue", "-h", "-r", "-j", entry["job_id"], "-o", "%T %r"],
-                             capture_output=True, text=True).stdout
-        return "PENDING" in out
+        records = sacct([entry["job_id"]], "JobID", "State", duplicates=True)
+        return any(r["State"] == "REQUEUED" for r in records)
 
-    _wait_for(requeued, 120, "the requeue")
+    _wait_for(requeued, 600, "the requeue")
+    # A requeued job waits for its begin time; let it start now if it still waits.
     subprocess.run(["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"],
-                   check=True)
+                   capture_output=True)
     assert main(argv) == 0  # waits for both cells
+    assert int(scontrol_job(entry["job_id"])["Restarts"]) == 1
     runs = {r.data.tags["pss.cell"]: r for r in search_runs("preempt-smoke")}
     assert runs["preempted"].data.tags["pss.resumed_from_epoch"] in {"1", "2"}
     assert "pss.resumed_from_epoch" not in runs["steady"].data.tags
@@ -144,48 +192,88 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir
     steady = next((workdir / "outputs/sweeps/preempt-smoke/steady").iterdir()) / "last.pth"
     a, b = load_checkpoint(steady)["model"], load_checkpoint(ckpt)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    history = MlflowClient().get_metric_history(runs["preempted"].info.run_id, "mAP_e2e")
-    assert sorted({m.step for m in history}) == [1, 2, 3]
+    client = MlflowClient()
+    for name in ("mAP_e2e", "mAR_nms"):  # each epoch evaluated exactly once, same values
+        got, want = (
+            [(m.step, m.value) for m in client.get_metric_history(runs[c].info.run_id, name)]
+            for c in ("preempted", "steady")
+        )
+        assert sorted(s for s, _ in got) == [1, 2, 3] and sorted(got) == sorted(want), name
 
 
-def _write_one_run(experiment: str, index: int, uri: str | None) -> int:
-    if uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-    else:
+WRITERS = 8
+
+
+def _arrive(barrier: Path, name: str, index: int, timeout: float = 600) -> None:
+    """Wait until all writers reached this point (each leaves a file); only a hang times out."""
+    (barrier / f"{name}-{index}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(barrier.glob(f"{name}-*"))) < WRITERS:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all {WRITERS} writers reached '{name}' in {timeout} s")
+        time.sleep(0.05)
+
+
+def _write_one_run(experiment: str, index: int, env: dict[str, str], barrier: str) -> dict:
+    """One SLURM job: a run with 100 params and 3 x 50 metric values, logged while the
+    seven other writers log theirs. Returns its own clock readings around the writes."""
+    if not env:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(env)
     tracker = Tracker.create(experiment, f"writer-{index}", {"pss.cell": f"w{index}"})
+    _arrive(Path(barrier), "start", index)
+    start = time.time()
     tracker.log_params({f"param_{k}": k * index for k in range(100)})
     for step in range(50):
         tracker.log_metrics({"a": step, "b": index, "c": step * index}, step=step)
+        if step == 24:  # halfway: every writer is in the middle of its writes
+            _arrive(Path(barrier), "half", index)
     tracker.finish()
-    return index
+    return {"index": index, "start": start, "end": time.time()}
 
 
 @pytest.mark.parametrize("store", ["default_local", "server"])
 def test_eight_concurrent_slurm_jobs_lose_nothing(workdir, monkeypatch, store):
     if store == "default_local":
         monkeypatch.delenv("MLFLOW_TRACKING_URI")  # MLflow's own default: ./mlflow.db
-        uri = None
+        env = {}
         client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     else:
-        uri = ensure_server(f"sqlite:///{workdir / 'served.db'}")
-        client = MlflowClient(uri)
+        served = ensure_server(f"sqlite:///{workdir / 'served.db'}")
+        # the server's URL, and its login where the server asks for one
+        env = served.env() if hasattr(served, "env") else {"MLFLOW_TRACKING_URI": served}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        client = tracking_client()
+    barrier = workdir / "barrier"
+    barrier.mkdir()
     executor = submitit.AutoExecutor(folder=workdir / "writers/%j", cluster="slurm")
     executor.update_parameters(slurm_partition="debug", cpus_per_task=1, mem_gb=1,
-                               timeout_min=10, slurm_array_parallelism=8)
+                               timeout_min=20, slurm_array_parallelism=WRITERS)
     with executor.batch():
-        jobs = [executor.submit(_write_one_run, "writers", i, uri) for i in range(8)]
-    # all eight were running at the same time at some point
-    _wait_for(lambda: all(j.state in ("RUNNING", "COMPLETED") for j in jobs) or
-              all(j.done() for j in jobs), 120, "the writers to start")
-    assert sorted(j.result() for j in jobs) == list(range(8))
+        jobs = [executor.submit(_write_one_run, "writers", i, env, str(barrier))
+                for i in range(WRITERS)]
+    results = [j.result() for j in jobs]  # waits for the jobs; a writer's failure raises
+    assert sorted(r["index"] for r in results) == list(range(WRITERS))
+    # All eight were writing at the same time: their writing intervals, measured by the
+    # jobs themselves, share an instant; SLURM's records of the jobs agree.
+    assert max(r["start"] for r in results) < min(r["end"] for r in results), results
+    acct = ended([j.job_id for j in jobs])
+    assert len(acct) == WRITERS and {r["State"] for r in acct} == {"COMPLETED"}, acct
+    assert max(r["Start"] for r in acct) <= min(r["End"] for r in acct), acct
+    # Nothing lost, nothing mixed up: every value of every run.
     exp = client.get_experiment_by_name("writers")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == WRITERS and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.tags["pss.cell"] for r in runs) == [f"w{i}" for i in range(WRITERS)]
     for run in runs:
         index = int(run.data.tags["pss.cell"][1:])
-        assert len(run.data.params) == 100
-        assert run.data.params["param_7"] == str(7 * index)
-        for name in ("a", "b", "c"):
+        assert run.data.params == {f"param_{k}": str(k * index) for k in range(100)}
+        expected = {
+            "a": [(s, float(s)) for s in range(50)],
+            "b": [(s, float(index)) for s in range(50)],
+            "c": [(s, float(s * index)) for s in range(50)],
+        }
+        for name, values in expected.items():
             history = client.get_metric_history(run.info.run_id, name)
-            assert sorted(m.step for m in history) == list(range(50)), (run.info.run_id, name)
+            assert sorted((m.step, m.value) for m in history) == values, (index, name)
