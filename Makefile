@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[timm,dev]"
+	$(BIN)/pip install --quiet -e ".[timm,dev,onnx]"
 	@touch $@
 
 # Debian packages the tests need: SLURM (+ accounting) and LaTeX for the tables.

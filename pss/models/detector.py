@@ -76,10 +76,7 @@ class Detector(nn.Module):
         points, strides = priors.points, priors.strides
         if image is not None:
             reg, points, strides = reg[image, locs], points[locs], strides[locs]
-        if self.cfg.base == "fcos":
-            return distance_to_box(points, F.relu(reg) * strides[:, None])
-        half = (self.cfg.assign.anchor_scale * strides / 2)[:, None]
-        return decode_deltas(torch.cat((points - half, points + half), dim=1), reg)
+        return decode_boxes(self.cfg, reg, points, strides)
 
     def log_prob(self, out: HeadOutputs) -> Tensor:
         """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i), [B, N, C]."""
@@ -246,7 +243,7 @@ class Detector(nn.Module):
         for b, (h, w) in enumerate(image_sizes):
             if all_boxes is not None:
                 scores = out.cls[b].float().sigmoid() * factor[b, :, None]
-                boxes = _clip(all_boxes[b], h, w)
+                boxes = clip_boxes(all_boxes[b], h, w)
                 det = postprocess.nms_detections(
                     scores,
                     boxes,
@@ -260,7 +257,7 @@ class Detector(nn.Module):
                 best = out.cls[b].amax(dim=1).float().sigmoid() * factor[b]
                 locs = best.topk(min(ic.max_per_image, best.numel())).indices
                 scores = out.cls[b, locs].float().sigmoid() * factor[b, locs, None]
-                boxes = _clip(self.decode(out, b, locs), h, w)
+                boxes = clip_boxes(self.decode(out, b, locs), h, w)
                 det = postprocess.topk_detections(
                     scores, boxes, ic.max_per_image, ic.e2e_score_thresh
                 )
@@ -268,16 +265,29 @@ class Detector(nn.Module):
         return results
 
 
-def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
-    """Clip [K, 4] boxes to an h x w image."""
+def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor) -> Tensor:
+    """Boxes in input pixels [..., K, 4] from regression outputs [..., K, 4] at locations
+    with centres [..., K, 2] and strides [..., K] (leading dims broadcast).
+
+    FCOS: distances / stride (ReLU); ATSS: deltas from square anchors of side
+    ``anchor_scale * stride``.
+    """
+    if cfg.base == "fcos":
+        return distance_to_box(points, F.relu(reg) * strides[..., None])
+    half = (cfg.assign.anchor_scale * strides / 2)[..., None]
+    return decode_deltas(torch.cat((points - half, points + half), dim=-1), reg)
+
+
+def clip_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
+    """Clip boxes [..., 4] to an h x w image."""
     return torch.stack(
         (
-            boxes[:, 0].clamp(0, w),
-            boxes[:, 1].clamp(0, h),
-            boxes[:, 2].clamp(0, w),
-            boxes[:, 3].clamp(0, h),
+            boxes[..., 0].clamp(0, w),
+            boxes[..., 1].clamp(0, h),
+            boxes[..., 2].clamp(0, w),
+            boxes[..., 3].clamp(0, h),
         ),
-        dim=1,
+        dim=-1,
     )
 
 

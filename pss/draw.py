@@ -1,0 +1,143 @@
+"""Pictures of detections: one image with its boxes, and raw / nms / e2e side by side.
+
+    panel = draw_detections(image, det, categories, score_thresh=0.3)        # PIL image
+    figure = draw_modes("outputs/run/last.pth", ["a.jpg", "b.jpg"], "modes.png")
+
+:func:`draw_modes` is the picture of what PSS removes: for each image (a row),
+the detections of ``raw`` (the base scores without NMS: duplicates), ``nms``
+and ``e2e`` (no NMS) of one trained checkpoint, every box with its class and
+score. ``pss.predict`` draws its PNGs with :func:`draw_detections`,
+``pss.visualize`` is :func:`draw_modes` on the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pss.inference import Category, LoadedModel, TorchRunner, load_model, read_image
+from pss.postprocess import Detections
+
+# Columns of draw_modes, left to right, and what each one shows.
+MODE_TITLES = {
+    "raw": "raw: base score, no NMS",
+    "nms": "nms: base score + NMS",
+    "e2e": "e2e: PSS score, no NMS",
+}
+SCORE_THRESH = 0.3  # default: boxes drawn (and written by pss.predict) score above this
+MIN_SIDE = 384  # small images are enlarged to this shorter side, so labels stay readable
+FONT_SIZE = 14
+# Distinct colours for classes (tab10), cycled.
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+def _font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def draw_detections(
+    image: Image.Image,
+    det: Detections,
+    categories: Sequence[Category],
+    score_thresh: float = SCORE_THRESH,
+    min_side: int = MIN_SIDE,
+) -> Image.Image:
+    """A copy of ``image`` with the boxes scoring above ``score_thresh``, labelled 'name 0.87'.
+
+    ``det`` holds boxes [K, 4] in the image's pixels, scores [K], labels [K].
+    Images whose shorter side is under ``min_side`` are enlarged first. Lower
+    scores are drawn first, so the best boxes and labels are on top.
+    """
+    zoom = max(1.0, min_side / min(image.size))
+    canvas = image.convert("RGB")
+    if zoom > 1:
+        canvas = canvas.resize(
+            (round(image.width * zoom), round(image.height * zoom)), Image.BILINEAR
+        )
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    keep = det["scores"] > score_thresh
+    rows = sorted(
+        zip(
+            det["boxes"][keep].tolist(), det["scores"][keep].tolist(), det["labels"][keep].tolist()
+        ),
+        key=lambda row: row[1],
+    )
+    for box, score, label in rows:
+        colour = PALETTE[int(label) % len(PALETTE)]
+        x1, y1, x2, y2 = (v * zoom for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
+        text = f"{categories[int(label)].name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 4
+        ty = y1 - th if y1 - th >= 0 else y1  # above the box, inside it at the top edge
+        tx = min(max(x1, 0), canvas.width - tw)
+        draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
+        draw.text((tx + 2 - left, ty + 2 - top), text, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def _header(text: str, width: int) -> Image.Image:
+    font = _font(FONT_SIZE + 2)
+    strip = Image.new("RGB", (width, FONT_SIZE + 14), (255, 255, 255))
+    ImageDraw.Draw(strip).text((6, 5), text, fill=(0, 0, 0), font=font)
+    return strip
+
+
+def draw_modes(
+    model: LoadedModel | str | Path,
+    images: Sequence[str | Path | Image.Image],
+    out: str | Path | None = None,
+    score_thresh: float = SCORE_THRESH,
+    modes: Sequence[str] = ("raw", "nms", "e2e"),
+) -> Image.Image:
+    """One row per image, one column per mode: the same checkpoint's detections side by side.
+
+    ``model``: a checkpoint path or a :class:`LoadedModel`. A model without a
+    PSS head has no ``e2e`` column. Each panel's header says the mode and how
+    many boxes score above ``score_thresh``. Written to ``out`` (PNG) if given.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    modes = [m for m in modes if m != "e2e" or loaded.cfg.model.has_pss]
+    runners = {mode: TorchRunner(loaded, mode) for mode in modes}
+    rows = []
+    for item in images:
+        image = item if isinstance(item, Image.Image) else read_image(item)
+        name = "" if isinstance(item, Image.Image) else f"{Path(item).name}  "
+        panels = []
+        for mode, runner in runners.items():
+            det = runner(image)
+            panel = draw_detections(image, det, loaded.categories, score_thresh)
+            count = int((det["scores"] > score_thresh).sum())
+            header = _header(f"{name}{MODE_TITLES[mode]} ({count} > {score_thresh:g})", panel.width)
+            panels.append((header, panel))
+        rows.append(panels)
+    gap = 6
+    width = max(sum(p.width for _, p in row) + gap * (len(row) - 1) for row in rows)
+    height = sum(max(h.height + p.height for h, p in row) for row in rows) + gap * (len(rows) - 1)
+    figure = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for row in rows:
+        x = 0
+        for header, panel in row:
+            figure.paste(header, (x, y))
+            figure.paste(panel, (x, y + header.height))
+            x += panel.width + gap
+        y += max(h.height + p.height for h, p in row) + gap
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        figure.save(out)
+    return figure

@@ -1,0 +1,50 @@
+"""Draw what PSS removes: raw / nms / e2e detections of one checkpoint, side by side.
+
+    python -m pss.visualize CHECKPOINT IMAGE... [--out modes.png] [--score-thresh T]
+
+One row per image, one column per inference mode: ``raw`` (base score, no
+NMS: the duplicate boxes), ``nms`` (base score + NMS) and ``e2e`` (PSS score, no
+NMS; only for *_pss checkpoints), every box labelled with its class and score.
+IMAGE may be a folder (its images, sorted). See :func:`pss.draw.draw_modes`.
+
+Exit status: 0 written, 2 bad input (one message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pss.draw import SCORE_THRESH, draw_modes
+from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.inference import list_images, load_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pss.visualize", description=__doc__.split("\n")[1]
+    )
+    parser.add_argument("checkpoint", help="a checkpoint written by pss.train (last.pth)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    parser.add_argument("--out", default="modes.png", help="PNG to write (default: modes.png)")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=SCORE_THRESH,
+        help=f"draw detections scoring above this (default {SCORE_THRESH})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        images = list_images(args.images)
+        model = load_model(args.checkpoint)
+        figure = draw_modes(model, images, args.out, args.score_thresh)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    modes = "raw / nms / e2e" if model.cfg.model.has_pss else "raw / nms (no PSS head: no e2e)"
+    print(f"wrote {args.out}: {len(images)} images x {modes}, {figure.width}x{figure.height} px")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

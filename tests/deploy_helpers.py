@@ -1,0 +1,119 @@
+"""Checkpoints and comparisons for the predict / export / visualize tests.
+
+A random-init detector scores everything near the focal-loss prior (~0.01), so
+"ONNX Runtime gives the same detections" would compare near-ties. ``lively``
+re-draws the last layer of each head branch so that scores spread over (0, 1)
+and boxes have sizes: the top detections then score well above any threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from conftest import SMALL
+from PIL import Image
+
+from pss.config import load_config
+from pss.engine.checkpoint import save_checkpoint
+from pss.models import Detector
+
+CATEGORIES = [
+    {"id": 7, "name": "circle"},
+    {"id": 42, "name": "square"},
+    {"id": 1000, "name": "tri"},
+]
+# Tolerances of the parity tests (boxes in input pixels, scores in [0, 1]).
+BOX_ATOL = 1e-2
+SCORE_ATOL = 5e-5
+
+
+def lively(detector: Detector, seed: int = 0) -> Detector:
+    gen = torch.Generator().manual_seed(seed)
+    head = detector.head
+    fcos = detector.cfg.base == "fcos"
+    layers = [
+        (head.cls_logits, 0.3, -1.0),
+        (head.bbox_pred, 0.3, 2.0 if fcos else 0.0),  # FCOS: ~2 strides each side
+        (head.centerness, 0.3, 0.0),
+    ]
+    if head.pss is not None:
+        layers.append((head.pss.out, 0.5, 0.0))
+    with torch.no_grad():
+        for conv, std, bias in layers:
+            if conv is None:
+                continue
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * std)
+            conv.bias.fill_(bias)
+    return detector.eval()
+
+
+def small_deploy_config(name: str, *overrides: str):
+    return load_config(
+        [],
+        [
+            f"model.name={name}",
+            *SMALL,
+            "model.backbone.norm=bn",  # as trained from scratch (smoke configs); cheaper to export
+            "model.backbone.frozen_stages=-1",
+            "data.test_scale=128",
+            "data.max_size=192",
+            *overrides,
+        ],
+    )
+
+
+def write_checkpoint(path: Path, name: str = "fcos_pss", categories=CATEGORIES) -> Path:
+    """A pss.train-style checkpoint of a lively random model (``categories=None``: old format)."""
+    cfg = small_deploy_config(name)
+    torch.manual_seed(0)
+    detector = lively(Detector(cfg.model))
+    state = {
+        "model": detector.state_dict(),
+        "epoch": 1,
+        "iteration": 1,
+        "fingerprint": cfg.fingerprint(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    if categories is not None:
+        state["categories"] = categories
+    save_checkpoint(path, state)
+    return path
+
+
+def write_images(
+    folder: Path, sizes=((120, 160), (96, 96), (200, 140)), seed: int = 0
+) -> list[Path]:
+    """PNG files of smooth random colour blobs, one per (h, w)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        small = torch.rand(3, max(h // 16, 2), max(w // 16, 2), generator=gen)
+        big = torch.nn.functional.interpolate(small[None], size=(h, w), mode="bilinear")[0]
+        array = (big.permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+        path = folder / f"img{i}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def assert_same_detections(reference: list[dict], boxes, scores, labels) -> dict[str, float]:
+    """Graph outputs [B, K, ...] against ``Detector.predict`` detections, image by image.
+
+    Same labels in the same order (and empty slots after them), boxes and scores
+    within BOX_ATOL / SCORE_ATOL. Returns the largest differences seen.
+    """
+    boxes, scores, labels = (torch.as_tensor(t) for t in (boxes, scores, labels))
+    worst = {"box": 0.0, "score": 0.0, "detections": 0}
+    for b, ref in enumerate(reference):
+        n = len(ref["scores"])
+        assert torch.equal(labels[b, :n], ref["labels"]), f"image {b}: labels or order differ"
+        assert (labels[b, n:] == -1).all() and (scores[b, n:] == 0).all()
+        torch.testing.assert_close(scores[b, :n], ref["scores"], atol=SCORE_ATOL, rtol=0)
+        torch.testing.assert_close(boxes[b, :n], ref["boxes"], atol=BOX_ATOL, rtol=0)
+        if n:
+            worst["box"] = max(worst["box"], float((boxes[b, :n] - ref["boxes"]).abs().max()))
+            worst["score"] = max(worst["score"], float((scores[b, :n] - ref["scores"]).abs().max()))
+        worst["detections"] += n
+    return worst
