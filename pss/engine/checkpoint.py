@@ -4,7 +4,9 @@ A checkpoint is a dict:
     model, optimizer, scheduler, scaler (state dicts; scaler may be None),
     rng (torch / cuda / numpy / python states), epoch (last finished, 1-based),
     iteration (optimizer steps so far), fingerprint (of the config), config
-    (resolved, as JSON-able dict), run_id (MLflow run, or None).
+    (resolved, as JSON-able dict), categories (the dataset's [{id, name}], index =
+    label; absent from checkpoints written before they were saved), run_id
+    (MLflow run, or None).
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def load_model_weights(
     PSS model starts from a baseline checkpoint in two-step training).
     """
     own = model.state_dict()
+    classes = "head.cls_logits.weight"
+    if classes in state and classes in own and len(state[classes]) != len(own[classes]):
+        raise UserError(
+            f"the checkpoint was trained for {len(state[classes])} classes but "
+            f"model.num_classes={len(own[classes])}",
+            source,
+        )
     missing = [
         k for k in own if k not in state and not (allow_missing and k.startswith(allow_missing))
     ]

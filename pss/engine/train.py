@@ -296,20 +296,22 @@ def train(
     if resume == "auto":
         resume = ckpt_path if ckpt_path.is_file() else None
     state = load_checkpoint(resume) if resume else None
-    if state is not None and state["fingerprint"] != cfg.fingerprint():
-        raise UserError(
-            f"checkpoint was written for another config (fingerprint {state['fingerprint']}, "
-            f"this config {cfg.fingerprint()})",
-            str(resume),
-        )
 
     train_set = build_dataset(cfg.data, "train", seed=t.seed)
     val_set = build_dataset(cfg.data, "val", seed=t.seed)
+    if "num_classes" not in cfg.model.model_fields_set:  # not set: follow the annotations
+        cfg.model.num_classes = train_set.num_classes
     if train_set.num_classes != cfg.model.num_classes:
         raise UserError(
             f"model.num_classes={cfg.model.num_classes} but the dataset has "
             f"{train_set.num_classes} categories",
             str(Path(cfg.data.root) / cfg.data.train_annotations),
+        )
+    if state is not None and state["fingerprint"] != cfg.fingerprint():
+        raise UserError(
+            f"checkpoint was written for another config (fingerprint {state['fingerprint']}, "
+            f"this config {cfg.fingerprint()})",
+            str(resume),
         )
     torch.manual_seed(t.seed)
     model = build_model(cfg, device)
@@ -399,6 +401,10 @@ def train(
                         "iteration": iteration,
                         "fingerprint": cfg.fingerprint(),
                         "config": cfg.model_dump(mode="json"),
+                        "categories": [
+                            {"id": i, "name": n}
+                            for i, n in zip(train_set.cat_ids, train_set.class_names)
+                        ],
                         "run_id": tracker.run_id,
                     },
                 )
