@@ -16,6 +16,7 @@ store, a schema this code does not know) is read through MLflow's own
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
+
+from pss.errors import UserError
 
 # MLflow's default store (mlflow.tracking._tracking_service.utils), resolved the same way.
 DEFAULT_DB = "mlflow.db"
@@ -72,6 +75,23 @@ def current_uri() -> str:
     return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
 
 
+CREDENTIALS_ENV = "PSS_TRACKING_CREDENTIALS"  # a file with the tracking server's login
+
+
+def use_credentials() -> None:
+    """Log in to a tracking server with the user name and password in the file named by
+    ``PSS_TRACKING_CREDENTIALS`` (mode 600, written by pss.sweep.store), unless set."""
+    path = os.environ.get(CREDENTIALS_ENV)
+    if not path or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return
+    try:
+        login = json.loads(Path(path).read_text())
+        os.environ["MLFLOW_TRACKING_USERNAME"] = login["username"]
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = login["password"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read the tracking server's login ({exc})", path) from None
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
     if not uri.startswith("sqlite:///"):
@@ -92,6 +112,8 @@ class StoredRun:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of each
     params: dict[str, str] = field(default_factory=dict)  # only those asked for
+    steps: dict[str, int] = field(default_factory=dict, compare=False)  # of the latest values
+    times: dict[str, int] = field(default_factory=dict, compare=False)  # when logged (ms)
 
 
 def read_runs(
@@ -191,12 +213,16 @@ def _read_sqlite(path: Path, experiment: str, params: tuple[str, ...]) -> list[S
         ):
             tags[run_id][key] = value
         metrics: dict[str, dict[str, float]] = defaultdict(dict)
-        for run_id, key, value, is_nan in db.execute(
-            "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
+        steps: dict[str, dict[str, int]] = defaultdict(dict)
+        times: dict[str, dict[str, int]] = defaultdict(dict)
+        for run_id, key, value, is_nan, step, stamp in db.execute(
+            "SELECT run_uuid, key, value, is_nan, step, timestamp FROM latest_metrics "
             f"WHERE run_uuid IN ({scope})",
             (row[0],),
         ):
             metrics[run_id][key] = math.nan if is_nan else value
+            steps[run_id][key] = step
+            times[run_id][key] = stamp
         wanted: dict[str, dict[str, str]] = defaultdict(dict)
         if params:
             marks = ",".join("?" * len(params))
@@ -217,6 +243,8 @@ def _read_sqlite(path: Path, experiment: str, params: tuple[str, ...]) -> list[S
             tags=tags[run_id],
             metrics=metrics[run_id],
             params=wanted[run_id],
+            steps=steps[run_id],
+            times=times[run_id],
         )
         for run_id, name, status, start, end, artifacts in runs
     ]
@@ -228,6 +256,7 @@ def _read_sqlite(path: Path, experiment: str, params: tuple[str, ...]) -> list[S
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient  # only for stores SQL cannot read
 
+    use_credentials()
     return MlflowClient(uri)
 
 
@@ -256,6 +285,8 @@ def _read_client(client: Any, experiment: str, params: tuple[str, ...]) -> list[
                 tags=dict(r.data.tags),
                 metrics=dict(r.data.metrics),
                 params={k: v for k, v in r.data.params.items() if k in params},
+                steps={m.key: m.step for m in r.data._metric_objs},  # of the latest values
+                times={m.key: m.timestamp for m in r.data._metric_objs},
             )
             for r in page
         ]

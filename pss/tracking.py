@@ -10,6 +10,7 @@ per-epoch metrics use step = epoch, training losses step = iteration.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import subprocess
@@ -30,7 +31,7 @@ from pss.contract import (
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
 )
-from pss.runs import retry
+from pss.runs import current_uri, retry, sqlite_path, use_credentials
 
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 
@@ -47,8 +48,33 @@ def git_commit() -> str:
         return "unknown"
 
 
-def client() -> MlflowClient:
-    return MlflowClient()
+def client(uri: str | None = None) -> MlflowClient:
+    """A client of ``uri`` (default: this process's store), the store created if needed."""
+    uri = uri or current_uri()
+    ensure_store(uri)
+    use_credentials()
+    return MlflowClient(uri)
+
+
+_READY: set[str] = set()
+
+
+def ensure_store(uri: str) -> None:
+    """Create (or upgrade) a local SQLite store once, whoever else is opening it.
+
+    MLflow migrates a SQLite store's schema when a process first opens it, and
+    several processes doing so at once on a new file fail ('duplicate column
+    name: step'). Here the first contact happens under an exclusive lock on a
+    file beside the store, so one process migrates and the others find it done.
+    """
+    path = sqlite_path(uri)
+    if path is None or uri in _READY:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.init.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        retry(MlflowClient(uri).search_experiments, max_results=1)
+    _READY.add(uri)
 
 
 def experiment_id(name: str, mlflow: MlflowClient | None = None) -> str:

@@ -1,7 +1,12 @@
-"""Shared fixtures: small configs that build and run fast on a CPU."""
+"""Shared fixtures: small configs that build and run fast on a CPU; and a last check that
+no process the tests started is still running when the session ends."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -134,3 +139,50 @@ def write_spec(path: Path, body: str) -> Path:
     """A spec file whose relative paths are resolved against the repository's sweeps/."""
     path.write_text(body.replace("@EXP@", str(REPO / "experiments")))
     return path
+
+
+# ----------------------------------------------------------------- nothing left running
+
+SESSION = "PSS_TEST_SESSION"  # inherited by every process the tests start (SLURM jobs too)
+# Processes being stopped (scancel, SIGTERM) may take a moment to go.
+LEFTOVER_GRACE_S = float(os.environ.get("PSS_LEFTOVER_GRACE_S", "30"))
+
+
+def pytest_configure(config):
+    os.environ[SESSION] = uuid.uuid4().hex
+
+
+def _started_by_this_session() -> list[str]:
+    """Live processes whose environment carries this session's token, but this one."""
+    marker = f"{SESSION}={os.environ[SESSION]}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            stat = (proc / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":  # exited, waiting to be reaped
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+        except (OSError, IndexError):
+            continue
+        found.append(f"pid {proc.name}: {command}")
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a server, rank or job started by a test outlives the tests."""
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    left = _started_by_this_session()
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = _started_by_this_session()
+    if left:
+        print(
+            "\nERROR: processes started by the tests are still running:\n  " + "\n  ".join(left),
+            file=sys.__stderr__,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+

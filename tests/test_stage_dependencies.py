@@ -15,6 +15,7 @@ from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
+from pss.sweep.store import stop_server
 from pss.tracking import search_runs
 
 SPEC = """
@@ -94,3 +95,4 @@ def test_slurm_stage_gets_an_afterok_dependency_without_init_from(sweep, capsys)
             assert dependency.startswith(f"Dependency=afterok:{parent}"), shown
     finally:
         subprocess.run(["scancel", *ids], capture_output=True)
+        stop_server(f"sqlite:///{Path.cwd() / 'mlflow.db'}")  # the SLURM jobs' server

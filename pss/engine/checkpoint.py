@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,17 @@ from pss.errors import UserError
 REQUIRED = ("model", "epoch", "iteration", "fingerprint")
 
 
+class CheckpointNotSaved(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a quota); the previous one is intact."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves the old file intact."""
+    """Write ``state`` to ``path`` atomically: a crash or a full disk leaves the old file intact.
+
+    The state goes to a temporary file beside ``path``, is flushed to disk, and
+    replaces ``path`` in one rename; a write that fails (CheckpointNotSaved, saying
+    how much space is left) removes the temporary file and leaves ``path`` alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +46,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint kept"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointNotSaved(
+            f"{path}: could not write the checkpoint ({reason.splitlines()[0]}; "
+            f"{free_mb:.0f} MB free there); {kept}"
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,7 +69,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint ({first})", str(path)) from None
+        raise UserError(
+            f"cannot read checkpoint ({first}); the file is damaged or not a checkpoint: "
+            "restore it, or delete it to start this run over",
+            str(path),
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
         raise UserError(f"not a pss checkpoint (missing {', '.join(missing)})", str(path))

@@ -58,6 +58,7 @@ class RunInfo:
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # continue this MLflow run instead of creating one
+    on_open: Callable[[str], None] | None = None  # told the run's id once it is open
 
 
 # --------------------------------------------------------------------------- set-up
@@ -451,8 +452,10 @@ def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tr
     if run_id:
         tracker = Tracker.attach(run_id)
         tracker.set_tags(tags)
-    else:
+    else:  # created now: the run's start time is when training started
         tracker = Tracker.create(run.experiment, run.run_name or cfg.name, tags)
+    if run.on_open is not None:
+        run.on_open(tracker.run_id)
     tracker.log_params(cfg.flat())
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 
-from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+from pss.runs import current_uri
 from pss.sweep.executors import KINDS
 from pss.sweep.profile import load_profile
 from pss.sweep.submit import SweepOptions, plan, print_status, run_sweep
@@ -52,13 +53,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["server"]:
+        return server_command(argv[1:])
     status = bool(argv) and argv[0] == "status"
     args = _parser().parse_args(argv[1:] if status else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema set-up chatter
     try:
         if status:
             return print_status(args.spec, args.smoke)
         loaded, jobs = plan(args.spec, args.smoke)
+        load_profile(args.cluster)  # a bad profile fails a dry run too
         if args.dry_run:
             if args.json:
                 print(json.dumps([j.as_json() for j in jobs], indent=1))
@@ -83,3 +88,35 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def server_command(argv: list[str]) -> int:
+    """``sweeps/run.py server status|stop [--store URI]``: the tracking server of a store."""
+    parser = argparse.ArgumentParser(
+        prog="sweeps/run.py server",
+        description="The MLflow tracking server SLURM sweeps start on a local store "
+        "(docs/cluster.md): show it, or stop it and everything it started.",
+    )
+    parser.add_argument("action", choices=["status", "stop"])
+    parser.add_argument(
+        "--store", metavar="URI", help="the store (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
+    args = parser.parse_args(argv)
+    from pss.sweep.store import server_status, stop_server  # MLflow: only for this command
+
+    store = args.store or current_uri()
+    try:
+        if args.action == "stop":
+            stopped = stop_server(store)
+            print(f"stopped the tracking server of {store}" if stopped else f"no server on {store}")
+            return EXIT_OK
+        server = server_status(store)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if server is None:
+        print(f"no server on {store}")
+        return EXIT_FAILED
+    print(f"{server.url} (pid {server.pid}, store {store}, credentials {server.credentials})")
+    return EXIT_OK
+

@@ -50,14 +50,15 @@ def make_executor(
 
 
 def slurm_executor(folder: Path, res: Resources, profile: ClusterProfile) -> submitit.AutoExecutor:
-    """One task per GPU (or one task on a CPU-only profile), the profile's partition and set-up."""
+    """One task per GPU (or one on a CPU-only profile) unless the profile says how many,
+    the profile's partition, account and set-up lines."""
     executor = submitit.AutoExecutor(
         folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=profile.max_requeues
     )
     params: dict[str, Any] = {
         "timeout_min": res.timeout_min,
         "nodes": res.nodes,
-        "tasks_per_node": max(res.gpus_per_node, 1),
+        "tasks_per_node": profile.tasks_per_node or max(res.gpus_per_node, 1),
         "cpus_per_task": res.cpus_per_task,
         "mem_gb": res.mem_gb,
         "slurm_array_parallelism": profile.array_parallelism,
@@ -77,6 +78,25 @@ def cancel_slurm(job_ids: Iterable[str]) -> None:
     ids = [str(i) for i in job_ids]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
+
+
+def max_array_size() -> int | None:
+    """The most tasks one job array may have on this cluster (MaxArraySize), if known.
+
+    Array task indices run from 0 to MaxArraySize - 1; submitit does not split a
+    batch that is larger, so sweeps do (pss.sweep.launch).
+    """
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 def failure(handle: submitit.Job) -> str | None:

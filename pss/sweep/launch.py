@@ -1,7 +1,9 @@
 """Submitting a sweep's jobs: open their MLflow runs, then hand them to SLURM or a local queue.
 
-    queue = submit_jobs(loaded, todo, states, ledger, "slurm", profile, smoke=False)
+    states, queue = submit_sweep(loaded, jobs, ledger, "slurm", profile, smoke=False)
 
+One driver at a time submits a sweep (:mod:`pss.sweep.lock`); it decides what
+to submit from the sweep's state read under that lock.
 Imported by :func:`pss.sweep.submit.run_sweep` only when a sweep has jobs to
 submit: this is the part that needs MLflow's client and submitit, so status
 queries and re-runs of a finished sweep never load them. On SLURM, jobs that
@@ -15,15 +17,33 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
-from pss import contract
+from pss import contract, tracking
 from pss.contract import SCHEDULED
-from pss.sweep.executors import LocalQueue, cancel_slurm, make_executor, slurm_executor
+from pss.sweep.executors import (
+    LocalQueue,
+    cancel_slurm,
+    make_executor,
+    max_array_size,
+    slurm_executor,
+)
+from pss.sweep.lock import sweep_lock
 from pss.sweep.profile import ClusterProfile, effective_resources
 from pss.sweep.spec import Job, LoadedSpec, Resources, all_cells
-from pss.sweep.state import DEPENDENCY_FAILED, FINISHED_S, JobState, Ledger
+from pss.sweep.state import (
+    DEPENDENCY_FAILED,
+    FAILED_S,
+    FINISHED_S,
+    MISSING_S,
+    JobState,
+    Ledger,
+    sweep_states,
+)
 from pss.sweep.store import uri_for_jobs
 from pss.sweep.worker import CellJob, Payload
 from pss.tracking import Tracker, retry
@@ -41,8 +61,9 @@ def logs_folder(profile: ClusterProfile, experiment: str) -> Path:
 def _payloads(
     loaded: LoadedSpec,
     todo: list[Job],
-    run_ids: dict[str, str],
+    run_ids: dict[str, str | None],
     uri: str,
+    env: dict[str, str],
     res: Resources,
     smoke: bool,
 ) -> dict[str, Payload]:
@@ -65,22 +86,49 @@ def _payloads(
             tracking_uri=uri,
             threads=res.cpus_per_task,
             cwd=str(Path.cwd()),
+            env=env,
         )
     return payloads
 
 
-def _open_runs(experiment: str, todo: list[JobState], sweep: str) -> dict[str, str]:
-    """An MLflow run per job to submit (re-using a failed one), status SCHEDULED."""
-    run_ids = {}
+def _reopen_runs(todo: list[JobState]) -> dict[str, str | None]:
+    """The run each job continues: a failed job's old run, SCHEDULED again; None for the
+    others, whose run the job creates when it starts training (its start time then)."""
+    run_ids: dict[str, str | None] = {}
     for state in todo:
-        job = state.job
         if state.run_id:
             tracker = Tracker(state.run_id)
             retry(tracker.mlflow.update_run, state.run_id, status=SCHEDULED)
-        else:
-            tracker = Tracker.create(experiment, job.run_name, job.tags(sweep), status=SCHEDULED)
-        run_ids[job.key] = tracker.run_id
+        run_ids[state.job.key] = state.run_id
     return run_ids
+
+
+def submit_sweep(
+    loaded: LoadedSpec,
+    jobs: list[Job],
+    ledger: Ledger,
+    kind: str,
+    profile: ClusterProfile,
+    smoke: bool,
+) -> tuple[list[JobState], LocalQueue | None]:
+    """Under the sweep's lock, find what is still to do and submit it.
+
+    Returns the states the decision was made on and, for the local and debug
+    executors, the queue the driver must run. Another driver that got the lock
+    first has submitted (or is running) its jobs by the time this one decides.
+    """
+    experiment = loaded.experiment(smoke)
+    with sweep_lock(tracking.client(), experiment) as waited:
+        ledger.reload()
+        recover_interrupted(ledger, jobs)
+        states = sweep_states(experiment, jobs, ledger)
+        todo = [s for s in states if s.state in (FAILED_S, MISSING_S)]
+        if waited:
+            left = f"{len(todo)} jobs to submit"
+            print(f"{experiment}: after the other driver, {left}", file=sys.stderr)
+        queue = submit_jobs(loaded, todo, states, ledger, kind, profile, smoke) if todo else None
+        ledger.save()
+    return states, queue
 
 
 def submit_jobs(
@@ -98,11 +146,11 @@ def submit_jobs(
     folder = logs_folder(profile, experiment)
     # Everything that can refuse the submission comes before any run is opened.
     executor = slurm_executor(folder, res, profile) if kind == "slurm" else None
-    uri = profile.tracking_uri or uri_for_jobs(kind)
+    uri, env = uri_for_jobs(kind, profile)
     # A failed job may still sit in SLURM's queue (behind a failed dependency).
     stuck = [s.scheduler_id for s in todo if s.reason == DEPENDENCY_FAILED]
-    run_ids = _open_runs(experiment, todo, loaded.spec.name)
-    payloads = _payloads(loaded, [s.job for s in todo], run_ids, uri, res, smoke)
+    run_ids = _reopen_runs(todo)
+    payloads = _payloads(loaded, [s.job for s in todo], run_ids, uri, env, res, smoke)
     if executor is not None:
         cancel_slurm(stuck)
         jobs = [s.job for s in todo]
@@ -123,9 +171,14 @@ def submit_jobs(
         return handle
 
     def drop(job: Job, reason: str) -> None:
-        """A job that will never start: its run fails, its ledger entry queues nothing."""
-        Tracker(payloads[job.key].run_id).fail(reason + "\n")
-        ledger.record(job, executor=kind, job_id=None, run_id=payloads[job.key].run_id)
+        """A job that will never start: a failed run says why; its ledger entry queues nothing."""
+        p = payloads[job.key]
+        if p.run_id:
+            tracker = Tracker(p.run_id)
+        else:
+            tracker = Tracker.create(p.experiment, p.run_name, p.tags)
+        tracker.fail(reason + "\n")
+        ledger.record(job, executor=kind, job_id=None, run_id=tracker.run_id)
         ledger.save()
 
     for s in todo:  # queued behind this driver: pending while it lives
@@ -150,24 +203,51 @@ def _submit_slurm(
     by_key = {s.job.key: s for s in states}
     submitted: dict[str, str] = {}
 
-    def record(job: Job, handle, **extra) -> None:
+    def intend(jobs: list[Job], **extra) -> str:
+        """Record the jobs under a new submission token, before sbatch (see below)."""
+        token = uuid.uuid4().hex[:12]
+        for index, job in enumerate(jobs):
+            ledger.record(
+                job,
+                executor="slurm",
+                job_id=None,
+                token=token,
+                index=index,
+                run_id=payloads[job.key].run_id,
+                submitted=time.time(),
+                **extra,
+            )
+        ledger.save()
+        return token
+
+    def record(job: Job, handle) -> None:
         submitted[job.key] = handle.job_id
-        ledger.record(
-            job,
-            executor="slurm",
-            job_id=handle.job_id,
-            run_id=payloads[job.key].run_id,
-            submitted=time.time(),
-            **extra,
-        )
+        ledger.record(job, **{**(ledger.get(job) or {}), "job_id": handle.job_id})
         log.info("submitted %s as SLURM job %s", job.key, handle.job_id)
 
+    def release(batch: list[Job]) -> None:
+        _scontrol_release([submitted[j.key] for j in batch])
+        for job in batch:
+            ledger.record(job, **{**(ledger.get(job) or {}), "released": True})
+        ledger.save()
+
+    # Each submission goes out held, under a job name made of a token the ledger
+    # holds before sbatch, and is released once the job ids are saved: a driver
+    # killed in between leaves held jobs that never run, which the next driver
+    # finds by name and cancels (no id saved) or releases (ids saved); see
+    # recover_interrupted.
+    executor.update_parameters(slurm_additional_parameters={"hold": True})
     first = [j for j in todo if not j.after]
-    if first:
+    size = max_array_size() or len(first)  # an array larger than the cluster allows: split
+    for start in range(0, len(first), size):
+        array = first[start : start + size]
+        executor.update_parameters(name=submission_name(intend(array)))
         with executor.batch():
-            handles = [executor.submit(CellJob(payloads[j.key])) for j in first]
-        for job, handle in zip(first, handles):
+            handles = [executor.submit(CellJob(payloads[j.key])) for j in array]
+        for job, handle in zip(array, handles):
             record(job, handle)
+        ledger.save()
+        release(array)
     for job in (j for j in todo if j.after):  # in stage order: parents come first
         parents = []
         for key in job.parent_keys:
@@ -179,6 +259,65 @@ def _submit_slurm(
                 if job_id:
                     parents.append(str(job_id))
         staged = slurm_executor(folder, res, profile)
+        staged.update_parameters(slurm_additional_parameters={"hold": True})
         if parents:
             staged.update_parameters(slurm_dependency="afterok:" + ":".join(parents))
-        record(job, staged.submit(CellJob(payloads[job.key])), depends_on=":".join(parents) or None)
+        token = intend([job], depends_on=":".join(parents) or None)
+        staged.update_parameters(name=submission_name(token))
+        record(job, staged.submit(CellJob(payloads[job.key])))
+        ledger.save()
+        release([job])
+
+
+# ------------------------------------------------------------ interrupted submissions
+
+
+def submission_name(token: str) -> str:
+    """The SLURM job name of one submission (an array, or one job) of a driver."""
+    return f"pss-{token}"
+
+
+def recover_interrupted(ledger: Ledger, jobs: list[Job]) -> None:
+    """Settle what a driver killed while submitting left behind (see _submit_slurm).
+
+    Held jobs whose ids it never saved (found by their submission's name) may lack
+    the pickle they would run, and are cancelled: those jobs are submitted again.
+    Held jobs whose ids it saved but never released are released: they run as
+    submitted, and nothing is submitted twice.
+    """
+    unsaved, unreleased = {}, []
+    for job in jobs:
+        entry = ledger.get(job)
+        if not entry or entry.get("executor") != "slurm":
+            continue
+        if entry.get("token") and not entry.get("job_id"):
+            unsaved[submission_name(entry["token"])] = job
+        elif entry.get("token") and entry.get("job_id") and not entry.get("released"):
+            unreleased.append(job)
+    if unsaved:
+        orphans = _jobs_named(sorted(unsaved))
+        if orphans:
+            log.warning("cancelling %d held jobs of an interrupted submission", len(orphans))
+            cancel_slurm(orphans)
+    if unreleased:
+        ids = [str(ledger.get(job)["job_id"]) for job in unreleased]
+        log.warning("releasing %d held jobs of an interrupted submission", len(ids))
+        _scontrol_release(ids)
+        for job in unreleased:
+            ledger.record(job, **{**(ledger.get(job) or {}), "released": True, "adopted": True})
+    ledger.save()
+
+
+def _scontrol_release(job_ids: list[str]) -> None:
+    subprocess.run(["scontrol", "release", *job_ids], capture_output=True, timeout=60, check=False)
+
+
+def _jobs_named(names: list[str]) -> list[str]:
+    """Ids of the jobs (array tasks) SLURM still has queued under these job names."""
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i", f"--name={','.join(names)}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]

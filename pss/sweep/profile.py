@@ -29,6 +29,9 @@ class ClusterProfile(BaseModel):
     constraint: str | None = None
     # Resource overrides (None: what the spec asks for).
     nodes: int | None = Field(None, ge=1)
+    # DDP processes per node (default: one per GPU, or one on a CPU-only profile); each
+    # task of a job is one rank, its rank and world size from submitit's job environment.
+    tasks_per_node: int | None = Field(None, ge=1)
     gpus_per_node: int | None = Field(None, ge=0)
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: int | None = Field(None, ge=1)
@@ -38,6 +41,9 @@ class ClusterProfile(BaseModel):
     array_parallelism: int = Field(64, ge=1)
     max_requeues: int = Field(3, ge=0)  # timeouts/preemptions before a job is given up
     tracking_uri: str | None = None  # MLflow server for the jobs (default: see pss.sweep.store)
+    # Address the tracking server a SLURM sweep starts listens on: one compute nodes
+    # reach this host by (default: what this host's name resolves to). Never 0.0.0.0.
+    server_host: str | None = None
 
 
 def load_profile(path: str | Path | None) -> ClusterProfile:

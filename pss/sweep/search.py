@@ -167,7 +167,7 @@ def run_search(
     )
     if remaining > 0:
         res = effective_resources(spec.resources, profile, smoke)
-        uri = profile.tracking_uri or uri_for_jobs(kind)
+        uri, env = uri_for_jobs(kind, profile)
         experiment_id(experiment)  # create the store here, not racing in the workers
         workers = min(search.workers, remaining)
         job = Payload(
@@ -180,6 +180,7 @@ def run_search(
             tracking_uri=uri,
             threads=res.cpus_per_task,
             cwd=str(Path.cwd()),
+            env=env,
         )
         payload = SearchPayload(
             job,

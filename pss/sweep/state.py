@@ -8,6 +8,7 @@ so (killed, out of memory, node failure).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -32,16 +33,27 @@ DEPENDENCY_FAILED = f"a job it depends on failed (SLURM: {NEVER})"
 
 
 class Ledger:
-    """Scheduler job ids of a sweep's submissions, in a small JSON file."""
+    """Scheduler job ids of a sweep's submissions, in a small JSON file.
+
+    Several processes may keep one (a driver running local jobs, another driver
+    resubmitting): :meth:`save` merges this process's new entries into what the
+    file holds now, under a lock, so nobody's entries are lost.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            try:
-                self.entries = json.loads(path.read_text())
-            except ValueError:
-                self.entries = {}
+        self.entries: dict[str, dict[str, Any]] = self._read()
+        self._changed: set[str] = set()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def reload(self) -> None:
+        """What the file holds now (another driver may have written it), plus unsaved entries."""
+        self.entries = {**self._read(), **{k: self.entries[k] for k in self._changed}}
 
     @classmethod
     def of(cls, experiment: str) -> Ledger:
@@ -50,17 +62,23 @@ class Ledger:
 
     def record(self, job: Job, **entry: Any) -> None:
         self.entries[job.key] = {"fingerprint": job.fingerprint, **entry}
+        self._changed.add(job.key)
 
     def get(self, job: Job) -> dict[str, Any] | None:
         entry = self.entries.get(job.key)
         return entry if entry and entry.get("fingerprint") == job.fingerprint else None
 
     def save(self) -> None:
+        """Write this process's new entries into the file (atomically, merged, locked)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.entries, handle, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.reload()
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.entries, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        self._changed.clear()
 
 
 @dataclass
@@ -71,25 +89,30 @@ class JobState:
     scheduler_id: str | None = None
     reason: str = ""
     metrics: dict[str, float] | None = None
+    run: StoredRun | None = None  # the run the state was read from
 
 
-def _slurm_states(ids: list[str]) -> dict[str, tuple[str, str]]:
-    """(state, reason) of each job id still known to the controller (squeue -r)."""
+def _slurm_states(ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """(state, reason) of each of these job ids the controller still knows (squeue -r);
+    None when squeue did not answer (a busy controller), which proves nothing."""
     if not ids:
         return {}
-    try:
+    try:  # all of this user's jobs: `-j` fails as a whole when one id has aged out
         out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(ids)],
+            ["squeue", "-h", "-r", "--me", "-o", "%i %T %r"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=120,
         )
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return None
+    if out.returncode != 0:
+        return None
+    wanted = set(ids)
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2:
+        if len(parts) >= 2 and parts[0] in wanted:
             states[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
     return states
 
@@ -117,35 +140,47 @@ def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobSt
             tags.get(contract.TAG_FINGERPRINT, ""),
         )
         runs.setdefault(key, []).append(run)  # newest first
-    slurm_ids = [e["job_id"] for j in jobs if (e := ledger.get(j)) and e.get("executor") == "slurm"]
+    slurm_ids = [
+        e["job_id"]
+        for j in jobs
+        if (e := ledger.get(j)) and e.get("executor") == "slurm" and e.get("job_id")
+    ]
     live = _slurm_states(slurm_ids)
+    known = live or {}
     states = []
     for job in jobs:
         key = (job.cell, contract.stage_tag(job.stage), str(job.seed), job.fingerprint)
         found = runs.get(key, [])
         entry = ledger.get(job) or {}
+        if entry.get("token") and not entry.get("job_id"):
+            entry = {}  # its driver stopped before recording the job: not submitted
         sched = entry.get("job_id")
         done = next((r for r in found if r.status == FINISHED), None)
         if done is not None:
             states.append(
-                JobState(job, FINISHED_S, done.run_id, sched, metrics=done.metrics)
+                JobState(job, FINISHED_S, done.run_id, sched, metrics=done.metrics, run=done)
             )
             continue
-        if not found:
-            state = PENDING_S if _job_alive(entry, live) else MISSING_S
-            states.append(JobState(job, state, None, sched))
+        if not found:  # a job creates its run when it starts
+            alive = _job_alive(entry, live)
+            if alive and known.get(str(sched), ("", ""))[1] == NEVER:
+                states.append(JobState(job, FAILED_S, None, sched, reason=DEPENDENCY_FAILED))
+            else:
+                states.append(JobState(job, PENDING_S if alive else MISSING_S, None, sched))
             continue
         run = found[0]
         status = run.status
         alive = _job_alive(entry, live)
-        slurm, why = live.get(str(sched), ("", ""))
+        slurm, why = known.get(str(sched), ("", ""))
         if alive and why == NEVER:
             states.append(
                 JobState(job, FAILED_S, run.run_id, sched, reason=DEPENDENCY_FAILED)
             )
         elif alive:
             state = RUNNING_S if status == RUNNING and slurm in ("", "RUNNING") else PENDING_S
-            states.append(JobState(job, state, run.run_id, sched, reason=slurm.lower()))
+            states.append(
+                JobState(job, state, run.run_id, sched, reason=slurm.lower(), run=run)
+            )
         elif status == FAILED:
             states.append(JobState(job, FAILED_S, run.run_id, sched, reason="run failed"))
         elif status == KILLED:
@@ -159,11 +194,11 @@ def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobSt
     return states
 
 
-def _job_alive(entry: dict[str, Any], live: dict[str, tuple[str, str]]) -> bool:
+def _job_alive(entry: dict[str, Any], live: dict[str, tuple[str, str]] | None) -> bool:
     if not entry:
         return False
     if entry.get("executor") == "slurm":
-        return str(entry.get("job_id")) in live
+        return live is None or str(entry.get("job_id")) in live  # unknown: assume alive
     if entry.get("executor") == "local":
         return _pid_alive(str(entry.get("job_id")))
     return False

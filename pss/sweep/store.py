@@ -1,39 +1,104 @@
-"""Which MLflow store sweep jobs log to, and a tracking server when they need one.
+"""Which MLflow store sweep jobs log to, and the tracking server that SLURM jobs log through.
 
 Jobs of a local or debug sweep write straight into the store (SQLite takes a
-handful of concurrent local writers; :func:`pss.tracking.retry` rides out its
+handful of concurrent local writers; :func:`pss.runs.retry` rides out its
 locks). Jobs on SLURM may run on other nodes, where a SQLite file on a shared
 file system is not safe for concurrent writers: for them the suite starts an
-``mlflow server`` on the local store (or reuses the one it started before) and
-the jobs log over HTTP. A ``MLFLOW_TRACKING_URI`` that is already a server is
-used as it is.
+``mlflow server`` on the local store (one per store, reused by later sweeps)
+and the jobs log over HTTP. A ``MLFLOW_TRACKING_URI`` (or a profile's
+``tracking_uri``) that is already a server is used as it is.
+
+What the server exposes (docs/cluster.md): it listens on one address, the
+profile's ``server_host`` or else the address this host's name resolves to
+(what compute nodes use to reach the submit host), never on every interface;
+it accepts only the host names of that address in the Host header; and it
+requires a user name and password (MLflow's basic-auth app). The password is
+made once per store and kept, with the server's other files, beside the store
+in files only the user can read (mode 600); jobs read it from the file named by
+``PSS_TRACKING_CREDENTIALS`` (:func:`pss.tracking.client`). ``/health`` stays
+open.
+
+Lifetime: the server runs detached, in its own process group, so that jobs
+submitted with ``--no-wait`` can log after the driver exits. It runs until
+``sweeps/run.py server stop`` (which stops its whole process group within
+seconds); ``sweeps/run.py server status`` shows it. A driver that finds it
+dead starts it again on the same port, so running jobs keep their URL (they
+retry while it is down).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from pss.errors import UserError
-from pss.runs import current_uri
+from pss.runs import CREDENTIALS_ENV, current_uri, sqlite_path
+from pss.sweep.profile import ClusterProfile
+from pss.tracking import ensure_store
 
 REMOTE = ("http://", "https://", "databricks")
+USER = "pss"
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL for what is left of the process group
 
 
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).resolve()
+@dataclass(frozen=True)
+class Server:
+    """A tracking server this suite started on a local store."""
+
+    url: str
+    pid: int  # leader of its process group
+    backend: str
+    credentials: Path  # JSON {"username", "password"}, mode 600
+
+    def env(self) -> dict[str, str]:
+        """What a process needs in its environment to log through this server."""
+        return {"MLFLOW_TRACKING_URI": self.url, CREDENTIALS_ENV: str(self.credentials)}
+
+
+def _files(backend_uri: str) -> dict[str, Path]:
+    """The server's files, beside the store: .<store>.server.{json,log,credentials,...}."""
+    path = sqlite_path(backend_uri) or _file_store(backend_uri)
+    if path is None:
+        raise UserError(f"cannot serve tracking store {backend_uri}; set MLFLOW_TRACKING_URI")
+    path = path.resolve()
+    base = f".{path.name}.server"
+    suffixes = {
+        "state": "json",
+        "log": "log",
+        "credentials": "credentials",
+        "auth_ini": "auth.ini",
+        "auth_db": "auth.db",
+        "lock": "lock",
+    }
+    return {"store": path, **{k: path.parent / f"{base}.{s}" for k, s in suffixes.items()}}
+
+
+def _file_store(uri: str) -> Path | None:
+    if uri.startswith("sqlite:"):
+        return None
     if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://")).resolve()
+        return Path(uri.removeprefix("file://"))
     if "://" not in uri:
-        return Path(uri).resolve()
+        return Path(uri)
     return None
+
+
+def _private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only the user can read (created that way, not chmod-ed later)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -44,75 +109,181 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting to be reaped do not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
-def _free_port() -> int:
+def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("", 0))
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def ensure_server(backend_uri: str, wait_s: float = 90.0) -> str:
-    """URL of a tracking server on ``backend_uri``, starting one (detached) if needed."""
-    path = _local_path(backend_uri)
-    if path is None:
-        raise UserError(f"cannot serve tracking store {backend_uri}; set MLFLOW_TRACKING_URI")
-    state_file = path.parent / f".{path.name}.server.json"
-    if state_file.is_file():
-        try:
-            state = json.loads(state_file.read_text())
-            mine = state.get("backend") == backend_uri and _alive(state["pid"])
-            if mine and _healthy(state["url"]):
-                return state["url"]
-        except (ValueError, KeyError):
-            pass
-    port = _free_port()
-    host = socket.gethostname()
-    url = f"http://{host}:{port}"
-    artifacts = path.parent / "mlartifacts"
-    log_file = path.parent / f".{path.name}.server.log"
+def default_host() -> str:
+    """The address this host's name resolves to: what other nodes use to reach it."""
+    return socket.gethostbyname(socket.gethostname())
+
+
+def server_status(backend_uri: str) -> Server | None:
+    """The server this suite runs on ``backend_uri``, if it is up."""
+    files = _files(backend_uri)
+    try:
+        state = json.loads(files["state"].read_text())
+        server = Server(state["url"], int(state["pid"]), state["backend"], files["credentials"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if server.backend == backend_uri and _group_alive(server.pid) and _healthy(server.url):
+        return server
+    return None
+
+
+def ensure_server(backend_uri: str, host: str | None = None, wait_s: float = 90.0) -> Server:
+    """The tracking server on ``backend_uri``, started (detached) if it is not up."""
+    files = _files(backend_uri)
+    files["store"].parent.mkdir(parents=True, exist_ok=True)
+    with open(files["lock"], "w") as lock:  # one server per store, whoever asks at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = server_status(backend_uri)
+        if running is not None:
+            return running
+        return _start(backend_uri, files, host or default_host(), wait_s)
+
+
+def _start(backend_uri: str, files: dict[str, Path], host: str, wait_s: float) -> Server:
+    ensure_store(backend_uri)  # the server must not migrate a new store itself
+    port = _previous_port(files, host) or _free_port(host)
+    password = _credentials(files)
+    _private(
+        files["auth_ini"],
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{files['auth_db']}\n"
+        f"admin_username = {USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    names = sorted({host, socket.gethostname(), socket.getfqdn()})
+    allowed = ",".join([*names, *(f"{n}:{port}" for n in names)])
     command = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
-        str(artifacts),
+        str(files["store"].parent / "mlartifacts"),
         "--host",
-        "0.0.0.0",
+        host,
         "--port",
         str(port),
         "--workers",
         "2",
+        "--app-name",
+        "basic-auth",
         "--allowed-hosts",
-        f"{host},{host}:{port},localhost,localhost:{port},127.0.0.1,127.0.0.1:{port},*",
+        allowed,
     ]
-    with open(log_file, "ab") as log:
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(files["auth_ini"]),
+        "MLFLOW_AUTH_ADMIN_USERNAME": USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job runner: tracking only
+    }
+    url = f"http://{host}:{port}"
+    with open(files["log"], "ab") as log:
         proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=files["store"].parent,
+            start_new_session=True,  # its own process group: stopped as a whole
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if _healthy(url):
-            state_file.write_text(json.dumps({"pid": proc.pid, "url": url, "backend": backend_uri}))
-            return url
+            state = {"pid": proc.pid, "url": url, "backend": backend_uri, "started": time.time()}
+            _private(files["state"], json.dumps(state))
+            return Server(url, proc.pid, backend_uri, files["credentials"])
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    proc.terminate()
-    tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-    raise RuntimeError(f"the MLflow tracking server did not start ({log_file}):\n{tail}")
+    _stop_group(proc.pid)
+    tail = files["log"].read_text(errors="replace")[-2000:] if files["log"].exists() else ""
+    raise RuntimeError(f"the MLflow tracking server did not start ({files['log']}):\n{tail}")
 
 
-def uri_for_jobs(executor: str) -> str:
-    """The tracking URI jobs of ``executor`` should use (see the module docstring)."""
+def _previous_port(files: dict[str, Path], host: str) -> int | None:
+    """The port a dead server had, when it is free: running jobs know that URL."""
+    try:
+        port = int(json.loads(files["state"].read_text())["url"].rsplit(":", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return port if _port_free(host, port) else None
+
+
+def _credentials(files: dict[str, Path]) -> str:
+    """The store's server password: made once, kept in a file only the user can read."""
+    try:
+        return json.loads(files["credentials"].read_text())["password"]
+    except (OSError, ValueError, KeyError):
+        password = secrets.token_urlsafe(24)
+        _private(files["credentials"], json.dumps({"username": USER, "password": password}))
+        return password
+
+
+def stop_server(backend_uri: str) -> bool:
+    """Stop the server of ``backend_uri`` (its whole process group); False if none ran."""
+    files = _files(backend_uri)
+    try:
+        pid = int(json.loads(files["state"].read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return False
+    stopped = _stop_group(pid)
+    files["state"].unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_group(pid: int) -> bool:
+    """SIGTERM the process group, SIGKILL what is left after STOP_GRACE_S; True if it ran."""
+    if not _group_alive(pid):
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    if _group_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def uri_for_jobs(executor: str, profile: ClusterProfile) -> tuple[str, dict[str, str]]:
+    """The tracking URI jobs of ``executor`` should use, and the environment they need.
+
+    The profile's ``tracking_uri`` if it names one; else this process's store, through a
+    server of this suite's (started if needed) for SLURM jobs when it is a local file.
+    """
+    if profile.tracking_uri:
+        return profile.tracking_uri, {}
     uri = current_uri()
     if executor != "slurm" or uri.startswith(REMOTE):
-        return uri
-    return ensure_server(uri)
+        return uri, {}
+    server = ensure_server(uri, profile.server_host)
+    return server.url, {CREDENTIALS_ENV: str(server.credentials)}

@@ -19,14 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pss import contract
 from pss.errors import EXIT_FAILED, EXIT_OK
 from pss.report import make_report
 from pss.runs import current_uri
 from pss.sweep.executors import LocalQueue, resolve_executor
 from pss.sweep.profile import load_profile
+from pss.sweep.progress import Progress
 from pss.sweep.spec import Job, LoadedSpec, expand, load_spec
 from pss.sweep.state import (
     FAILED_S,
@@ -34,7 +32,6 @@ from pss.sweep.state import (
     MISSING_S,
     PENDING_S,
     RUNNING_S,
-    STATES,
     JobState,
     Ledger,
     format_table,
@@ -79,9 +76,9 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
     queue = None
     if todo:
         # Only now the parts that need MLflow's client and submitit (seconds to import).
-        from pss.sweep.launch import submit_jobs
+        from pss.sweep.launch import submit_sweep
 
-        queue = submit_jobs(loaded, todo, states, ledger, kind, profile, options.smoke)
+        states, queue = submit_sweep(loaded, jobs, ledger, kind, profile, options.smoke)
     if not options.wait:
         if queue is not None:
             print(
@@ -111,28 +108,17 @@ def _wait(
     queue: LocalQueue | None,
     options: SweepOptions,
 ) -> list[JobState]:
-    """Wait for the sweep's jobs, showing progress; returns the final states."""
+    """Wait for the sweep's jobs, showing where each stands; returns the final states."""
     limit = options.max_parallel or 1
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=len(jobs), desc="sweep", unit="job", disable=not interactive, dynamic_ncols=True
-    )
-    seen: dict[str, str] = {}
+    shown = Progress(sys.stderr)
     try:
         while True:
             if queue is not None:
                 queue.poll()
                 queue.start_ready(limit)
             states = sweep_states(experiment, jobs, ledger)
-            for s in states:
-                if seen.get(s.job.key) != s.state:
-                    seen[s.job.key] = s.state
-                    _announce(s, interactive, bar)
-            counts = {k: sum(s.state == k for s in states) for k in STATES}
-            bar.n = counts[FINISHED_S]
-            bar.set_postfix({k: v for k, v in counts.items() if v and k != FINISHED_S})
-            bar.refresh()
-            active = counts[RUNNING_S] + counts[PENDING_S]
+            shown.update(states)
+            active = sum(s.state in (RUNNING_S, PENDING_S) for s in states)
             if not active and not (queue is not None and queue.busy):
                 return states
             time.sleep(POLL_S)
@@ -144,23 +130,7 @@ def _wait(
         )
         raise
     finally:
-        bar.close()
-
-
-def _announce(state: JobState, interactive: bool, bar: tqdm) -> None:
-    metrics = state.metrics or {}
-    detail = ""
-    if state.state == FINISHED_S:
-        names = [contract.metric_name(contract.MAP, mode) for mode in ("e2e", "nms")]
-        parts = [f"{k} {metrics[k]:.1f}" for k in names if k in metrics]
-        detail = ": " + ", ".join(parts) if parts else ""
-    elif state.reason:
-        detail = f" ({state.reason})"
-    line = f"{state.job.key}: {state.state}{detail}"
-    if interactive:
-        bar.write(line)
-    else:
-        print(line, file=sys.stderr, flush=True)
+        shown.close()
 
 
 def _report(loaded: LoadedSpec, smoke: bool) -> None:

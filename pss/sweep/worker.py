@@ -55,10 +55,17 @@ def prepare_process(payload: Payload) -> None:
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """Train one sweep job (cell x stage x seed) to the end."""
+    """Train one sweep job (cell x stage x seed) to the end.
+
+    The job's MLflow run is created when training starts (so its start time is
+    when the job started, not when the sweep was submitted), or continued: the
+    failed run a resubmitted job inherits (``payload.run_id``), or the run of this
+    same job before a requeue (submitit pickles this object, run id included).
+    """
 
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
+        self.run_id: str | None = payload.run_id
 
     def __call__(self) -> dict[str, float]:
         # Imported here, in the job: the driver that pickles this object never loads torch.
@@ -66,15 +73,32 @@ class CellJob(submitit.helpers.Checkpointable):
 
         p = self.payload
         prepare_process(p)
+        run = RunInfo(
+            experiment=p.experiment,
+            run_name=p.run_name,
+            tags=p.tags,
+            run_id=self.run_id,
+            on_open=self._opened,
+        )
         try:
             cfg = load_config(p.config_files, p.overrides)
-            run = RunInfo(
-                experiment=p.experiment, run_name=p.run_name, tags=p.tags, run_id=p.run_id
-            )
             return train(cfg, resume="auto", run=run)
         except Exception:
-            # Bad input stops train() before it touches the run the sweep opened for
-            # this job: say so there, so that the cell shows as failed, with the reason.
-            if p.run_id and Tracker(p.run_id).status() in (SCHEDULED, RUNNING):
-                Tracker(p.run_id).fail(traceback.format_exc())
+            # Bad input stops train() before it opens the run: record the failure in
+            # one, so that the cell shows as failed, with the reason (rank 0 only).
+            if _task_rank() != 0:
+                raise
+            if self.run_id is None:
+                self.run_id = Tracker.create(p.experiment, p.run_name, p.tags).run_id
+            if Tracker(self.run_id).status() in (SCHEDULED, RUNNING):
+                Tracker(self.run_id).fail(traceback.format_exc())
             raise
+
+    def _opened(self, run_id: str) -> None:
+        self.run_id = run_id
+
+
+def _task_rank() -> int:
+    """This process's rank in its job, known before any process group exists."""
+    return int(os.environ.get("SLURM_PROCID") or os.environ.get("RANK") or 0)
+

@@ -168,6 +168,9 @@ SchedulerType=sched/backfill
 # Re-test pending jobs often (defaults 60 s / 30 s), so a job whose BeginTime
 # passes (e.g. after a requeue) starts within seconds.
 SchedulerParameters=sched_interval=5,bf_interval=5
+# Small on purpose (SLURM's default is 1001): a sweep larger than this must be
+# split into several job arrays, and the tests check that it is.
+MaxArraySize=${PSS_SLURM_MAX_ARRAY_SIZE:-8}
 SelectType=select/cons_tres
 SelectTypeParameters=${PSS_SLURM_SELECT_PARAMS:-CR_Core_Memory}
 DefMemPerCPU=$DEF_MEM_PER_CPU
