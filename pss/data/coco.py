@@ -24,7 +24,7 @@ import math
 import os
 import random
 from collections.abc import Callable
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,38 +198,57 @@ class CocoDetection(Dataset):
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
-        self.coco = load_coco(self.ann_file, self.image_dir)
+        data = read_annotations(self.ann_file)
+        check_image_files(data, self.image_dir, str(self.ann_file))
         self.transforms = transforms if transforms is not None else Compose([Normalize()])
         self.train = train
         self.seed = seed
         self.epoch = 0
-        self.ids: list[int] = sorted(self.coco.imgs)[:max_images]
-        self.cat_ids: list[int] = sorted(self.coco.cats)
+        categories = sorted(data["categories"], key=lambda cat: cat["id"])
+        self.cat_ids: list[int] = [cat["id"] for cat in categories]
+        self._class_names = [str(cat.get("name", cat["id"])) for cat in categories]
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
-        self._flatten()
+        self._flatten(data, max_images)  # the parsed file is dropped on return
 
-    def _flatten(self) -> None:
-        """Flat numpy copies of what ``__getitem__`` reads.
+    def _flatten(self, data: dict[str, Any], max_images: int | None) -> None:
+        """The first ``max_images`` images by id and their boxes, as a few flat numpy arrays.
 
-        Loader workers then never touch the many small pycocotools dicts, whose
-        reference counts would otherwise copy them into every worker, page by
-        page (copy-on-read), on COCO-size files.
+        Per image: id, file name, declared (h, w), offset of its boxes; per box:
+        [x, y, w, h], label, crowd flag; boxes grouped by image in file order (as
+        pycocotools' ``imgToAnns``). Loader workers forked from the training process
+        read these without writing to them; per-image dicts or per-box lists would
+        have their reference counts written on every read, and every page holding
+        them copied into every worker (copy-on-read). A spawned worker gets a pickle
+        of a few MiB even for COCO.
         """
-        imgs = self.coco.imgs
-        self._image_ids = np.array(self.ids, dtype=np.int64)
-        self._files = np.array([imgs[i]["file_name"] for i in self.ids], dtype=np.str_)
+        images = sorted(data["images"], key=lambda img: img["id"])[:max_images]
+        n = len(images)
+        self._image_ids = np.fromiter((img["id"] for img in images), np.int64, n)
+        self._files = np.array([img["file_name"] for img in images], dtype=np.str_)
         self._declared = np.array(  # (h, w) from the annotation file, -1 where absent
-            [(imgs[i].get("height", -1), imgs[i].get("width", -1)) for i in self.ids],
-            dtype=np.int64,
+            [(img.get("height", -1), img.get("width", -1)) for img in images], dtype=np.int64
         ).reshape(-1, 2)
-        anns = [self.coco.imgToAnns.get(i, []) for i in self.ids]
-        self._offsets = np.cumsum([0] + [len(a) for a in anns], dtype=np.int64)
-        flat = [a for per_image in anns for a in per_image]
-        self._boxes = np.array([a["bbox"] for a in flat], dtype=np.float32).reshape(-1, 4)
-        self._labels = np.array(
-            [self.cat_id_to_label[a["category_id"]] for a in flat], dtype=np.int64
-        )
-        self._crowd = np.array([bool(a.get("iscrowd", 0)) for a in flat], dtype=bool)
+        anns = data["annotations"]
+        owner = np.fromiter((a["image_id"] for a in anns), np.int64, len(anns))
+        slot = np.searchsorted(self._image_ids, owner).clip(max=n - 1)
+        kept = np.flatnonzero(self._image_ids[slot] == owner)  # not cut by max_images
+        kept = kept[np.argsort(slot[kept], kind="stable")]
+        per_image = np.bincount(slot[kept], minlength=n)
+        self._offsets = np.concatenate([[0], np.cumsum(per_image)]).astype(np.int64)
+        self._boxes = np.array([anns[k]["bbox"] for k in kept], np.float32).reshape(-1, 4)
+        cat_of_box = np.fromiter((anns[k]["category_id"] for k in kept), np.int64, len(kept))
+        self._labels = np.searchsorted(np.array(self.cat_ids), cat_of_box).astype(np.int64)
+        self._crowd = np.fromiter((bool(anns[k].get("iscrowd", 0)) for k in kept), bool, len(kept))
+
+    @cached_property
+    def coco(self) -> COCO:
+        """pycocotools' index of the whole file (COCO evaluation), built on first use."""
+        return load_coco(self.ann_file)
+
+    @property
+    def ids(self) -> list[int]:
+        """The dataset's image ids, in item order (ascending)."""
+        return self._image_ids.tolist()
 
     @property
     def num_classes(self) -> int:
@@ -237,7 +256,7 @@ class CocoDetection(Dataset):
 
     @property
     def class_names(self) -> list[str]:
-        return [str(self.coco.cats[c].get("name", c)) for c in self.cat_ids]
+        return list(self._class_names)
 
     def label_to_cat_id(self, label: int) -> int:
         """The COCO category id of contiguous label ``label``."""
@@ -247,7 +266,7 @@ class CocoDetection(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._image_ids)
 
     def load_target(self, index: int, height: int, width: int) -> Target:
         """Target of item ``index`` in file pixels: boxes [M, 4] x1y1x2y2 clipped to the image."""
