@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_head.py
 	$(BIN)/python benchmarks/bench_report.py
+
+# What only a GPU shows (needs CUDA; `benchmarks/gpu_check.py --reduced` is its CPU form,
+# run by the tests): bench_head with and without AMP, an AMP smoke training, peak GPU
+# memory per image, DDP with NCCL.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) outputs reports/out mlruns mlflow.db

@@ -27,6 +27,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,9 @@ def run_ranks(fn: Callable, *args, world: int = 2, timeout: float = 300) -> None
             if process.is_alive():
                 process.kill()
             process.join()
+        # spawn also started multiprocessing's resource tracker; it would outlive the test
+        # (until pytest exits). A later spawn starts a new one.
+        resource_tracker._resource_tracker._stop()
 
 
 @contextlib.contextmanager
