@@ -58,8 +58,10 @@ def draw_detections(
     """A copy of ``image`` with the boxes scoring above ``score_thresh``, labelled 'name 0.87'.
 
     ``det`` holds boxes [K, 4] in the image's pixels, scores [K], labels [K].
-    Images whose shorter side is under ``min_side`` are enlarged first. Lower
-    scores are drawn first, so the best boxes and labels are on top.
+    Images whose shorter side is under ``min_side`` are enlarged first. Labels
+    sit above their box (inside it at the top edge); a label that would cover
+    a better-scoring one moves down inside its box until it does not (or stays,
+    under it, when the box has no room). Better boxes are drawn last, on top.
     """
     zoom = max(1.0, min_side / min(image.size))
     canvas = image.convert("RGB")
@@ -70,24 +72,36 @@ def draw_detections(
     draw = ImageDraw.Draw(canvas)
     font = _font()
     keep = det["scores"] > score_thresh
-    rows = sorted(
-        zip(
-            det["boxes"][keep].tolist(), det["scores"][keep].tolist(), det["labels"][keep].tolist()
-        ),
-        key=lambda row: row[1],
-    )
-    for box, score, label in rows:
-        colour = PALETTE[int(label) % len(PALETTE)]
-        x1, y1, x2, y2 = (v * zoom for v in box)
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
-        text = f"{categories[int(label)].name} {score:.2f}"
+    boxes = (det["boxes"][keep] * zoom).tolist()
+    scores, labels = det["scores"][keep].tolist(), det["labels"][keep].tolist()
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # best first
+    placed: list[tuple[float, float, float, float]] = []
+    tags = {}
+    for i in order:
+        text = f"{categories[int(labels[i])].name} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 4
+        x1, y1, _, y2 = boxes[i]
         ty = y1 - th if y1 - th >= 0 else y1  # above the box, inside it at the top edge
         tx = min(max(x1, 0), canvas.width - tw)
-        draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
-        draw.text((tx + 2 - left, ty + 2 - top), text, fill=(255, 255, 255), font=font)
+        room = int(max(y2 - ty, 0) // th)  # label rows down to the box's bottom
+        free = (y for y in (ty + k * th for k in range(room)) if _free((tx, y, tw, th), placed))
+        ty = next(free, ty)
+        placed.append((tx, ty, tx + tw, ty + th))
+        tags[i] = (text, (tx, ty, tx + tw, ty + th), (tx + 2 - left, ty + 2 - top))
+    for i in reversed(order):
+        draw.rectangle(boxes[i], outline=PALETTE[int(labels[i]) % len(PALETTE)], width=2)
+    for i in reversed(order):
+        text, rect, origin = tags[i]
+        draw.rectangle(rect, fill=PALETTE[int(labels[i]) % len(PALETTE)])
+        draw.text(origin, text, fill=(255, 255, 255), font=font)
     return canvas
+
+
+def _free(label: tuple[float, float, float, float], placed: list[tuple[float, ...]]) -> bool:
+    """Whether a label (x, y, width, height) covers none of the ``placed`` (x1, y1, x2, y2)."""
+    x, y, w, h = label
+    return not any(x < r[2] and r[0] < x + w and y < r[3] and r[1] < y + h for r in placed)
 
 
 def _header(text: str, width: int) -> Image.Image:
