@@ -30,6 +30,7 @@ from pss.errors import UserError, nearest, validation_error
 MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
 BACKBONES = (
     "resnet18",
+    "resnet18_half",  # ResNet-18 at half width: a CPU backbone for smoke runs
     "resnet34",
     "resnet50",
     "resnet101",
