@@ -77,6 +77,8 @@ def primary_mode(model_name: str) -> str:
 
 OUTPUT_ROOT = Path("outputs") / "sweeps"  # relative to the driver's working directory
 CHECKPOINT = "last.pth"  # in a run's folder: the latest epoch's checkpoint
+# In a PSS run's folder and artifacts: raw / nms / e2e detections side by side
+MODES_FIGURE = "modes.png"
 SMOKE_SUFFIX = "-smoke"
 
 

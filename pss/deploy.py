@@ -108,8 +108,10 @@ class Postprocess(nn.Module):
             idx = torch.cat(kept_idx)
             loc, labels = idx // num_classes, idx % num_classes
             cand = all_boxes[b][loc]
-            # Class-aware NMS in one call: boxes of different classes never overlap.
-            shift = labels.to(cand.dtype)[:, None] * (cand.max() + 1)
+            # Class-aware NMS in one call: boxes of different classes never overlap. (The
+            # zero keeps max() defined when no location scores above the threshold.)
+            extent = torch.cat((cand.reshape(-1), cand.new_zeros(1))).max() + 1
+            shift = labels.to(cand.dtype)[:, None] * extent
             keep = nms(cand + shift, top, ic.nms_iou)[: ic.max_per_image]
             results.append(_pad(cand[keep], top[keep], labels[keep], ic.max_per_image))
         boxes, scores, labels = zip(*results)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import build_dataset, build_loader
+from pss.draw import draw_modes
 from pss.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -415,6 +416,8 @@ def train(
                 return metrics
         if dist.is_main():
             _log_final_artifacts(tracker, cfg, epoch=t.epochs)
+            if cfg.model.has_pss:
+                tracker.log_artifact(draw_validation_modes(cfg, val_set))
         tracker.finish(FINISHED)
         return metrics
     except BaseException as exc:
@@ -483,3 +486,18 @@ def _log_final_artifacts(tracker: Tracker, cfg: ExperimentConfig, epoch: int) ->
         last = eval_dirs[-1]
         for path in sorted(last.iterdir()):
             tracker.log_artifact(path, "eval")
+
+
+def draw_validation_modes(cfg: ExperimentConfig, dataset, count: int = 3) -> Path:
+    """``<run_dir>/modes.png``: raw / nms / e2e of the final checkpoint, side by side.
+
+    On the first ``count`` validation images (by id) holding at least three objects,
+    so that raw's duplicates show. Sweep reports embed this picture.
+    """
+    coco = dataset.coco
+    ids = sorted(coco.getImgIds())
+    busy = [i for i in ids if len(coco.getAnnIds(imgIds=i, iscrowd=False)) >= 3] or ids
+    images = [dataset.image_dir / coco.imgs[i]["file_name"] for i in busy[:count]]
+    out = cfg.run_dir / contract.MODES_FIGURE
+    draw_modes(cfg.run_dir / contract.CHECKPOINT, images, out)
+    return out

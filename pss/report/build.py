@@ -12,6 +12,8 @@ Table files carry no timestamps, so they are reproducible from the same runs.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,12 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pss import contract
 from pss.errors import UserError
 from pss.report import csvfile, latex, markdown
 from pss.report.collect import (
     CellResult,
     RunRecord,
+    _local_artifacts,
     collect_cells,
+    download_artifact,
     failure_reason,
     fetch_runs,
     report_jobs,
@@ -141,6 +146,10 @@ def make_report(
     if spec.figure is not None:
         report.files += plot(spec.figure, panels, out / spec.name)
         sections.append(_figure_section(spec.figure.title, spec.name, notes))
+    picture = _modes_picture(results, out, client)
+    if picture is not None:
+        report.files.append(out / contract.MODES_FIGURE)
+        sections.append(picture)
     header = _header(loaded, experiment, store_uri(client), runs, _cells(jobs), results)
     report.files.append(write_text(report.path, "\n".join([header, *sections]).rstrip() + "\n"))
     return report
@@ -168,6 +177,53 @@ def _figure_section(title: str, name: str, notes: list[str]) -> str:
     if notes:
         lines += ["Runs missing from the figure:", "", *(f"- {n}" for n in notes), ""]
     return "\n".join(lines)
+
+
+def _modes_picture(results: list[CellResult], out: Path, client: Any) -> str | None:
+    """Copy the first reported PSS cell's ``modes.png`` into ``out``; its report section.
+
+    The picture is drawn by the training run (:func:`pss.engine.train.draw_validation_modes`)
+    and kept with its artifacts; runs without it (baselines, older runs) are passed over.
+    """
+    for result in results:
+        for run in result.runs:
+            if not (run.model_name and contract.has_pss(run.model_name)):
+                continue
+            if _fetch_artifact(run, contract.MODES_FIGURE, out / contract.MODES_FIGURE, client):
+                return "\n".join(
+                    [
+                        "### What PSS removes",
+                        "",
+                        f"![raw / nms / e2e detections]({contract.MODES_FIGURE})",
+                        "",
+                        f"Cell `{result.id}` (run `{run.short_id}`) on validation images: `raw` "
+                        "(base score, no NMS) keeps the duplicate boxes, `nms` removes them, "
+                        "`e2e` (PSS score, no NMS) does not produce them. Class and score on "
+                        "every box.",
+                        "",
+                    ]
+                )
+    return None
+
+
+def _fetch_artifact(run: RunRecord, name: str, dest: Path, client: Any) -> bool:
+    """Copy artifact ``name`` of ``run`` to ``dest`` (via a temporary file); False if absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    local = _local_artifacts(run.artifact_uri)
+    try:
+        if local is not None:
+            if not (local / name).is_file():
+                return False
+            shutil.copyfile(local / name, tmp)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                shutil.copyfile(download_artifact(run, name, folder, client), tmp)
+    except Exception:  # noqa: BLE001 - no such artifact, unreachable artifact store, ...
+        tmp.unlink(missing_ok=True)
+        return False
+    tmp.replace(dest)
+    return True
 
 
 def _header(

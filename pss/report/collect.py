@@ -113,15 +113,19 @@ def _local_artifacts(uri: str | None) -> Path | None:
 
 
 def _download_text(run: RunRecord, name: str, client: Any) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return download_artifact(run, name, tmp, client).read_text(errors="replace")
+
+
+def download_artifact(run: RunRecord, name: str, folder: str | Path, client: Any) -> Path:
+    """Artifact ``name`` of ``run`` from a remote artifact store, downloaded into ``folder``."""
     from mlflow.artifacts import download_artifacts  # a remote artifact store only
 
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+    with _no_progress_bar():
         if run.artifact_uri:  # known from the search: no get_run round trips
             uri = run.artifact_uri.rstrip("/") + "/" + name
-            path = retry(download_artifacts, artifact_uri=uri, dst_path=tmp)
-        else:
-            path = retry(client.download_artifacts, run.run_id, name, tmp)
-        return Path(path).read_text(errors="replace")
+            return Path(retry(download_artifacts, artifact_uri=uri, dst_path=str(folder)))
+        return Path(retry(client.download_artifacts, run.run_id, name, str(folder)))
 
 
 @contextlib.contextmanager
