@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[timm,dev,onnx]"
 	@touch $@
 
-# Debian packages the tests need: SLURM (+ accounting) and LaTeX for the tables.
+# Debian packages the tests need: SLURM (+ accounting), LaTeX for the tables and
+# Chromium (headless screenshots of the MLflow UI).
 system-deps:
 	@bash slurm/dev/install.sh
 	@command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      texlive-latex-base texlive-latex-recommended >/dev/null; }
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium >/dev/null; }
 
 demo: setup
 	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke --executor local

@@ -26,6 +26,9 @@ TAG_RESUMED_FROM_EPOCH = "pss.resumed_from_epoch"
 TAG_TRIAL = "pss.trial"  # Optuna trial number (searches)
 TAG_STUDY = "pss.study"  # Optuna study name (searches)
 TAG_PROOF = "pss.proof"  # model name of a small-scale proof run
+# MLflow's experiment tag for the kind of work: model training, not GenAI (pss.mlflow_ui)
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 NO_STAGE = "none"
 # MLflow run statuses: opened by a sweep, training, done, crashed, interrupted.
 STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")

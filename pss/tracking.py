@@ -23,10 +23,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pss.contract import (
+    EXPERIMENT_KIND_TRAINING,
     FAILED,
     FINISHED,
     KILLED,
     RUNNING,
+    TAG_EXPERIMENT_KIND,
     TAG_GIT_COMMIT,
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
@@ -78,7 +80,10 @@ def ensure_store(uri: str) -> None:
 
 
 def experiment_id(name: str, mlflow: MlflowClient | None = None) -> str:
-    """The id of experiment ``name``, created if needed (safe when several processes race)."""
+    """The id of experiment ``name``, created if needed (safe when several processes race).
+
+    New experiments are tagged as model training (MLflow's "Machine learning" kind).
+    """
     mlflow = mlflow or client()
     for _ in range(5):
         exp = retry(mlflow.get_experiment_by_name, name)
@@ -87,7 +92,11 @@ def experiment_id(name: str, mlflow: MlflowClient | None = None) -> str:
                 retry(mlflow.restore_experiment, exp.experiment_id)
             return exp.experiment_id
         try:
-            return retry(mlflow.create_experiment, name)
+            return retry(
+                mlflow.create_experiment,
+                name,
+                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING},
+            )
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "unique" not in str(exc).lower():
                 raise
