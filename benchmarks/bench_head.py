@@ -48,6 +48,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pss import postprocess
 from pss.config import load_config
+from pss.engine.train import optimizer_step
 from pss.models import Detector
 from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
 from pss.models.heads import HeadOutputs
@@ -218,27 +219,12 @@ def autocast(device: torch.device, amp: bool):
 def make_step(
     loss_fn: Callable[[], Tensor], model: nn.Module, lr: float, amp: bool
 ) -> Callable[[], None]:
-    """One optimiser step as in pss.engine.train: backward, clip at norm 35, SGD."""
+    """One optimiser step as the engine takes it (pss.engine.train.optimizer_step):
+    backward, clipping at norm 35, SGD."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda") if amp else None
-
-    def step() -> None:
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        nn.utils.clip_grad_norm_(params, 35.0)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-
-    return step
+    return lambda: optimizer_step(loss_fn(), opt, scaler, grad_clip=35.0)
 
 
 # ----------------------------------------------------------------------------- main

@@ -166,8 +166,11 @@ def _started_by_this_session() -> list[str]:
             if stat.rsplit(")", 1)[1].split()[0] == "Z":  # exited, waiting to be reaped
                 continue
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
-        except (OSError, IndexError):
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
+        if parent == os.getpid() and "multiprocessing.resource_tracker" in command:
+            continue  # spawn's helper of this very process: it ends when pytest does
         found.append(f"pid {proc.name}: {command}")
     return found
 

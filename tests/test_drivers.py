@@ -126,9 +126,10 @@ def _collect(stream) -> _Lines:
 
 
 def _submitted(workdir: Path) -> list[str]:
-    """The SLURM job (array task) ids submitit prepared folders for: one per submission."""
+    """The SLURM array task ids submitit made folders for, whoever submitted them (an
+    array also gets a folder of its own id, without a task index: not counted)."""
     folder = workdir / "outputs" / "sweeps" / "crowd-smoke" / "submitit"
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name[0].isdigit())
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and "_" in p.name)
 
 
 def _cancel(workdir: Path) -> None:
@@ -148,8 +149,14 @@ def _check_once(workdir: Path, results: list, uri: str, env: dict[str, str]) -> 
     assert len(_submitted(workdir)) == CELLS, _submitted(workdir)  # each cell once
     with pytest.MonkeyPatch.context() as mp:
         _log_in(mp, {"MLFLOW_TRACKING_URI": uri, **env})
+        # A fifth driver waits for the jobs (each creates its run when it starts).
+        argv = [str(workdir / "crowd.yaml"), "--smoke", "--executor", "slurm",
+                "--cluster", str(REPO / "slurm" / "dev.yaml"), "--no-report"]
+        assert main(argv) == 0
         runs = read_runs("crowd-smoke", uri)
-    assert sorted(r.name for r in runs) == ["a", "b", "c"]
+    assert sorted(r.name for r in runs) == ["a", "b", "c"]  # one run per cell
+    assert {r.status for r in runs} == {"FINISHED"}
+    assert len(_submitted(workdir)) == CELLS  # the fifth submitted nothing either
 
 
 @pytest.mark.slurm

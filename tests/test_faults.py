@@ -91,13 +91,12 @@ def test_a_driver_killed_while_submitting_loses_and_duplicates_nothing(tmp_path,
         assert again.returncode == 0, again.stderr[-3000:]
         assert "cancelling 2 held jobs of an interrupted submission" in again.stderr
         # The held jobs never ran; the cells were submitted once more, and ran once.
-        cancelled = _accounted(first, 1)
+        cancelled = _accounted(list(orphans))
         assert {j["state"] for j in cancelled.values()} == {"CANCELLED"}, cancelled
         assert {j["nodes"] for j in cancelled.values()} == {"None assigned"}, cancelled
         entries = json.loads((folder / "ledger.json").read_text())
-        second = {f"pss-{e['token']}" for e in entries.values()}
-        ran = _accounted(second, 2)
-        assert len(ran) == 2 and {j["state"] for j in ran.values()} == {"COMPLETED"}
+        ran = _accounted([e["job_id"] for e in entries.values()])
+        assert len(ran) == 2 and {j["state"] for j in ran.values()} == {"COMPLETED"}, ran
         assert all(e["released"] for e in entries.values())
         runs = read_runs("killed-smoke", store)
         assert sorted(r.name for r in runs) == ["one", "two"]  # one run per cell
@@ -120,21 +119,22 @@ def _queued(names: set[str]) -> dict[str, dict[str, str]]:
     return {i: {"state": state, "reason": reason} for i, state, reason in rows}
 
 
-def _accounted(names: set[str], count: int) -> dict[str, dict[str, str]]:
-    """Job id -> final state and node list of ``count`` ended jobs under these names (sacct;
-    the tasks of an array that never started may stay one line, '51_[0-1]'). Waits for
-    the accounting records, which slurmdbd writes a moment after the fact."""
+def _accounted(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Job id -> final state and node list of ended jobs, asked by id (a job held and
+    cancelled before it was eligible keeps no name in sacct, and the tasks of an array
+    that never started stay one line, '51_[0-1]'). Waits until slurmdbd has recorded
+    their end, which it writes a moment after the fact."""
+    arrays = sorted({i.split("_")[0] for i in job_ids})
 
     def ended() -> dict[str, dict[str, str]]:
         out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State,NodeList",
-             f"--name={','.join(sorted(names))}"],
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(arrays)],
             capture_output=True, text=True, check=True,
         ).stdout
         rows = [line.split("|") for line in out.splitlines()]
         jobs = {i: {"state": state.split()[0], "nodes": nodes} for i, state, nodes in rows}
         final = all(j["state"] in ("CANCELLED", "COMPLETED", "FAILED") for j in jobs.values())
-        return jobs if final and len(jobs) >= count else {}
+        return jobs if jobs and final else {}
 
     return _wait_for(ended, "the jobs' accounting records")
 

@@ -122,7 +122,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the server could listen on ``port`` (as it does, despite TIME_WAIT sockets)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
