@@ -101,8 +101,19 @@ def test_nms_graph_uses_onnx_nms_and_gives_pytorchs_detections(exported, capsys)
         print(f"\n  fcos_pss nms dynamic: {kept} detections, max |box diff| {worst['box']:.2e}")
 
 
-def test_export_carries_what_predict_needs(exported):
+def test_export_carries_what_predict_needs(exported, tmp_path):
     _, path = exported("fcos_pss", "e2e", "fixed")
+    # a fixed-size export shrinks larger images to fit its input: any image size works
+    write_images(tmp_path / "in", sizes=((200, 140), (60, 300), (128, 160)))
+    out = tmp_path / "out"
+    assert predict.main(["--onnx", str(path), str(tmp_path / "in"), "--out", str(out)]) == 0
+    index = json.loads((out / "images.json").read_text())
+    sizes = {i["id"]: (i["width"], i["height"]) for i in index["images"]}
+    results = json.loads((out / "detections.json").read_text())
+    assert {r["image_id"] for r in results} == {1, 2, 3}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert x + w <= sizes[r["image_id"]][0] and y + h <= sizes[r["image_id"]][1]
     model = onnx.load(str(path))
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta[META_MODE] == "e2e"
