@@ -1,7 +1,8 @@
 """Post-processing of one image's dense predictions into at most K detections.
 
 * :func:`topk_detections` ("e2e" on the PSS score P_i(c), "raw" on the base
-  score): the K best (location, class) pairs, no NMS.
+  score): the K best (location, class) pairs, no NMS; :func:`best_pair_detections`
+  gives the same answer from class logits, decoding only the boxes it may keep.
 * :func:`nms_detections` ("nms"): per level the ``pre_nms_topk`` best pairs
   above ``score_thresh``, then class-aware NMS, then the K best.
 
@@ -10,6 +11,8 @@ Outputs: dict(boxes [K, 4], scores [K], labels [K]) sorted by score.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -25,6 +28,26 @@ def topk_detections(scores: Tensor, boxes: Tensor, k: int = 100, thresh: float =
     top, idx = top[keep], idx[keep]
     loc = idx // num_classes
     return {"boxes": boxes[loc], "scores": top, "labels": idx % num_classes}
+
+
+def best_pair_detections(
+    logits: Tensor,
+    factor: Tensor,
+    decode: Callable[[Tensor], Tensor],
+    k: int = 100,
+    thresh: float = 0.0,
+) -> Detections:
+    """:func:`topk_detections` on scores sigma(logits) * factor, scoring few locations.
+
+    logits [N, C] class logits, factor [N] per-location factor (sigma(ctr) [* sigma(pss)]),
+    decode(locs [K]) -> boxes [K, 4] of those locations. Only the ``k`` locations whose
+    best class scores highest can hold the k best pairs, so only those locations' pairs
+    are scored and their boxes decoded; the answer is that of every pair.
+    """
+    best = logits.amax(dim=1).float().sigmoid() * factor
+    locs = best.topk(min(k, best.numel())).indices
+    scores = logits[locs].float().sigmoid() * factor[locs, None]
+    return topk_detections(scores, decode(locs), k, thresh)
 
 
 def nms_detections(

@@ -25,15 +25,15 @@ as (1 - p_t)^2 underflow in a half type.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pss import assign, losses, postprocess
+from pss import assign, losses, postprocess, selector
 from pss.boxes import (
     Priors,
-    aligned_iou,
     box_to_distance,
     centerness_target,
     decode_deltas,
@@ -80,12 +80,7 @@ class Detector(nn.Module):
 
     def log_prob(self, out: HeadOutputs) -> Tensor:
         """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i), [B, N, C]."""
-        log_p = F.logsigmoid(out.cls.float())
-        if out.ctr is not None:
-            log_p = log_p + F.logsigmoid(out.ctr.float())[..., None]
-        if out.pss is not None:
-            log_p = log_p + F.logsigmoid(out.pss.float())[..., None]
-        return log_p
+        return selector.log_prob(out.cls, out.ctr, out.pss)
 
     # ------------------------------------------------------------------- losses
 
@@ -161,16 +156,8 @@ class Detector(nn.Module):
         Candidates are Omega (the one-to-many positives (pos_b, pos_i) -> object pos_j),
         scored by Q = match_quality(P_i(c_j), IoU(bhat_i, b_j)).
         """
-        a = self.cfg.assign
-        selected = []
-        for b, t in enumerate(targets):
-            mask = pos_b == b
-            locs, objs = pos_i[mask], pos_j[mask]
-            prob = log_p[b, locs, t["labels"][objs]].exp()
-            iou = aligned_iou(boxes[b, locs], t["boxes"][objs])
-            quality = assign.match_quality(prob, iou, a.match, a.alpha)
-            selected.append(assign.one_to_one(quality, locs, objs, len(t["labels"]), a.solver))
-        return selected
+        omega = (pos_b, pos_i, pos_j)
+        return selector.one_to_one_targets(log_p, boxes, targets, omega, self.cfg.assign)
 
     def pss_losses(
         self,
@@ -186,33 +173,9 @@ class Detector(nn.Module):
         Both normalisers count the whole global batch under DDP: selected locations,
         and images with at least one selected location (L_rank's mean).
         """
-        lc = self.cfg.loss
         log_p = self.log_prob(out)  # [B, N, C]
         chosen = self.select_one_to_one(log_p, boxes, targets, pos_b, pos_i, pos_j)
-        target = torch.zeros_like(log_p)
-        selected = []
-        for b, (sel, t) in enumerate(zip(chosen, targets)):
-            served = sel >= 0
-            loc, cls = sel[served], t["labels"][served]
-            target[b, loc, cls] = 1.0
-            selected.append((loc, cls))
-        num_sel = sum(len(loc) for loc, _ in selected)
-        norm = reduce_mean(log_p.new_tensor(float(num_sel))).clamp(min=1.0)
-        result = {
-            "loss_pss": lc.pss_weight
-            * losses.focal_loss_on_prob(log_p, target, lc.focal_alpha, lc.focal_gamma)
-            / norm
-        }
-        if lc.rank_weight > 0:
-            ranks = [
-                losses.rank_loss(log_p[b], loc, cls, lc.rank_margin, lc.rank_negatives)
-                for b, (loc, cls) in enumerate(selected)
-                if loc.numel() > 0
-            ]
-            rank = torch.stack(ranks).sum() if ranks else log_p.sum() * 0
-            images = reduce_mean(log_p.new_tensor(float(len(ranks)))).clamp(min=1.0)
-            result["loss_rank"] = lc.rank_weight * rank / images
-        return result
+        return selector.pss_losses(log_p, chosen, targets, self.cfg.loss)
 
     # ---------------------------------------------------------------- inference
 
@@ -254,15 +217,19 @@ class Detector(nn.Module):
                     ic.max_per_image,
                 )
             else:
-                best = out.cls[b].amax(dim=1).float().sigmoid() * factor[b]
-                locs = best.topk(min(ic.max_per_image, best.numel())).indices
-                scores = out.cls[b, locs].float().sigmoid() * factor[b, locs, None]
-                boxes = clip_boxes(self.decode(out, b, locs), h, w)
-                det = postprocess.topk_detections(
-                    scores, boxes, ic.max_per_image, ic.e2e_score_thresh
+                det = postprocess.best_pair_detections(
+                    out.cls[b],
+                    factor[b],
+                    partial(self._clipped_boxes, out, b, h, w),
+                    ic.max_per_image,
+                    ic.e2e_score_thresh,
                 )
             results.append(det)
         return results
+
+    def _clipped_boxes(self, out: HeadOutputs, image: int, h: int, w: int, locs: Tensor) -> Tensor:
+        """Decoded boxes [K, 4] of ``locs`` of one image, clipped to its h x w."""
+        return clip_boxes(self.decode(out, image, locs), h, w)
 
 
 def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor) -> Tensor:

@@ -1,0 +1,102 @@
+"""The positive sample selector, as functions of flat tensors: its score, target and losses.
+
+One implementation of the method, shared by :class:`pss.models.Detector` and the
+MMDetection heads of :mod:`pss.mmdet` (which hand in mmdet's tensors and mmdet's
+own one-to-many positives):
+
+    log_p = log_prob(cls, ctr, pss)                          # log P_i(c), [B, N, C]
+    chosen = one_to_one_targets(log_p, boxes, targets, omega, assign_cfg)
+    losses = pss_losses(log_p, chosen, targets, loss_cfg)   # loss_pss, loss_rank
+
+Shapes: B images, N locations (level-major, row-major), C classes. ``targets`` is
+one dict per image with ``boxes`` [M, 4] (x1, y1, x2, y2) and ``labels`` [M].
+``omega`` = (pos_b, pos_i, pos_j), each [P]: location pos_i of image pos_b is a
+one-to-many positive of object pos_j (that image's index), i.e. Omega of the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pss import assign, losses
+from pss.boxes import aligned_iou
+from pss.config import AssignConfig, LossConfig
+from pss.dist import reduce_mean
+
+Omega = tuple[Tensor, Tensor, Tensor]
+
+
+def log_prob(cls: Tensor, ctr: Tensor | None, pss: Tensor | None) -> Tensor:
+    """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i).
+
+    cls [B, N, C] logits; ctr, pss [B, N] logits or None (factor dropped) -> [B, N, C].
+    """
+    log_p = F.logsigmoid(cls.float())
+    if ctr is not None:
+        log_p = log_p + F.logsigmoid(ctr.float())[..., None]
+    if pss is not None:
+        log_p = log_p + F.logsigmoid(pss.float())[..., None]
+    return log_p
+
+
+@torch.no_grad()
+def one_to_one_targets(
+    log_p: Tensor,
+    boxes: Tensor,
+    targets: list[dict[str, Tensor]],
+    omega: Omega,
+    cfg: AssignConfig,
+) -> list[Tensor]:
+    """The PSS target: per image, selected [M] location of each object (-1: none).
+
+    Candidates are Omega, scored by Q = match_quality(P_i(c_j), IoU(bhat_i, b_j)).
+    log_p [B, N, C], boxes [B, N, 4] decoded predictions in input pixels.
+    """
+    pos_b, pos_i, pos_j = omega
+    selected = []
+    for b, t in enumerate(targets):
+        mask = pos_b == b
+        locs, objs = pos_i[mask], pos_j[mask]
+        prob = log_p[b, locs, t["labels"][objs]].exp()
+        iou = aligned_iou(boxes[b, locs], t["boxes"][objs])
+        quality = assign.match_quality(prob, iou, cfg.match, cfg.alpha)
+        selected.append(assign.one_to_one(quality, locs, objs, len(t["labels"]), cfg.solver))
+    return selected
+
+
+def pss_losses(
+    log_p: Tensor, chosen: list[Tensor], targets: list[dict[str, Tensor]], cfg: LossConfig
+) -> dict[str, Tensor]:
+    """lambda1 * L_pss and lambda2 * L_rank of one batch.
+
+    L_pss is normalised by the number of selected locations, L_rank is the mean over
+    the images that have one; under DDP both counts are those of the whole global
+    batch (:func:`pss.dist.reduce_mean`, at least 1). log_p [B, N, C] (float32);
+    chosen: :func:`one_to_one_targets`' answer.
+    """
+    target = torch.zeros_like(log_p)
+    selected = []
+    for b, (sel, t) in enumerate(zip(chosen, targets)):
+        served = sel >= 0
+        loc, cls = sel[served], t["labels"][served]
+        target[b, loc, cls] = 1.0
+        selected.append((loc, cls))
+    num_sel = sum(len(loc) for loc, _ in selected)
+    norm = reduce_mean(log_p.new_tensor(float(num_sel))).clamp(min=1.0)
+    result = {
+        "loss_pss": cfg.pss_weight
+        * losses.focal_loss_on_prob(log_p, target, cfg.focal_alpha, cfg.focal_gamma)
+        / norm
+    }
+    if cfg.rank_weight > 0:
+        ranks = [
+            losses.rank_loss(log_p[b], loc, cls, cfg.rank_margin, cfg.rank_negatives)
+            for b, (loc, cls) in enumerate(selected)
+            if loc.numel() > 0
+        ]
+        rank = torch.stack(ranks).sum() if ranks else log_p.sum() * 0
+        images = reduce_mean(log_p.new_tensor(float(len(ranks)))).clamp(min=1.0)
+        result["loss_rank"] = cfg.rank_weight * rank / images
+    return result
