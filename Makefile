@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint bench gpu-check clean
+.PHONY: setup system-deps demo test lint bench gpu-check clean mmdet test-mmdet
 
 setup: $(STAMP)
 
@@ -34,7 +34,20 @@ demo: setup
 test: setup system-deps
 	@bash slurm/dev/start.sh
 	$(BIN)/ruff check .
-	. $${PSS_SLURM_DIR:-/tmp/pss-slurm}/env.sh && $(BIN)/python -m pytest -q tests
+	. $${PSS_SLURM_DIR:-/tmp/pss-slurm}/env.sh && \
+	  $(BIN)/python -m pytest -q tests --ignore=tests/mmdet
+
+# MMDetection 3.3 + mmcv 2.1 (built once from source, cached outside the repository).
+MMDET_STAMP := $(VENV)/.mmdet-installed
+
+mmdet: $(MMDET_STAMP)
+
+$(MMDET_STAMP): $(STAMP) pss/mmdet/install.sh
+	VENV=$(VENV) bash pss/mmdet/install.sh
+	@touch $@
+
+test-mmdet: mmdet
+	$(BIN)/python -m pytest -q tests/mmdet
 
 lint: setup
 	$(BIN)/ruff check .
