@@ -1,0 +1,360 @@
+"""FCOSPSSHead and ATSSPSSHead: mmdet's FCOS / ATSS heads plus the positive sample selector.
+
+Each is its mmdet base head, unchanged (towers, one-to-many assignment, base losses,
+NMS post-processing), plus:
+
+* a PSS branch per level: ``pss.num_convs`` x [conv 3x3, norm, ReLU] + a 1-channel
+  conv 3x3, fed from the regression tower (or the classification tower), detached
+  when ``pss.stop_grad`` (docs/method.md);
+* L_pss and L_rank, from :mod:`pss.selector` (the functions ``pss.models.Detector``
+  uses): the one-to-one target is chosen among the positives that *mmdet's* own
+  one-to-many assignment gives each object (FCOS: its point targets; ATSS: its
+  ``ATSSAssigner``);
+* prediction in the mode ``test_cfg.mode`` names: ``e2e`` (P_i(c) = sigma(pss)
+  sigma(cls) sigma(ctr), top ``max_per_img`` pairs, no NMS), ``nms`` (mmdet's own
+  post-processing of the base detector, the PSS branch ignored) or ``raw`` (base
+  scores, top-k, no NMS).
+
+Head arguments beyond the base head's (defaults: the paper's):
+
+    pss=dict(num_convs=2, branch='regression', stop_grad=True)
+    one_to_one=dict(match='mul', alpha=0.8, solver='hungarian')
+    loss_pss=dict(pss_weight=1.0, rank_weight=0.25, rank_margin=0.5, rank_negatives=100)
+
+The focal loss of L_pss takes alpha and gamma from ``loss_cls``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import ConvModule
+from mmdet.models.dense_heads import ATSSHead, FCOSHead
+from mmdet.models.dense_heads.anchor_free_head import AnchorFreeHead
+from mmdet.models.task_modules.prior_generators import anchor_inside_flags
+from mmdet.models.utils import multi_apply
+from mmdet.registry import MODELS
+from mmdet.structures.bbox import get_box_tensor, scale_boxes
+from mmengine.structures import InstanceData
+from pydantic import ValidationError
+from torch import Tensor
+
+from pss import postprocess, selector
+from pss.config import EVAL_MODES, AssignConfig, LossConfig, PSSConfig
+from pss.errors import UserError, validation_error
+
+ONE_TO_ONE_KEYS = ("match", "alpha", "solver")
+LOSS_KEYS = ("pss_weight", "rank_weight", "rank_margin", "rank_negatives")
+
+
+def _section(kind, given: dict | None, keys: tuple[str, ...] | None, argument: str):
+    """A pss config section from an mmdet head argument; unknown keys are a UserError."""
+    given = dict(given or {})
+    allowed = keys if keys is not None else tuple(kind.model_fields)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"head argument '{argument}': unknown keys {unknown}; expected some of {list(allowed)}"
+        )
+    try:
+        return kind(**given)
+    except ValidationError as exc:
+        raise validation_error(exc, kind, f"head argument '{argument}'") from None
+
+
+def _flatten(maps: list[Tensor]) -> Tensor:
+    """[B, K, H, W] per level -> [B, sum(H * W), K] (level-major, row-major)."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
+
+class PSSHeadMixin:
+    """The PSS branch, losses and prediction modes; mixed into an mmdet dense head."""
+
+    def __init__(
+        self,
+        *args,
+        pss: dict | None = None,
+        one_to_one: dict | None = None,
+        loss_pss: dict | None = None,
+        **kwargs,
+    ) -> None:
+        # Parsed before the base head builds its layers (which calls _init_layers).
+        self.pss_cfg: PSSConfig = _section(PSSConfig, pss, None, "pss")
+        self.one_to_one_cfg: AssignConfig = _section(
+            AssignConfig, one_to_one, ONE_TO_ONE_KEYS, "one_to_one"
+        )
+        super().__init__(*args, **kwargs)
+        focal = {"focal_alpha": self.loss_cls.alpha, "focal_gamma": self.loss_cls.gamma}
+        self.loss_pss_cfg: LossConfig = _section(
+            LossConfig, loss_pss, LOSS_KEYS, "loss_pss"
+        ).model_copy(update=focal)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self.pss_convs = nn.ModuleList(
+            ConvModule(
+                self.feat_channels,
+                self.feat_channels,
+                3,
+                padding=1,
+                conv_cfg=self.conv_cfg,
+                norm_cfg=self.norm_cfg,
+            )
+            for _ in range(self.pss_cfg.num_convs)
+        )
+        self.conv_pss = nn.Conv2d(self.feat_channels, 1, 3, padding=1)
+
+    def forward_pss(self, cls_feat: Tensor, reg_feat: Tensor) -> Tensor:
+        """PSS logits [B, 1, H, W] of one level from the towers' outputs."""
+        feat = cls_feat if self.pss_cfg.branch == "classification" else reg_feat
+        if self.pss_cfg.stop_grad:
+            feat = feat.detach()
+        for conv in self.pss_convs:
+            feat = conv(feat)
+        return self.conv_pss(feat)
+
+    # ------------------------------------------------------------------ losses
+
+    def loss_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        centernesses: list[Tensor],
+        pss_logits: list[Tensor],
+        batch_gt_instances: list[InstanceData],
+        batch_img_metas: list[dict],
+        batch_gt_instances_ignore: list[InstanceData] | None = None,
+    ) -> dict[str, Tensor]:
+        """The base head's losses, plus loss_pss and loss_rank."""
+        losses = super().loss_by_feat(
+            cls_scores,
+            bbox_preds,
+            centernesses,
+            batch_gt_instances,
+            batch_img_metas,
+            batch_gt_instances_ignore,
+        )
+        log_p, chosen, targets = self.pss_targets(
+            cls_scores,
+            bbox_preds,
+            centernesses,
+            pss_logits,
+            batch_gt_instances,
+            batch_img_metas,
+            batch_gt_instances_ignore,
+        )
+        with torch.autocast(log_p.device.type, enabled=False):
+            losses.update(selector.pss_losses(log_p, chosen, targets, self.loss_pss_cfg))
+        return losses
+
+    def pss_targets(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        centernesses: list[Tensor],
+        pss_logits: list[Tensor],
+        batch_gt_instances: list[InstanceData],
+        batch_img_metas: list[dict],
+        batch_gt_instances_ignore: list[InstanceData] | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[dict[str, Tensor]]]:
+        """log P [B, N, C] (float32), the one-to-one selections (per image [M], -1: none)
+        and the targets as pss.selector takes them."""
+        sizes = [tuple(m.shape[-2:]) for m in cls_scores]
+        with torch.autocast(cls_scores[0].device.type, enabled=False):
+            log_p = selector.log_prob(
+                _flatten(cls_scores).float(),
+                _flatten(centernesses).squeeze(-1).float(),
+                _flatten(pss_logits).squeeze(-1).float(),
+            )
+            boxes = self.decode_all(sizes, _flatten(bbox_preds).float().detach())
+        targets = [
+            {"boxes": get_box_tensor(g.bboxes).float(), "labels": g.labels}
+            for g in batch_gt_instances
+        ]
+        gt_index = self.one_to_many(
+            sizes, batch_gt_instances, batch_img_metas, batch_gt_instances_ignore, log_p.device
+        )
+        pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
+        omega = (pos_b, pos_i, gt_index[pos_b, pos_i])
+        chosen = selector.one_to_one_targets(log_p, boxes, targets, omega, self.one_to_one_cfg)
+        return log_p, chosen, targets
+
+    # -------------------------------------------------------------- prediction
+
+    def predict_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        score_factors: list[Tensor],
+        pss_logits: list[Tensor],
+        batch_img_metas: list[dict] | None = None,
+        cfg=None,
+        rescale: bool = False,
+        with_nms: bool = True,
+    ) -> list[InstanceData]:
+        """Detections per image in the mode ``cfg.mode`` (default: test_cfg's, else e2e)."""
+        cfg = self.test_cfg if cfg is None else cfg
+        mode = cfg.get("mode", "e2e")
+        if mode not in EVAL_MODES:
+            raise UserError(f"test_cfg.mode: unknown mode '{mode}', expected one of {EVAL_MODES}")
+        if mode == "nms":
+            return super().predict_by_feat(
+                cls_scores,
+                bbox_preds,
+                score_factors,
+                batch_img_metas=batch_img_metas,
+                cfg=cfg,
+                rescale=rescale,
+                with_nms=with_nms,
+            )
+        sizes = [tuple(m.shape[-2:]) for m in cls_scores]
+        priors = self.flat_priors(sizes, cls_scores[0].device)
+        cls = _flatten(cls_scores).detach()
+        reg = _flatten(bbox_preds).detach().float()
+        factor = _flatten(score_factors).detach().squeeze(-1).float().sigmoid()
+        if mode == "e2e":
+            factor = factor * _flatten(pss_logits).detach().squeeze(-1).float().sigmoid()
+        results = []
+        for b, meta in enumerate(batch_img_metas):
+
+            def decode(locs: Tensor, b: int = b, meta: dict = meta) -> Tensor:
+                return self.decode_boxes(priors[locs], reg[b, locs], meta["img_shape"][:2])
+
+            det = postprocess.best_pair_detections(
+                cls[b], factor[b], decode, cfg.max_per_img, cfg.get("e2e_score_thr", 0.0)
+            )
+            result = InstanceData(bboxes=det["boxes"], scores=det["scores"], labels=det["labels"])
+            if rescale:
+                result.bboxes = scale_boxes(result.bboxes, [1 / s for s in meta["scale_factor"]])
+            results.append(result)
+        return results
+
+    # ---------------------------------------------------- what each base differs in
+
+    def flat_priors(self, sizes: list[tuple[int, int]], device) -> Tensor:
+        """Priors of every location, [N, 4]: FCOS (x, y, stride, stride), ATSS anchors."""
+        priors = self.prior_generator.grid_priors(sizes, device=device, with_stride=True)
+        return torch.cat(priors)
+
+    def decode_boxes(self, priors: Tensor, reg: Tensor, max_shape=None) -> Tensor:
+        """Boxes in input pixels [..., 4] from regression outputs at ``priors``."""
+        raise NotImplementedError
+
+    def decode_all(self, sizes: list[tuple[int, int]], reg: Tensor) -> Tensor:
+        """Boxes [B, N, 4] of every location from regression outputs [B, N, 4]."""
+        priors = self.flat_priors(sizes, reg.device)
+        return self.decode_boxes(priors.expand(len(reg), -1, -1), reg)
+
+    def one_to_many(
+        self,
+        sizes: list[tuple[int, int]],
+        batch_gt_instances: list[InstanceData],
+        batch_img_metas: list[dict],
+        batch_gt_instances_ignore: list[InstanceData] | None,
+        device,
+    ) -> Tensor:
+        """gt_index [B, N] of mmdet's one-to-many assignment (-1: not a positive)."""
+        raise NotImplementedError
+
+
+@MODELS.register_module()
+class FCOSPSSHead(PSSHeadMixin, FCOSHead):
+    """FCOS_PSS: mmdet's :class:`FCOSHead` plus the positive sample selector."""
+
+    def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], ...]:
+        """cls_scores, bbox_preds, centernesses, pss_logits: one map per level each."""
+        return multi_apply(self.forward_single, x, self.scales, self.strides)
+
+    def forward_single(self, x: Tensor, scale, stride: int) -> tuple[Tensor, ...]:
+        """FCOSHead.forward_single (same arithmetic), plus the PSS logits."""
+        cls_score, bbox_pred, cls_feat, reg_feat = AnchorFreeHead.forward_single(self, x)
+        centerness = self.conv_centerness(reg_feat if self.centerness_on_reg else cls_feat)
+        bbox_pred = scale(bbox_pred).float()
+        if self.norm_on_bbox:
+            bbox_pred = bbox_pred.clamp(min=0)
+            if not self.training:
+                bbox_pred *= stride
+        else:
+            bbox_pred = bbox_pred.exp()
+        return cls_score, bbox_pred, centerness, self.forward_pss(cls_feat, reg_feat)
+
+    def decode_boxes(self, priors: Tensor, reg: Tensor, max_shape=None) -> Tensor:
+        # In training, norm_on_bbox predictions are in units of the stride.
+        if self.norm_on_bbox and self.training:
+            reg = reg * priors[..., 2:3]
+        return self.bbox_coder.decode(priors[..., :2], reg, max_shape=max_shape)
+
+    def one_to_many(self, sizes, batch_gt_instances, batch_img_metas, ignore, device) -> Tensor:
+        # FCOSHead._get_targets_single, run with each object's label replaced by the code
+        # -1 - j: a positive location's "label" then names its object j (background
+        # keeps num_classes >= 0), so Omega is exactly mmdet's assignment.
+        points = self.prior_generator.grid_priors(sizes, device=device)
+        ranges = torch.cat(
+            [p.new_tensor(r)[None].expand_as(p) for p, r in zip(points, self.regress_ranges)]
+        )
+        counts = [len(p) for p in points]
+        gt_index = []
+        for gt in batch_gt_instances:
+            codes = -1 - torch.arange(len(gt), device=device)
+            indexed = InstanceData(bboxes=get_box_tensor(gt.bboxes), labels=codes)
+            labels, _ = self._get_targets_single(
+                indexed, points=torch.cat(points), regress_ranges=ranges, num_points_per_lvl=counts
+            )
+            gt_index.append(torch.where(labels < 0, -1 - labels, -1))
+        return torch.stack(gt_index)
+
+
+@MODELS.register_module()
+class ATSSPSSHead(PSSHeadMixin, ATSSHead):
+    """ATSS_PSS: mmdet's :class:`ATSSHead` plus the positive sample selector."""
+
+    def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], ...]:
+        """cls_scores, bbox_preds, centernesses, pss_logits: one map per level each."""
+        return multi_apply(self.forward_single, x, self.scales)
+
+    def forward_single(self, x: Tensor, scale) -> tuple[Tensor, ...]:
+        """ATSSHead.forward_single (same arithmetic), plus the PSS logits."""
+        cls_feat = reg_feat = x
+        for conv in self.cls_convs:
+            cls_feat = conv(cls_feat)
+        for conv in self.reg_convs:
+            reg_feat = conv(reg_feat)
+        cls_score = self.atss_cls(cls_feat)
+        bbox_pred = scale(self.atss_reg(reg_feat)).float()
+        centerness = self.atss_centerness(reg_feat)
+        return cls_score, bbox_pred, centerness, self.forward_pss(cls_feat, reg_feat)
+
+    def flat_priors(self, sizes: list[tuple[int, int]], device) -> Tensor:
+        return torch.cat(self.prior_generator.grid_priors(sizes, device=device))
+
+    def decode_boxes(self, priors: Tensor, reg: Tensor, max_shape=None) -> Tensor:
+        shape = reg.shape
+        boxes = self.bbox_coder.decode(
+            priors.reshape(-1, 4), reg.reshape(-1, 4), max_shape=max_shape
+        )
+        return get_box_tensor(boxes).reshape(shape)
+
+    def one_to_many(self, sizes, batch_gt_instances, batch_img_metas, ignore, device) -> Tensor:
+        # What ATSSHead._get_targets_single hands to its assigner, and the assigner's
+        # answer (gt_inds: 0 background, -1 ignored, j + 1 object j).
+        anchor_list, valid_list = self.get_anchors(sizes, batch_img_metas, device=device)
+        counts = [len(a) for a in anchor_list[0]]
+        ignore = ignore or [None] * len(batch_gt_instances)
+        gt_index = []
+        for anchors, valid, gt, meta, gt_ignore in zip(
+            anchor_list, valid_list, batch_gt_instances, batch_img_metas, ignore
+        ):
+            anchors, valid = torch.cat(anchors), torch.cat(valid)
+            inside = anchor_inside_flags(
+                anchors, valid, meta["img_shape"][:2], self.train_cfg["allowed_border"]
+            )
+            result = self.assigner.assign(
+                InstanceData(priors=anchors[inside]),
+                self.get_num_level_anchors_inside(counts, inside),
+                gt,
+                gt_ignore,
+            )
+            index = anchors.new_full((len(anchors),), -1, dtype=torch.long)
+            index[inside] = (result.gt_inds - 1).clamp(min=-1)
+            gt_index.append(index)
+        return torch.stack(gt_index)

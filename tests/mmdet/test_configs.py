@@ -1,0 +1,129 @@
+"""The mmdet configs of experiments/mmdet build, say what the paper says, and stay apart
+from the core install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from twins import CONFIGS, NAMES, REPO
+
+from pss.config import load_config as load_ours
+from pss.errors import UserError
+from pss.mmdet.config import build_model, load_config
+from pss.models import Detector
+
+SMOKE = CONFIGS / "smoke" / "overlay.py"
+
+
+def count(module) -> int:
+    """Learnable values: parameters, and the affine of frozen BatchNorm (a buffer in ours)."""
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(v.numel() for k, v in module.state_dict().items() if not k.endswith(stats))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_r50_config_builds_with_the_paper_recipe_and_our_parameter_count(name: str):
+    cfg = load_config([CONFIGS / f"{name}_r50_3x.py"])
+    assert cfg.train_cfg.max_epochs == 36
+    assert cfg.param_scheduler[1].milestones == [24, 33]
+    assert cfg.param_scheduler[0].start_factor == pytest.approx(1 / 3)
+    assert cfg.param_scheduler[0].end == 500
+    assert cfg.optim_wrapper.optimizer.lr == 0.01 and cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
+    assert cfg.optim_wrapper.clip_grad.max_norm == 35 and "paramwise_cfg" not in cfg.optim_wrapper
+    scales = cfg.train_dataloader.dataset.pipeline[2].scales
+    assert [s for _, s in scales] == list(range(480, 801, 32)) and {w for w, _ in scales} == {1333}
+    assert cfg.test_dataloader.dataset.pipeline[1].scale == (1333, 800)
+    test = cfg.model.test_cfg
+    assert (test.score_thr, test.nms_pre, test.nms.iou_threshold, test.max_per_img) == (
+        0.05,
+        1000,
+        0.6,
+        100,
+    )
+    head = cfg.model.bbox_head
+    assert head.loss_bbox.type == "GIoULoss" and head.loss_bbox.loss_weight == 2.0
+    model = build_model(cfg)
+    built = model.bbox_head
+    if name.startswith("fcos"):
+        assert (built.center_sampling, built.center_sample_radius) == (True, 1.5)
+        assert built.norm_on_bbox and built.centerness_on_reg
+        assert built.regress_ranges[-1] == (512, 1e8)
+    else:
+        assert built.prior_generator.octave_base_scale == 8 and built.assigner.topk == 9
+    if name.endswith("_pss"):
+        assert test.mode == "e2e"
+        assert built.pss_cfg.num_convs == 2 and built.pss_cfg.stop_grad
+        assert built.pss_cfg.branch == "regression"
+        assert (built.one_to_one_cfg.alpha, built.one_to_one_cfg.solver) == (0.8, "hungarian")
+        loss = built.loss_pss_cfg
+        assert (loss.pss_weight, loss.rank_weight, loss.rank_margin) == (1.0, 0.25, 0.5)
+        assert (loss.focal_alpha, loss.focal_gamma) == (0.25, 2.0)
+    ours = Detector(
+        load_ours([REPO / "experiments" / f"{name}_r50_3x.yaml"], ["model.backbone.weights=null"])
+        .model
+    )
+    # The one difference: the FCOS config's tower conv biases before GroupNorm (8 x 256).
+    bias = 8 * 256 if name.startswith("fcos") else 0
+    assert count(model) == count(ours) + bias
+    if name == "fcos":
+        assert count(ours) == 32_295_322  # mmdet's plain FCOS R50, measured here
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_overlay_fits_every_config(name: str):
+    cfg = load_config([CONFIGS / f"{name}_r50_3x.py", SMOKE])
+    assert cfg.model.backbone.depth == 18 and cfg.model.backbone.init_cfg is None
+    assert cfg.model.bbox_head.num_classes == 3 and cfg.model.neck.out_channels == 64
+    assert cfg.train_dataloader.dataset.ann_file == "annotations/train.json"
+    assert cfg.train_dataloader.dataset.pipeline[2].scales == [(320, 128), (320, 160)]
+    assert cfg.train_cfg.max_epochs == 5 and cfg.optim_wrapper.optimizer.lr == 0.01
+    model = build_model(cfg)
+    ours = Detector(
+        load_ours(
+            [REPO / "experiments" / f"{name}_r50_3x.yaml", REPO / "experiments/smoke/overlay.yaml"]
+        ).model
+    )
+    bias = 2 * 2 * 64 if name.startswith("fcos") else 0
+    assert count(model) == count(ours) + bias
+
+
+def test_plugin_heads_come_from_custom_imports_and_check_their_arguments():
+    # As a plain mmdet user would: mmengine's Config, mmdet's registry, nothing from pss.
+    code = (
+        "import sys\n"
+        "from mmengine.config import Config\n"
+        "from mmdet.registry import MODELS\n"
+        "from mmdet.utils import register_all_modules\n"
+        "register_all_modules()\n"
+        "assert 'pss.mmdet' not in sys.modules\n"
+        f"cfg = Config.fromfile({str(CONFIGS / 'atss_pss_r50_3x.py')!r})\n"
+        "assert 'pss.mmdet' in sys.modules\n"
+        "cfg.model.backbone.depth = 18\n"
+        "cfg.model.neck.in_channels = [64, 128, 256, 512]\n"
+        "print(type(MODELS.build(cfg.model).bbox_head).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ATSSPSSHead"
+    for bad, message in [
+        ({"model.bbox_head.pss": {"num_conv": 2}}, "'pss': unknown keys \\['num_conv'\\]"),
+        ({"model.bbox_head.one_to_one": {"alpha": 2.0}}, "'one_to_one': alpha: .*2.0"),
+        ({"model.bbox_head.loss_pss": {"focal_gamma": 1.0}}, "'loss_pss': unknown keys"),
+    ]:
+        cfg = load_config([CONFIGS / "fcos_pss_r50_3x.py", SMOKE], bad)
+        with pytest.raises(UserError, match=message):
+            build_model(cfg)
+    with pytest.raises(UserError, match="not found"):
+        load_config([CONFIGS / "fcos_pss_r18.py"])
+
+
+def test_core_never_imports_mmdet():
+    code = (
+        "import sys\n"
+        "import pss, pss.models, pss.selector, pss.engine.train, pss.sweep.cli, pss.report.cli\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

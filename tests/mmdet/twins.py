@@ -1,0 +1,180 @@
+"""Twin detectors: our Detector and the mmdet model of the shipped config, same weights.
+
+The mmdet side is built from ``experiments/mmdet/<model>_r50_3x.py``, made the size of
+our small test model (ResNet-18, 64-channel FPN and head, 2 convs per tower, 3
+classes), with the differences that exist by design set to our side's convention
+(:data:`BY_DESIGN`, each named there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+from pss.config import load_config as load_ours
+from pss.mmdet.config import build_model, load_config
+from pss.mmdet.convert import copy_weights
+from pss.models import Detector
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "experiments" / "mmdet"
+NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
+
+OUR_SMALL = [
+    "model.backbone.name=resnet18",
+    "model.num_classes=3",
+    "model.head.channels=64",  # 64 channels: GroupNorm(32) on both sides
+    "model.head.num_convs=2",
+    "model.pss.num_convs=2",
+]
+MMDET_SMALL = {
+    "model.backbone.depth": 18,
+    "model.backbone.init_cfg": None,
+    "model.neck.in_channels": [64, 128, 256, 512],
+    "model.neck.out_channels": 64,
+    "model.bbox_head.num_classes": 3,
+    "model.bbox_head.in_channels": 64,
+    "model.bbox_head.feat_channels": 64,
+    "model.bbox_head.stacked_convs": 2,
+}
+# Differences that exist by design, set on the mmdet side for the comparison:
+BY_DESIGN = {
+    "fcos": {},
+    "atss": {
+        # mmdet's AnchorGenerator centres a level's anchors on the corners of its cells
+        # (center_offset 0: x = col * stride); ours, like FCOS's points, on their
+        # centres ((col + 0.5) * stride).
+        "model.bbox_head.anchor_generator.center_offset": 0.5,
+        # mmdet's ATSS config computes P7 = conv(P6), ours (like FCOS) conv(ReLU(P6)).
+        "model.neck.relu_before_extra_convs": True,
+    },
+}
+# Not set here, also by design: mmdet's FCOS config has tower conv biases before
+# GroupNorm (conv_bias=True), ours none: copy_weights sets them to zero. Both sides
+# take the same normalised image tensors (mmdet's DetDataPreprocessor, which would
+# normalise 0-255 BGR->RGB images, is not run).
+
+# With these, mmdet's NMS post-processing and ours pick the same candidates (see
+# test_detections_in_nms_mode): no score threshold, every pair kept before NMS, and
+# mmdet keeps zero-size boxes as ours does.
+MMDET_NMS_NEUTRAL = {
+    "model.test_cfg.score_thr": 0.0,
+    "model.test_cfg.nms_pre": 1_000_000,
+    "model.test_cfg.min_bbox_size": -1,
+}
+OUR_NMS_NEUTRAL = ["model.inference.score_thresh=0.0", "model.inference.pre_nms_topk=1000000"]
+
+# Two images of different sizes, padded to one batch, with objects over several levels.
+BATCH_SHAPE = (160, 224)
+IMAGE_SIZES = [(160, 224), (128, 192)]
+TARGETS = [
+    {
+        "boxes": torch.tensor(
+            [[10.0, 20, 100, 120], [50, 60, 200, 150], [5, 5, 30, 40], [120, 10, 220, 70]]
+        ),
+        "labels": torch.tensor([0, 2, 1, 0]),
+    },
+    {
+        "boxes": torch.tensor([[30.0, 30, 180, 120], [100, 50, 130, 90]]),
+        "labels": torch.tensor([1, 2]),
+    },
+]
+
+
+def base_of(name: str) -> str:
+    return name.removesuffix("_pss")
+
+
+def our_detector(name: str, *overrides: str) -> Detector:
+    return Detector(load_ours([], [f"model.name={name}", *OUR_SMALL, *overrides]).model)
+
+
+def mmdet_detector(name: str, options: dict | None = None) -> nn.Module:
+    cfg = load_config(
+        [CONFIGS / f"{name}_r50_3x.py"],
+        {**MMDET_SMALL, **BY_DESIGN[base_of(name)], **(options or {})},
+    )
+    return build_model(cfg)
+
+
+def images(seed: int = 0) -> Tensor:
+    """[2, 3, 160, 224] normalised images (noise with some structure), zero padded."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, *BATCH_SHAPE, generator=g)
+    x = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2) * 3
+    for b, t in enumerate(TARGETS):  # brighter objects, so that training finds them
+        for box, label in zip(t["boxes"].long().tolist(), t["labels"].tolist()):
+            x1, y1, x2, y2 = box
+            x[b, label, y1:y2, x1:x2] += 2.0
+    h, w = IMAGE_SIZES[1]
+    x[1, :, h:, :] = 0
+    x[1, :, :, w:] = 0
+    return x
+
+
+def data_samples() -> list[DetDataSample]:
+    samples = []
+    for (h, w), t in zip(IMAGE_SIZES, TARGETS):
+        sample = DetDataSample(
+            metainfo={
+                "img_shape": (h, w),
+                "ori_shape": (h, w),
+                "pad_shape": BATCH_SHAPE,
+                "batch_input_shape": BATCH_SHAPE,
+                "scale_factor": (1.0, 1.0),
+            }
+        )
+        sample.gt_instances = InstanceData(bboxes=t["boxes"].clone(), labels=t["labels"].clone())
+        samples.append(sample)
+    return samples
+
+
+@torch.no_grad()
+def perturb_(model: nn.Module, seed: int = 0) -> None:
+    """Move every norm statistic, affine, scale and bias off its initial value, so that a
+    weight copied to the wrong place cannot go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    for name, tensor in model.state_dict().items():
+        noise = torch.randn(tensor.shape, generator=g)
+        if name.endswith("running_var"):
+            tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+        elif name.endswith(("running_mean", ".bias")):
+            tensor.add_(0.1 * noise)
+        elif name.endswith(".scale") or (name.endswith(".weight") and tensor.dim() == 1):
+            tensor.mul_(1 + 0.1 * noise)
+
+
+def train_briefly(model: Detector, steps: int = 25) -> None:
+    """A few SGD steps on the test batch: scores and boxes that mean something."""
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    x = images()
+    for _ in range(steps):
+        loss = model.losses(model(x), TARGETS)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
+        opt.step()
+
+
+@dataclass
+class Twins:
+    name: str
+    ours: Detector
+    theirs: nn.Module
+    zeroed: list[str]  # mmdet weights ours lacks (set to zero)
+
+
+def make_twins(name: str, our_overrides=(), mmdet_options: dict | None = None) -> Twins:
+    torch.manual_seed(0)
+    ours = our_detector(name, *our_overrides)
+    perturb_(ours)
+    train_briefly(ours)
+    theirs = mmdet_detector(name, mmdet_options)
+    zeroed = copy_weights(ours, theirs)
+    return Twins(name, ours, theirs, zeroed)
