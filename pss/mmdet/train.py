@@ -1,0 +1,326 @@
+"""One training on mmengine's Runner, tracked in MLflow under this project's contract.
+
+    metrics = train(
+        ["experiments/mmdet/fcos_pss_r50_3x.py", "experiments/mmdet/smoke/overlay.py"],
+        {"train_cfg.max_epochs": 2},
+        work_dir="outputs/mmdet/fcos_pss",
+        run=RunInfo(experiment="table5", run_name="fcos_pss-2convs", tags={...}),
+    )
+
+What a sweep job would call to train one cell on mmdet's engine (nothing in
+``pss.sweep`` calls it yet). Like ``pss.engine.train.train``:
+
+* one MLflow run, with the tags of the contract (``pss.fingerprint`` of the merged
+  config, ``pss.seed``, ``pss.git_commit``, ``pss.slurm_job_id`` on SLURM, the
+  caller's), plus ``pss.engine = mmdet``; params: the flattened merged config;
+* every evaluation logs ``{mAP,mAR,AP50,AP75,APs,APm,APl}_{mode}`` in percent with
+  step = epoch, for every mode the head has (PSS heads: e2e, nms, raw; the
+  baselines: nms), each from mmdet's CocoMetric on that mode's detections;
+* training losses (mean over ``log_interval`` iterations, our names: loss_box for
+  mmdet's loss_bbox, loss_ctr for loss_centerness) and lr with step = iteration;
+* ``resume="auto"`` (None: start afresh) continues from the newest checkpoint in
+  ``work_dir`` and re-attaches to the run of that work dir (refusing a work dir of
+  another config's fingerprint); an epoch whose checkpoint was
+  written but whose evaluation was not logged (mmengine saves before it evaluates)
+  is evaluated first.
+
+Not logged (yet): forward_ms and postprocess_ms_* (our engine times them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmdet.registry import HOOKS, LOOPS
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner, ValLoop
+from mmengine.runner.checkpoint import find_latest_checkpoint
+
+from pss import contract
+from pss.config import SyntheticConfig, flatten
+from pss.data import ensure_shapes
+from pss.engine.train import RunInfo
+from pss.errors import EXIT_INVALID, UserError
+from pss.mmdet.config import load_config, with_data_root
+from pss.tracking import FINISHED, KILLED, Tracker, client, retry, slurm_tags
+
+log = logging.getLogger("pss.mmdet.train")
+
+TAG_ENGINE = "pss.engine"
+ENGINE = "mmdet"
+RUN_ID_FILE = "mlflow_run_id"  # in the work dir: the run its checkpoints belong to
+# mmdet's CocoMetric items, in the order of contract.ACCURACY (mAP, mAR = AR@100, AP50,
+# AP75, APs, APm, APl; each over 100 detections per image) -> our metric names.
+COCO_ITEMS = dict(
+    zip(("mAP", "AR@100", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"), contract.ACCURACY)
+)
+# mmdet's loss names -> ours.
+LOSS_NAMES = {"loss_bbox": "loss_box", "loss_centerness": "loss_ctr"}
+# Settings that do not change what is trained (left out of the fingerprint).
+NON_SEMANTIC = ("work_dir", "resume", "load_from", "launcher", "data_root", "default_hooks.logger")
+
+
+def fingerprint(cfg: Config) -> str:
+    """sha256 of the merged config's canonical JSON (where it runs left out), first 12 hex."""
+    flat = {
+        k: v
+        for k, v in flat_config(cfg).items()
+        if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC)
+        and not k.endswith(("data_root", "num_workers", "persistent_workers", "ann_file"))
+    }
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    return flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
+
+
+def modes_of(model) -> tuple[str, ...]:
+    """The inference modes a model answers in: all three with a PSS head, else nms."""
+    head = getattr(model, "module", model).bbox_head
+    return contract.MODES if hasattr(head, "pss_convs") else ("nms",)
+
+
+@LOOPS.register_module()
+class ModesValLoop(ValLoop):
+    """mmengine's ValLoop, once per inference mode; metrics in percent, named f"{m}_{mode}"."""
+
+    def run(self) -> dict[str, float]:
+        self.runner.call_hook("before_val")
+        self.runner.call_hook("before_val_epoch")
+        self.runner.model.eval()
+        head = getattr(self.runner.model, "module", self.runner.model).bbox_head
+        saved = head.test_cfg.get("mode")
+        metrics: dict[str, float] = {}
+        for mode in modes_of(self.runner.model):
+            if mode != "nms" or saved is not None:
+                head.test_cfg["mode"] = mode
+            for idx, data_batch in enumerate(self.dataloader):
+                self.run_iter(idx, data_batch)
+            found = self.evaluator.evaluate(len(self.dataloader.dataset))
+            for item, name in COCO_ITEMS.items():
+                value = found[f"coco/bbox_{item}"]
+                # CocoMetric rounds to 3 decimals, i.e. 0.1 points; -1: no such objects.
+                metrics[contract.metric_name(name, mode)] = round(max(value, 0.0) * 100, 1)
+        if saved is not None:
+            head.test_cfg["mode"] = saved
+        self.runner.call_hook("after_val_epoch", metrics=metrics)
+        self.runner.call_hook("after_val")
+        return metrics
+
+
+@HOOKS.register_module()
+class MLflowContractHook(Hook):
+    """Logs losses (step = iteration) and evaluations (step = epoch) to one MLflow run."""
+
+    priority = "LOW"
+
+    def __init__(self, run_id: str, log_interval: int = 20, stop_after_epoch: int | None = None):
+        self.tracker = Tracker(run_id)
+        self.log_interval = log_interval
+        self.stop_after_epoch = stop_after_epoch
+        self.window: dict[str, float] = {}
+        self.count = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def before_train(self, runner) -> None:
+        epoch = runner.epoch
+        if epoch > 0:
+            self.tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch)})
+            if not self._evaluated(epoch) and runner.val_loop is not None:
+                log.info("epoch %d was saved but not evaluated: evaluating it now", epoch)
+                runner.val_loop.run()
+
+    def _evaluated(self, epoch: int) -> bool:
+        name = contract.metric_name(contract.MAP, "nms")
+        history = retry(client().get_metric_history, self.tracker.run_id, name)
+        return any(m.step == epoch for m in history)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        for key, value in (outputs or {}).items():
+            name = LOSS_NAMES.get(key, key)
+            self.window[name] = self.window.get(name, 0.0) + float(value)
+        self.count += 1
+        end_of_epoch = batch_idx + 1 == len(runner.train_dataloader)
+        if (runner.iter + 1) % self.log_interval == 0 or end_of_epoch:
+            means = {k: v / self.count for k, v in self.window.items()}
+            means["lr"] = runner.optim_wrapper.get_lr()["lr"][0]
+            self.tracker.log_metrics(means, step=runner.iter + 1)
+            self.window, self.count = {}, 0
+
+    def after_train_epoch(self, runner) -> None:
+        # runner.epoch is the epoch just trained, counted from 0.
+        if self.stop_after_epoch is not None and runner.epoch + 1 >= self.stop_after_epoch:
+            runner.train_loop.stop_training = True
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        self.last_metrics = dict(metrics or {})
+        self.tracker.log_metrics(self.last_metrics, step=runner.epoch)
+
+
+def train(
+    config_files: Sequence[str | Path],
+    options: dict[str, Any] | None = None,
+    *,
+    work_dir: str | Path,
+    run: RunInfo | None = None,
+    data_root: str | Path | None = None,
+    resume: str | None = "auto",
+    log_interval: int = 20,
+    stop_after_epoch: int | None = None,
+) -> dict[str, float]:
+    """Train the merged config to its last epoch (or ``stop_after_epoch``); the last
+    evaluation's metrics. Bad input fails before an MLflow run is created."""
+    run = run or RunInfo()
+    cfg = load_config(config_files, options)
+    fp = fingerprint(cfg)  # of what the files and options say (a sweep computes it too)
+    if data_root is not None:
+        cfg = with_data_root(cfg, str(data_root))
+    work = Path(work_dir)
+    cfg.work_dir = str(work)
+    cfg.val_cfg = {"type": "ModesValLoop"}
+    cfg.val_evaluator.metric_items = list(COCO_ITEMS)
+    cfg.default_hooks.logger.interval = log_interval
+    synthetic = cfg.get("pss_synthetic")
+    if synthetic:
+        ensure_shapes(Path(cfg.data_root), SyntheticConfig(**synthetic))
+    _check_annotations(cfg)
+    seed = (cfg.get("randomness") or {}).get("seed")
+    cfg.randomness = {**(cfg.get("randomness") or {}), "seed": 0 if seed is None else seed}
+    latest = find_latest_checkpoint(str(work)) if resume == "auto" and work.is_dir() else None
+    saved_run = work / RUN_ID_FILE
+    if run.run_id or not (latest and saved_run.is_file()):
+        run_id = run.run_id
+    else:
+        run_id = saved_run.read_text().strip()
+    cfg.resume = latest is not None
+    runner = Runner.from_cfg(cfg)  # builds the model and hooks: a bad config stops here
+
+    tags = {
+        contract.TAG_FINGERPRINT: fp,
+        contract.TAG_SEED: str(cfg.randomness.seed),
+        TAG_ENGINE: ENGINE,
+        **slurm_tags(),
+        **run.tags,
+    }
+    if run_id:
+        found = retry(client().get_run, run_id).data.tags.get(contract.TAG_FINGERPRINT)
+        if latest and found not in (None, fp):
+            raise UserError(
+                f"holds checkpoints of another config (fingerprint {found}, this one {fp})",
+                str(work),
+            )
+        tracker = Tracker.attach(run_id)
+        tracker.set_tags(tags)
+    else:
+        name = run.run_name or Path(config_files[0]).stem
+        tracker = Tracker.create(run.experiment, name, tags)
+        tracker.log_params(flat_config(cfg))
+    work.mkdir(parents=True, exist_ok=True)
+    saved_run.write_text(tracker.run_id)
+    hook = MLflowContractHook(tracker.run_id, log_interval, stop_after_epoch)
+    runner.register_hook(hook)
+    try:
+        with mmengine_checkpoint_globals():
+            runner.train()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            tracker.finish(KILLED)
+        else:
+            tracker.fail(traceback.format_exc())
+        raise
+    done = runner.epoch >= runner.max_epochs
+    tracker.finish(FINISHED if done else KILLED)
+    return hook.last_metrics
+
+
+def mmengine_checkpoint_globals():
+    """A context in which torch.load's weights-only unpickler reads mmengine's checkpoints.
+
+    mmengine 0.10.7 resumes with a plain ``torch.load``, which since torch 2.6 loads
+    weights only and refuses what mmengine saves beside them (its message hub: numpy
+    arrays and dtypes, ``HistoryBuffer``, whose statistics methods pickle through
+    ``getattr``). These are allowlisted; weights_only stays on.
+    """
+    import builtins
+
+    import numpy as np
+    import torch
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__]
+    return torch.serialization.safe_globals(
+        [
+            np.ndarray,
+            np.dtype,
+            *dtypes,
+            np._core.multiarray._reconstruct,
+            np._core.multiarray.scalar,
+            HistoryBuffer,
+            builtins.getattr,
+        ]
+    )
+
+
+def _check_annotations(cfg: Config) -> None:
+    """Every dataloader's annotation file exists (before anything is created)."""
+    for split in ("train_dataloader", "val_dataloader"):
+        dataset = cfg.get(split, {}).get("dataset", {})
+        if "ann_file" in dataset:
+            path = Path(dataset.get("data_root") or "") / dataset["ann_file"]
+            if not path.is_file():
+                raise UserError(f"{split}: annotation file not found", str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pss.mmdet.train", description="Train an mmdet config, tracked in MLflow"
+    )
+    parser.add_argument("configs", nargs="+", help="config files, merged left to right")
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--experiment", default="pss-mmdet", help="MLflow experiment")
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument(
+        "--cfg-options", nargs="*", default=[], metavar="KEY=VALUE", help="train_cfg.max_epochs=2"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        options = dict(_option(text) for text in args.cfg_options)
+        metrics = train(
+            args.configs,
+            options,
+            work_dir=args.work_dir,
+            run=RunInfo(experiment=args.experiment, run_name=args.run_name),
+            data_root=args.data_root,
+        )
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise UserError(f"--cfg-options: expected KEY=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

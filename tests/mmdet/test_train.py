@@ -1,0 +1,111 @@
+"""pss.mmdet.train: the smoke config on mmengine's Runner, tracked in MLflow, resumed."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from twins import CONFIGS
+
+from pss import contract
+from pss.engine.train import RunInfo
+from pss.errors import UserError
+from pss.mmdet.config import load_config
+from pss.mmdet.train import RUN_ID_FILE, TAG_ENGINE, ModesValLoop, fingerprint, train
+
+FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
+# The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
+# training images, 4 iterations of 4 per epoch.
+TINY = {
+    "pss_synthetic": None,
+    "train_cfg.max_epochs": 2,
+    "train_dataloader.batch_size": 4,
+    "train_dataloader.dataset.indices": None,
+    "param_scheduler": [
+        {"type": "LinearLR", "start_factor": 1 / 3, "by_epoch": False, "begin": 0, "end": 2}
+    ],
+}
+
+
+def _history(mlflow: MlflowClient, run_id: str, name: str) -> list[int]:
+    return sorted(m.step for m in mlflow.get_metric_history(run_id, name))
+
+
+@pytest.mark.slow
+def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_path):
+    work = tmp_path / "work"
+    run = RunInfo(
+        experiment="mmdet-smoke",
+        run_name="fcos_pss",
+        tags={contract.TAG_SWEEP: "t", contract.TAG_CELL: "fcos_pss"},
+    )
+    common = {"work_dir": work, "run": run, "data_root": shapes_root, "log_interval": 1}
+    first = train(FILES, TINY, stop_after_epoch=1, **common)
+    mlflow = MlflowClient()
+    run_id = (work / RUN_ID_FILE).read_text()
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert set(first) == {
+        contract.metric_name(m, mode) for m in contract.ACCURACY for mode in contract.MODES
+    }
+    # The job starts again: it resumes from epoch 1's checkpoint, in the same run.
+    last = train(FILES, TINY, **common)
+    got = mlflow.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "fcos_pss"
+    assert len(mlflow.search_runs([got.info.experiment_id])) == 1
+    tags = got.data.tags
+    assert tags[contract.TAG_FINGERPRINT] == fingerprint(load_config(FILES, TINY))
+    assert tags[contract.TAG_SEED] == "0" and tags[TAG_ENGINE] == "mmdet"
+    assert tags[contract.TAG_CELL] == "fcos_pss" and contract.TAG_GIT_COMMIT in tags
+    assert tags[contract.TAG_RESUMED_FROM_EPOCH] == "1"
+    params = got.data.params
+    assert params["model.bbox_head.type"] == "FCOSPSSHead"
+    assert params["train_cfg.max_epochs"] == "2"
+    for mode in contract.MODES:
+        for name in contract.ACCURACY:
+            key = contract.metric_name(name, mode)
+            assert _history(mlflow, run_id, key) == [1, 2], key
+            assert 0.0 <= last[key] <= 100.0
+    for name in ("loss", "loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank", "lr"):
+        assert _history(mlflow, run_id, name) == list(range(1, 9)), name
+    assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth"]
+    # The same work dir with another config is refused, and the run is left as it was.
+    with pytest.raises(UserError, match="another config"):
+        train(FILES, {**TINY, "train_cfg.max_epochs": 3}, **common)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_missing_data_fails_before_any_run(tracking, tmp_path):
+    with pytest.raises(UserError, match="annotation file not found"):
+        train(FILES, TINY, work_dir=tmp_path / "w", data_root=tmp_path / "nowhere")
+    assert MlflowClient().search_experiments(filter_string="name = 'pss'") == []
+
+
+@pytest.mark.slow
+def test_an_epoch_saved_but_not_evaluated_is_evaluated_on_resume(
+    shapes_root, tracking, tmp_path, monkeypatch
+):
+    """mmengine saves an epoch's checkpoint before it evaluates: a job killed in between
+    evaluates that epoch when it starts again, so no evaluation goes missing."""
+    evaluate = ModesValLoop.run
+    calls = []
+
+    def killed_the_first_time(loop):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("killed during the evaluation")
+        return evaluate(loop)
+
+    monkeypatch.setattr(ModesValLoop, "run", killed_the_first_time)
+    one_epoch = {**TINY, "train_cfg.max_epochs": 1}
+    common = {"work_dir": tmp_path / "work", "data_root": shapes_root, "log_interval": 1}
+    with pytest.raises(SystemExit):
+        train(FILES, one_epoch, **common)
+    mlflow = MlflowClient()
+    run_id = (tmp_path / "work" / RUN_ID_FILE).read_text()
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+    assert (tmp_path / "work" / "epoch_1.pth").is_file()
+    mAP_nms = contract.metric_name(contract.MAP, "nms")
+    assert _history(mlflow, run_id, mAP_nms) == []
+    metrics = train(FILES, one_epoch, **common)
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    assert _history(mlflow, run_id, mAP_nms) == [1] and mAP_nms in metrics
+    assert len(calls) == 2
