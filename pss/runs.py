@@ -260,36 +260,43 @@ def _client(uri: str) -> Any:
     return MlflowClient(uri)
 
 
-def _read_client(client: Any, experiment: str, params: tuple[str, ...]) -> list[StoredRun]:
+def search(client: Any, experiment: str, filter_string: str = "") -> list[Any]:
+    """MLflow's own runs (``mlflow.entities.Run``) of an active experiment matching a
+    filter, every page, newest first ([] if there is no such experiment)."""
     exp = retry(client.get_experiment_by_name, experiment)
     if exp is None or exp.lifecycle_stage != "active":
         return []
-    runs: list[StoredRun] = []
+    runs: list[Any] = []
     token = None
     while True:
         page = retry(
             client.search_runs,
             [exp.experiment_id],
+            filter_string=filter_string,
             max_results=PAGE,
             order_by=["attributes.start_time DESC"],
             page_token=token,
         )
-        runs += [
-            StoredRun(
-                run_id=r.info.run_id,
-                name=r.info.run_name or "",
-                status=r.info.status,
-                start_time=r.info.start_time or 0,
-                end_time=r.info.end_time,
-                artifact_uri=r.info.artifact_uri or "",
-                tags=dict(r.data.tags),
-                metrics=dict(r.data.metrics),
-                params={k: v for k, v in r.data.params.items() if k in params},
-                steps={m.key: m.step for m in r.data._metric_objs},  # of the latest values
-                times={m.key: m.timestamp for m in r.data._metric_objs},
-            )
-            for r in page
-        ]
+        runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+def _read_client(client: Any, experiment: str, params: tuple[str, ...]) -> list[StoredRun]:
+    return [
+        StoredRun(
+            run_id=r.info.run_id,
+            name=r.info.run_name or "",
+            status=r.info.status,
+            start_time=r.info.start_time or 0,
+            end_time=r.info.end_time,
+            artifact_uri=r.info.artifact_uri or "",
+            tags=dict(r.data.tags),
+            metrics=dict(r.data.metrics),
+            params={k: v for k, v in r.data.params.items() if k in params},
+            steps={m.key: m.step for m in r.data._metric_objs},  # of the latest values
+            times={m.key: m.timestamp for m in r.data._metric_objs},
+        )
+        for r in search(client, experiment)
+    ]

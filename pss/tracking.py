@@ -33,7 +33,7 @@ from pss.contract import (
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
 )
-from pss.runs import current_uri, retry, sqlite_path, use_credentials
+from pss.runs import current_uri, retry, search, sqlite_path, use_credentials
 
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 
@@ -202,25 +202,5 @@ def slurm_tags() -> dict[str, str]:
 
 
 def search_runs(experiment: str, filter_string: str = "", mlflow: MlflowClient | None = None):
-    """All runs of an experiment matching a filter (every page), newest first."""
-    mlflow = mlflow or client()
-    exp = retry(mlflow.get_experiment_by_name, experiment)
-    if exp is None:
-        return []
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = retry(
-            mlflow.search_runs,
-            [exp.experiment_id],
-            filter_string=filter_string,
-            max_results=1000,
-            order_by=["attributes.start_time DESC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
+    """All runs of an experiment matching a filter (MLflow's Run objects), newest first."""
+    return search(mlflow or client(), experiment, filter_string)

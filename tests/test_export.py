@@ -15,7 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import REPO
-from deploy_helpers import (
+
+from pss import predict
+from pss.export import NMS_OPS, main, op_types
+from pss.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
+from support.deploy import (
     BOX_ATOL,
     CATEGORIES,
     SCORE_ATOL,
@@ -23,10 +27,6 @@ from deploy_helpers import (
     write_checkpoint,
     write_images,
 )
-
-from pss import predict
-from pss.export import NMS_OPS, main, op_types
-from pss.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
 
 pytestmark = pytest.mark.slow
 

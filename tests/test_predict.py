@@ -9,7 +9,13 @@ import json
 
 import pytest
 import torch
-from deploy_helpers import (
+from PIL import Image
+
+from pss import predict, visualize
+from pss.deploy import DeployedDetector
+from pss.draw import MIN_SIDE, draw_modes
+from pss.models import MODES, Detector
+from support.deploy import (
     CATEGORIES,
     assert_same_detections,
     lively,
@@ -17,12 +23,6 @@ from deploy_helpers import (
     write_checkpoint,
     write_images,
 )
-from PIL import Image
-
-from pss import predict, visualize
-from pss.deploy import DeployedDetector
-from pss.draw import MIN_SIDE, draw_modes
-from pss.models import MODES, Detector
 
 
 @pytest.fixture(scope="module")

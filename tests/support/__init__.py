@@ -3,6 +3,8 @@
 - :mod:`support.mlflow_runs`: an MLflow store seeded with runs that follow the
   tracking contract (reports, scale benchmarks).
 - :mod:`support.checkpoints`: comparing two training checkpoints (resume tests).
+- :mod:`support.deploy`: lively random checkpoints, images and detection
+  comparisons for the predict / export / visualize tests.
 - :mod:`support.score_maps`: head outputs that look like a trained detector's,
   and synthetic training targets (post-processing and training benchmarks).
 
