@@ -69,7 +69,7 @@ def test_each_detector_trains_and_answers_in_its_modes(name: str):
 @pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])
 def test_e2e_and_raw_equal_the_top_k_over_every_pair(name: str):
     """predict() scores only the best locations; that must equal scoring all pairs."""
-    from pss.models.detector import _clip
+    from pss.models.detector import clip_boxes
     from pss.postprocess import topk_detections
 
     model = Detector(small_config(name).model).eval()
@@ -82,7 +82,7 @@ def test_e2e_and_raw_equal_the_top_k_over_every_pair(name: str):
             dets = model.predict(out, [(192, 224), (150, 200)], mode)
             for b, (h, w) in enumerate([(192, 224), (150, 200)]):
                 scores = base[b] * (out.pss[b].sigmoid()[:, None] if mode == "e2e" else 1)
-                ref = topk_detections(scores, _clip(boxes[b], h, w), 100, 0.0)
+                ref = topk_detections(scores, clip_boxes(boxes[b], h, w), 100, 0.0)
                 assert torch.allclose(dets[b]["scores"], ref["scores"])
                 assert torch.equal(dets[b]["labels"], ref["labels"])
                 assert torch.allclose(dets[b]["boxes"], ref["boxes"], atol=1e-4)
