@@ -55,7 +55,6 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_head.py
 	$(BIN)/python benchmarks/bench_report.py
-	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_cli.py
 	$(BIN)/python benchmarks/bench_export.py
 

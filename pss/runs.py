@@ -80,9 +80,13 @@ CREDENTIALS_ENV = "PSS_TRACKING_CREDENTIALS"  # a file with the tracking server'
 
 def use_credentials() -> None:
     """Log in to a tracking server with the user name and password in the file named by
-    ``PSS_TRACKING_CREDENTIALS`` (mode 600, written by pss.sweep.store), unless set."""
+    ``PSS_TRACKING_CREDENTIALS`` (mode 600, written by pss.sweep.store).
+
+    The file wins over a ``MLFLOW_TRACKING_PASSWORD`` already in the environment: that
+    one may be another server's, inherited from a driver that talked to it before.
+    """
     path = os.environ.get(CREDENTIALS_ENV)
-    if not path or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+    if not path:
         return
     try:
         login = json.loads(Path(path).read_text())

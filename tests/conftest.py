@@ -28,6 +28,21 @@ def small_config(name: str = "fcos_pss", *overrides: str) -> ExperimentConfig:
 
 
 @pytest.fixture(autouse=True)
+def _no_login_left_behind():
+    """A test that logged in to a tracking server leaves no password to the next one."""
+    before = {k: os.environ.get(k) for k in _LOGIN_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 

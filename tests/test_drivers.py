@@ -245,9 +245,12 @@ def test_the_tracking_server_binds_one_address_and_needs_its_password(tmp_path, 
         assert _get(api, ("pss", "not-the-password")) == 401
         assert _get(api, (credentials["username"], credentials["password"])) == 200
         assert _get(f"{server.url}/health") == 200  # health stays open
-        # A job with the credentials file logs normally.
+        # A job with the credentials file logs normally, even when it inherited another
+        # server's login from the process that started it.
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pss")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "another-servers-password")
         from pss.tracking import Tracker
 
         tracker = Tracker.create("served", "job")
