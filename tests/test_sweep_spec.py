@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO, write_spec
 
 from pss.sweep.cli import main
+from pss.sweep.spec import expand, load_spec
 
 TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
@@ -101,6 +102,15 @@ def test_changing_stage1_changes_both_stage_fingerprints_and_nothing_else(clean_
     changed = {k for k in base if stage2[k] != base[k]}
     assert changed == {"two_step@stage2"}
     assert stage1["two_step@stage2"] != stage2["two_step@stage2"]
+
+
+def test_where_outputs_go_changes_no_fingerprint():
+    """A stage started from another is told that stage's checkpoint path; moving the
+    outputs moves that path but must not make finished cells look new."""
+    loaded = load_spec(REPO / "sweeps" / "table3.yaml")
+    here = {j.key: j.fingerprint for j in expand(loaded, output_root=Path("outputs"))}
+    there = {j.key: j.fingerprint for j in expand(loaded, output_root=Path("/elsewhere/out"))}
+    assert here == there and any(j.stage == "stage2" for j in expand(loaded))
 
 
 def test_fingerprints_distinguish_cells_and_smoke(clean_cwd, capsys):

@@ -510,9 +510,15 @@ def expand(
                 except UserError as exc:
                     where = f"cells.{cell.id}" + (f".stages.{stage.name}" if stage else "")
                     raise UserError(f"{where}: {exc}", src) from None
-                fp = cfg.fingerprint()
                 if parents:
-                    fp = _combine(fp, *parents)
+                    # The parent's checkpoint path says where outputs go, not what is
+                    # trained: the parent's fingerprint stands for it.
+                    own = cfg.model_copy(
+                        update={"train": cfg.train.model_copy(update={"init_from": None})}
+                    )
+                    fp = _combine(own.fingerprint(), *parents)
+                else:
+                    fp = cfg.fingerprint()
                 after = _stage_needs(stage) if stage else []
                 stage_name = stage.name if stage else None
                 out = contract.run_dir(experiment, cell.id, stage_name, seed, fp, output_root)
