@@ -32,6 +32,7 @@ from pss.engine.checkpoint import CheckpointNotSaved, load_checkpoint
 from pss.engine.train import RunInfo, train
 from pss.runs import read_runs
 from pss.sweep.store import ensure_server, stop_server
+from support.waiting import wait_for
 
 SPEC = """
 name: killed
@@ -41,17 +42,6 @@ cells:
   - id: one
   - id: two
 """
-
-
-def _wait_for(predicate, what: str, timeout: float = 600.0):
-    """Poll until ``predicate()`` is true; the timeout only catches hangs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 @pytest.mark.slurm
@@ -136,7 +126,7 @@ def _accounted(job_ids: list[str]) -> dict[str, dict[str, str]]:
         final = all(j["state"] in ("CANCELLED", "COMPLETED", "FAILED") for j in jobs.values())
         return jobs if jobs and final else {}
 
-    return _wait_for(ended, "the jobs' accounting records")
+    return wait_for(ended, "the jobs' accounting records", 600)
 
 
 WRITER = textwrap.dedent(
@@ -173,7 +163,7 @@ def test_a_tracking_server_killed_and_restarted_loses_no_metric(tmp_path):
     )
     try:
         run_id = writer.stdout.readline().strip()
-        _wait_for(lambda: len(_steps(db, run_id)) >= 8, "the job to log a few steps")
+        wait_for(lambda: len(_steps(db, run_id)) >= 8, "the job to log a few steps", 600)
         os.killpg(server.pid, signal.SIGKILL)  # the whole server, at once
         before = len(_steps(db, run_id))
         time.sleep(2)  # the job now fails to reach it and retries

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 import submitit
@@ -22,6 +21,7 @@ from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
 from pss.tracking import search_runs
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -48,14 +48,6 @@ cells:
 """
 
 
-def _wait_for(predicate, what: str, timeout: float = 1800.0):
-    deadline = time.monotonic() + timeout  # only catches a hang
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return value
-
-
 def test_two_task_jobs_train_one_run_per_cell_and_resume_after_preemption(
     tmp_path, monkeypatch, shapes_root
 ):
@@ -79,7 +71,7 @@ def test_two_task_jobs_train_one_run_per_cell_and_resume_after_preemption(
             except Exception:  # noqa: BLE001 - being written
                 return False
 
-        _wait_for(first_epoch_done, "the first checkpoint")
+        wait_for(first_epoch_done, "the first checkpoint")
         job = submitit.SlurmJob(folder=folder / "submitit/%j", job_id=entry["job_id"],
                                 tasks=(0, 1))
         job._interrupt()  # what SLURM does before a preemption: USR2 to the job
@@ -91,7 +83,7 @@ def test_two_task_jobs_train_one_run_per_cell_and_resume_after_preemption(
             ).stdout
             return "REQUEUED" in out
 
-        _wait_for(requeued, "the requeue")
+        wait_for(requeued, "the requeue")
         subprocess.run(["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"],
                        capture_output=True)
         assert main(argv) == 0  # waits for both cells

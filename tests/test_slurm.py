@@ -24,6 +24,7 @@ from pss.sweep.cli import main
 from pss.sweep.store import ensure_server, stop_server
 from pss.tracking import Tracker, search_runs
 from pss.tracking import client as tracking_client
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
 # Jobs unpickle what they run; this module is not importable on the node, so send it by value.
@@ -98,18 +99,6 @@ def sacct(job_ids: list[str], *fields: str, duplicates: bool = False) -> list[di
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    """Poll ``predicate`` for an event that stays true once it happened (a file, a
-    counter); ``timeout`` only catches a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def ended(job_ids: list[str]) -> list[dict[str, str]]:
     """Wait until SLURM has recorded the end of every job (a job may still be exiting
     after its run is marked finished); their accounting records."""
@@ -120,7 +109,7 @@ def ended(job_ids: list[str]) -> list[dict[str, str]]:
         done = len(records) == len(job_ids) and all(r["End"][:1].isdigit() for r in records)
         return records if done else None
 
-    return _wait_for(recorded, 600, f"SLURM to record the end of jobs {job_ids}")
+    return wait_for(recorded, f"SLURM to record the end of jobs {job_ids}", 600)
 
 
 def test_sweep_runs_on_slurm_with_a_stage_dependency(workdir, capsys):
@@ -182,7 +171,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir
             return False
 
     # The event: epoch 1's checkpoint is on disk (2 epochs are still to train).
-    _wait_for(first_epoch_done, 1800, "the first checkpoint")
+    wait_for(first_epoch_done, "the first checkpoint")
     job = submitit.SlurmJob(folder=workdir / "outputs/sweeps/preempt-smoke/submitit/%j",
                             job_id=entry["job_id"])
     job._interrupt()  # what SLURM does before a preemption or timeout: USR2 to the job
@@ -193,7 +182,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir
         records = sacct([entry["job_id"]], "JobID", "State", duplicates=True)
         return any(r["State"] == "REQUEUED" for r in records)
 
-    _wait_for(requeued, 600, "the requeue")
+    wait_for(requeued, "the requeue", 600)
     # A requeued job waits for its begin time; let it start now if it still waits.
     subprocess.run(["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"],
                    capture_output=True)

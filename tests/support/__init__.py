@@ -7,6 +7,7 @@
   comparisons for the predict / export / visualize tests.
 - :mod:`support.score_maps`: head outputs that look like a trained detector's,
   and synthetic training targets (post-processing and training benchmarks).
+- :mod:`support.waiting`: waiting on a cluster event (SLURM, fault tests).
 
 Tests import it as ``support`` (pytest puts ``tests/`` on ``sys.path``);
 benchmarks put ``tests/`` on ``sys.path`` themselves.
