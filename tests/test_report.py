@@ -199,8 +199,8 @@ def test_golden_tables(store: Store, tmp_path: Path, name: str, with_paper: bool
 
 
 # ------------------------------------------- the goldens' statistics, derived again
-# From the scenarios' samples alone, with closed forms and scipy.special (not
-# scipy.stats.ttest_ind, which pss.report uses): every mean, std, n, Welch p and
+# From the scenarios' samples alone, with closed forms and scipy.special's incomplete
+# beta (pss.report uses Student's t CDF, scipy.special.stdtr): every mean, std, n, Welch p and
 # paper difference the golden files hold.
 
 PAPER = yaml.safe_load((Path(__file__).parent / "data" / "paper_tables.yaml").read_text())

@@ -31,7 +31,7 @@ def t_cdf_4(t: float) -> float:
 def welch_p_closed_form(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided Welch p: t and the Welch-Satterthwaite df by hand, then Student's t tail
     as the regularised incomplete beta function, P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2)
-    (scipy.special only; pss.report uses scipy.stats.ttest_ind)."""
+    (scipy.special's incomplete beta; pss.report uses Student's t CDF, stdtr)."""
     if len(a) < 2 or len(b) < 2:
         return None
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
@@ -71,6 +71,7 @@ def test_welch_with_unequal_n_matches_the_closed_form(a, b):
     expected = welch_p_closed_form(a, b)
     assert welch_p(Summary(a), Summary(b)) == pytest.approx(expected, rel=1e-9)
     assert welch_p(Summary(b), Summary(a)) == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
     # Student's pooled-variance test, or equal-length samples, would give other p-values
     pooled = stats.ttest_ind(a, b, equal_var=True).pvalue
     n = min(len(a), len(b))

@@ -190,7 +190,7 @@ def _result_row(
     with_paper: bool,
 ) -> Row:
     assert spec.table is not None
-    index = stats.rows.index(result)
+    index = next(i for i, r in enumerate(stats.rows) if r is result)
     row_note = result.note()
     cells: list[Cell] = []
     for k, column in enumerate(specs):
