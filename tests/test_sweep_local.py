@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import write_spec, write_tiny_overlay
@@ -123,4 +124,13 @@ def test_debug_executor_runs_in_process_and_reports(sweep, capsys):
     assert "| pss " in out and "w/o NMS" in out  # the table, in the terminal
     report = spec.parent / "reports/out/local-smoke/REPORT.md"
     assert f"report: {report.relative_to(spec.parent)}" in out and report.is_file()
-    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert f"detections of one cell: {report.parent.relative_to(spec.parent) / 'modes.png'}" in out
+    # How to browse the runs: a command that works as printed, and the URL to open.
+    serve = next(line for line in out.splitlines() if line.strip().startswith("serve:"))
+    command = serve.split("serve:", 1)[1].split()
+    assert Path(command[0]).is_file() and command[1:3] == ["ui", "--backend-store-uri"]
+    assert command[3] == f"sqlite:///{spec.parent / 'mlflow.db'}"
+    experiment = search_runs("local-smoke")[0].info.experiment_id
+    url = next(line for line in out.splitlines() if line.strip().startswith("open:"))
+    assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in url
+    assert "viewStateShareKey=" in url

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pss import contract
 from pss.errors import EXIT_FAILED, EXIT_OK
 from pss.report import make_report
 from pss.runs import current_uri
@@ -141,9 +142,25 @@ def _report(loaded: LoadedSpec, smoke: bool) -> None:
         print()
         print(report.markdown)
     print(f"\nreport: {report.path}")
+    picture = report.path.parent / contract.MODES_FIGURE
+    if picture in report.files:
+        print(f"raw / nms / e2e detections of one cell: {picture}")
+    print(f"MLflow UI on these runs (experiment '{report.experiment}'):")
+    print(_ui_hint(loaded, report.experiment))
+
+
+def _ui_hint(loaded: LoadedSpec, experiment: str) -> str:
+    """The command that serves the store (as printed) and the URL of the experiment's
+    runs table in the model-training view, with the spec's saved view published."""
+    from pss.mlflow_ui import publish_view, ui_hint
+    from pss.tracking import client
+
     uri = current_uri()
-    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
-    print(f"MLflow UI on these runs (experiment '{report.experiment}'): {ui}")
+    mlflow = client(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return ui_hint(uri, None, None)
+    return ui_hint(uri, found.experiment_id, publish_view(mlflow, found.experiment_id, loaded))
 
 
 def print_status(path: str | Path, smoke: bool) -> int:
