@@ -159,6 +159,25 @@ def view_tags(loaded: LoadedSpec, now_ms: int | None = None) -> dict[str, str]:
     }
 
 
+def is_published(loaded: LoadedSpec, tags: dict[str, str]) -> bool:
+    """Whether an experiment's ``tags`` already hold :func:`view_tags` as the spec is now
+    (the times of the saved view aside)."""
+    want = view_tags(loaded, now_ms=0)
+    for key, value in want.items():
+        if key not in tags:
+            return False
+        if key.startswith(VIEW_TAG_PREFIX):
+            try:
+                have = {k: v for k, v in json.loads(tags[key]).items() if not k.endswith("At")}
+            except ValueError:
+                return False
+            if have != {k: v for k, v in json.loads(value).items() if not k.endswith("At")}:
+                return False
+        elif tags[key] != value:
+            return False
+    return True
+
+
 def publish_view(client: Any, experiment_id: str, loaded: LoadedSpec) -> str:
     """Set :func:`view_tags` on the experiment through ``client`` (an MlflowClient); its id."""
     from pss.runs import retry

@@ -164,6 +164,26 @@ def metric_history(
     return out
 
 
+def experiment_tags(experiment: str, uri: str | None = None) -> tuple[str, dict[str, str]] | None:
+    """The id and tags of an active experiment, read from a local SQLite store without
+    MLflow; None where the store is not such a file or has no such experiment."""
+    path = sqlite_path(uri or current_uri())
+    if path is None or not path.is_file() or not _known_schema(path):
+        return None
+    with _snapshot(path) as db:
+        row = db.execute(
+            "SELECT experiment_id FROM experiments WHERE name = ? AND workspace = 'default' "
+            "AND lifecycle_stage = 'active'",
+            (experiment,),
+        ).fetchone()
+        if row is None:
+            return None
+        tags = db.execute(
+            "SELECT key, value FROM experiment_tags WHERE experiment_id = ?", (row[0],)
+        ).fetchall()
+    return str(row[0]), dict(tags)
+
+
 # ------------------------------------------------------------------------ SQLite
 
 

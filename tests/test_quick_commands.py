@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
+from pss.mlflow_ui import publish_view
 from pss.report.collect import fetch_runs
 from pss.runs import current_uri, metric_history, read_runs
 from pss.sweep.spec import load_spec
@@ -44,11 +45,15 @@ PROBE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory) -> Path:
-    """A folder whose store holds a FINISHED run for every job of Table 5's smoke sweep."""
+    """A folder whose store holds a FINISHED run for every job of Table 5's smoke sweep,
+    and the saved view the sweep published when it ended."""
     root = tmp_path_factory.mktemp("finished")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    runs = synthetic_runs(load_spec(TABLE5), smoke=True)
-    seed_runs(MlflowClient(uri), "table5-smoke", runs, artifact_root=root / "artifacts")
+    loaded = load_spec(TABLE5)
+    client = MlflowClient(uri)
+    seed_runs(client, "table5-smoke", synthetic_runs(loaded, smoke=True),
+              artifact_root=root / "artifacts")
+    publish_view(client, client.get_experiment_by_name("table5-smoke").experiment_id, loaded)
     return root
 
 
@@ -87,6 +92,8 @@ def test_quick_commands_import_neither_torch_nor_mlflow(finished_sweep, argv, re
         assert len(json.loads(out)) == 6
     else:  # status and the re-run read the six finished runs
         assert "6 finished" in out
+    if "--executor" in argv:  # the re-run ends with how to open the runs
+        assert "runs?workflowType=machine_learning&viewStateShareKey=" in out
 
 
 def test_reading_the_store_equals_mlflow_search(finished_sweep):

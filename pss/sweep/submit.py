@@ -22,7 +22,7 @@ from pathlib import Path
 from pss import contract
 from pss.errors import EXIT_FAILED, EXIT_OK
 from pss.report import make_report
-from pss.runs import current_uri
+from pss.runs import current_uri, experiment_tags
 from pss.sweep.executors import LocalQueue, resolve_executor
 from pss.sweep.profile import load_profile
 from pss.sweep.progress import Progress
@@ -151,11 +151,17 @@ def _report(loaded: LoadedSpec, smoke: bool) -> None:
 
 def _ui_hint(loaded: LoadedSpec, experiment: str) -> str:
     """The command that serves the store (as printed) and the URL of the experiment's
-    runs table in the model-training view, with the spec's saved view published."""
-    from pss.mlflow_ui import publish_view, ui_hint
-    from pss.tracking import client
+    runs table in the model-training view, with the spec's saved view published (through
+    MLflow's client only when it is not there yet: a re-run of a finished sweep on a
+    local store imports no MLflow)."""
+    from pss.mlflow_ui import is_published, publish_view, ui_hint, view_id
 
     uri = current_uri()
+    known = experiment_tags(experiment, uri)
+    if known is not None and is_published(loaded, known[1]):
+        return ui_hint(uri, known[0], view_id(loaded))
+    from pss.tracking import client
+
     mlflow = client(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
