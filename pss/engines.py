@@ -103,16 +103,20 @@ MMDET_KEYS = (
 CLS_CONV = {"fcos": "conv_cls", "atss": "atss_cls"}
 # The sampler of an mmdet cell's training data (registered by pss.mmdet.train).
 EPOCH_SAMPLER = "EpochSampler"
+# What a job on mmdet's engine imports (installed by `make mmdet`).
+MMDET_PACKAGES = ("mmdet", "mmcv", "mmengine")
 
 
-def require_installed(engines: Iterable[str]) -> None:
-    """One UserError when a job of these engines could not start here (mmdet missing)."""
+def require_installed(engines: Iterable[str], source: str | None = None) -> None:
+    """One UserError (naming ``source``, the spec) when a job of these engines could not
+    start here: mmdet, mmcv or mmengine missing."""
     if MMDET in set(engines):
-        missing = [m for m in ("mmdet", "mmcv", "mmengine") if importlib.util.find_spec(m) is None]
+        missing = [m for m in MMDET_PACKAGES if importlib.util.find_spec(m) is None]
         if missing:
             raise UserError(
-                f"engine mmdet: {', '.join(missing)} not installed in this environment "
-                "(run `make mmdet`, see the README's MMDetection section)"
+                f"engine: mmdet needs {', '.join(missing)}, not installed in this environment "
+                "(run `make mmdet`, see the README's MMDetection section)",
+                source,
             )
 
 
@@ -355,6 +359,8 @@ def _schedule(cfg: ExperimentConfig, world_size: int, cuda: bool) -> dict[str, A
         },
         "randomness": {"seed": t.seed},
         "default_hooks.logger.interval": t.log_interval,
+        # A job resumes from its newest checkpoint only (ours keeps last.pth alone).
+        "default_hooks.checkpoint.max_keep_ckpts": 1,
         "launcher": "pytorch" if world_size > 1 else "none",
     }
     if world_size > 1:

@@ -449,6 +449,7 @@ def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tr
     tags = {
         contract.TAG_FINGERPRINT: cfg.fingerprint(),
         contract.TAG_SEED: str(cfg.train.seed),
+        contract.TAG_ENGINE: contract.TORCH,
         **slurm_tags(),
         **run.tags,
     }

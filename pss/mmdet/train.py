@@ -177,7 +177,9 @@ class MLflowContractHook(Hook):
         epoch = runner.epoch
         if epoch > 0:
             self.tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch)})
-            if runner.val_loop is not None and not self._evaluated(runner, epoch):
+            loop = runner.train_loop
+            due = epoch % loop.val_interval == 0 or epoch == loop.max_epochs
+            if runner.val_loop is not None and due and not self._evaluated(runner, epoch):
                 log.info("epoch %d was saved but not evaluated: evaluating it now", epoch)
                 runner.val_loop.run()
 

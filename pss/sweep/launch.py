@@ -25,7 +25,6 @@ from pathlib import Path
 
 from pss import contract, tracking
 from pss.contract import SCHEDULED
-from pss.engines import require_installed
 from pss.sweep.executors import (
     LocalQueue,
     cancel_slurm,
@@ -147,7 +146,6 @@ def submit_jobs(
     res = effective_resources(loaded.spec.resources, profile, smoke)
     folder = logs_folder(profile, experiment)
     # Everything that can refuse the submission comes before any run is opened.
-    require_installed(s.job.engine for s in todo)
     executor = slurm_executor(folder, res, profile) if kind == "slurm" else None
     uri, env = uri_for_jobs(kind, profile)
     # A failed job may still sit in SLURM's queue (behind a failed dependency).

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss import contract
+from pss.engines import require_installed
 from pss.errors import EXIT_FAILED, EXIT_OK
 from pss.report import make_report
 from pss.runs import current_uri
@@ -79,6 +80,7 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
     kind = resolve_executor(options.executor)
     queue = None
     if todo:
+        require_installed((s.job.engine for s in todo), str(loaded.path))  # mmdet's jobs
         # Only now the parts that need MLflow's client and submitit (seconds to import).
         from pss.sweep.launch import submit_sweep
 
