@@ -148,7 +148,9 @@ def mmdet_config(
     cuda: whether they train on GPUs (``train.amp``); classes: the category names of the
     annotations, in their file's order (the datasets' ``metainfo``).
     """
-    for key in untranslated(cfg):
+    refused = untranslated(cfg)
+    if refused:
+        key = refused[0]
         raise UserError(f"{key} is not translated to mmdet ({NOT_TRANSLATED[key]})")
     if cfg.train.batch_size % world_size:
         raise UserError(

@@ -17,9 +17,14 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, write_tiny_overlay
+from twins import REPO
 
 from pss import contract
+from pss.config import load_config
+from pss.engines import mmdet_config
+from pss.mmdet.config import build_model
+from pss.mmdet.config import load_config as load_mmdet_config
+from pss.models import Detector
 from pss.report import make_report
 from pss.sweep.cli import main
 from pss.sweep.submit import plan
@@ -43,17 +48,34 @@ def two_cells_of_table5(folder, overlay) -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet18_half"])
+@pytest.mark.parametrize("name", ["fcos", "atss", "fcos_pss", "atss_pss"])
+def test_a_translated_smoke_config_builds_our_network(name, backbone):
+    """mmdet's model of a translated config has our Detector's parameters, one for one,
+    but the conv biases mmdet's FCOS towers keep before GroupNorm (by design, twins.py)."""
+    smoke = [REPO / "experiments" / "fcos_pss_r50_3x.yaml", REPO / "experiments/smoke/overlay.yaml"]
+    cfg = load_config(smoke, {"model.name": name, "model.backbone.name": backbone})
+    model = build_model(load_mmdet_config(*mmdet_config(cfg, classes=["a", "b", "c"])))
+    theirs = sum(p.numel() for p in model.parameters())
+    ours = sum(p.numel() for p in Detector(cfg.model).parameters())
+    h = cfg.model.head
+    tower_biases = 2 * h.num_convs * h.channels if cfg.model.base == "fcos" else 0
+    assert theirs - ours == tower_biases
+    pss_convs = getattr(model.bbox_head, "pss_convs", [])
+    assert len(pss_convs) == (cfg.model.pss.num_convs if cfg.model.has_pss else 0)
+
+
 def _steps(run_id: str, name: str) -> list[int]:
     return sorted(m.step for m in client().get_metric_history(run_id, name))
 
 
 @pytest.mark.slow
 def test_two_cells_of_table5_on_mmdet_resume_after_a_kill_and_report(
-    tmp_path, monkeypatch, capsys, shapes_root
+    tmp_path, monkeypatch, capsys, tiny_overlay
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    spec = two_cells_of_table5(tmp_path, write_tiny_overlay(tmp_path / "tiny.yaml", shapes_root))
+    spec = two_cells_of_table5(tmp_path, tiny_overlay)
     argv = [spec, "--smoke", "--executor", "local", "--engine", "mmdet"]
     _, jobs = plan(spec, smoke=True, engine=contract.MMDET)
     assert sorted(j.cell for j in jobs) == sorted(CELLS)
