@@ -361,8 +361,9 @@ def _schedule(cfg: ExperimentConfig, world_size: int, cuda: bool) -> dict[str, A
         },
         "randomness": {"seed": t.seed},
         "default_hooks.logger.interval": t.log_interval,
-        # A job resumes from its newest checkpoint only (ours keeps last.pth alone).
-        "default_hooks.checkpoint.max_keep_ckpts": 1,
+        # A job resumes from its newest checkpoint only; mmengine deletes the oldest
+        # before it writes the next, so two are kept: one whole while the next is written.
+        "default_hooks.checkpoint.max_keep_ckpts": 2,
         "launcher": "pytorch" if world_size > 1 else "none",
     }
     if world_size > 1:
