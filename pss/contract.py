@@ -26,6 +26,7 @@ TAG_RESUMED_FROM_EPOCH = "pss.resumed_from_epoch"
 TAG_TRIAL = "pss.trial"  # Optuna trial number (searches)
 TAG_STUDY = "pss.study"  # Optuna study name (searches)
 TAG_PROOF = "pss.proof"  # model name of a small-scale proof run
+TAG_ENGINE = "pss.engine"  # the engine that trained the run: one of ENGINES
 # MLflow's experiment tag for the kind of work: model training, not GenAI (pss.mlflow_ui)
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
@@ -34,6 +35,7 @@ NO_STAGE = "none"
 STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 SCHEDULED, RUNNING, FINISHED, FAILED, KILLED = STATUSES
 TRACEBACK_FILE = "traceback.txt"  # artifact of a failed run: why it failed
+CONFIG_ARTIFACT = "config.yaml"  # artifact of every run: its resolved config
 
 # --------------------------------------------------------------------------- metrics
 
@@ -83,11 +85,17 @@ CHECKPOINT = "last.pth"  # in a run's folder: the latest epoch's checkpoint
 # In a PSS run's folder and artifacts: raw / nms / e2e detections side by side
 MODES_FIGURE = "modes.png"
 SMOKE_SUFFIX = "-smoke"
+# What trains a job: this project's own loop (pss.engine) or mmengine's Runner on an
+# mmdet config (pss.mmdet); the default, torch, is the one an experiment name leaves out.
+ENGINES = ("torch", "mmdet")
+TORCH, MMDET = ENGINES
 
 
-def experiment_name(spec_name: str, smoke: bool) -> str:
-    """MLflow experiment of a spec: 'table5', or 'table5-smoke' for the CPU variant."""
-    return spec_name + SMOKE_SUFFIX if smoke else spec_name
+def experiment_name(spec_name: str, smoke: bool, engine: str = TORCH) -> str:
+    """MLflow experiment of a spec: 'table5', 'table5-smoke' for the CPU variant, with
+    '-<engine>' on any engine but torch: 'table5-mmdet', 'table5-smoke-mmdet'."""
+    name = spec_name + SMOKE_SUFFIX if smoke else spec_name
+    return name if engine == TORCH else f"{name}-{engine}"
 
 
 def run_name(cell: str, stage: str | None) -> str:
@@ -121,12 +129,15 @@ def stage_tag(stage: str | None) -> str:
     return stage or NO_STAGE
 
 
-def job_tags(sweep: str, cell: str, stage: str | None, seed: int, fingerprint: str) -> dict:
-    """The tags that tie an MLflow run to its sweep job."""
+def job_tags(
+    sweep: str, cell: str, stage: str | None, seed: int, fingerprint: str, engine: str = TORCH
+) -> dict:
+    """The tags that tie an MLflow run to its sweep job (and say which engine trained it)."""
     return {
         TAG_SWEEP: sweep,
         TAG_CELL: cell,
         TAG_SEED: str(seed),
         TAG_STAGE: stage_tag(stage),
         TAG_FINGERPRINT: fingerprint,
+        TAG_ENGINE: engine,
     }

@@ -348,10 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("spec", help="sweep spec YAML (e.g. sweeps/table5.yaml)")
     parser.add_argument("--smoke", action="store_true", help="the spec's -smoke experiment")
+    parser.add_argument(
+        "--engine",
+        choices=contract.ENGINES,
+        default=None,
+        help="the runs of `sweeps/run.py --engine E`",
+    )
     parser.add_argument("--screenshots", type=Path, metavar="DIR", help="write PNGs here")
     args = parser.parse_args(argv)
     try:
-        loaded = load_spec(args.spec)
+        loaded = load_spec(args.spec, args.engine)
         name = loaded.experiment(args.smoke)
         uri = current_uri()
         from pss.tracking import client as tracking_client  # MLflow: seconds to import

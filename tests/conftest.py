@@ -150,6 +150,12 @@ train:
     return path
 
 
+@pytest.fixture
+def tiny_overlay(tmp_path, shapes_root) -> Path:
+    """write_tiny_overlay's file, for tests that cannot import this module (tests/mmdet)."""
+    return write_tiny_overlay(tmp_path / "tiny.yaml", shapes_root)
+
+
 def write_spec(path: Path, body: str) -> Path:
     """A spec file whose relative paths are resolved against the repository's sweeps/."""
     path.write_text(body.replace("@EXP@", str(REPO / "experiments")))

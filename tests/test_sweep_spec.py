@@ -16,7 +16,7 @@ TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
     "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3,
 }
-KEYS = {"cell", "seed", "overrides", "fingerprint", "stage", "depends_on"}
+KEYS = {"cell", "seed", "overrides", "fingerprint", "stage", "depends_on", "engine"}
 
 
 @pytest.fixture

@@ -449,6 +449,7 @@ def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tr
     tags = {
         contract.TAG_FINGERPRINT: cfg.fingerprint(),
         contract.TAG_SEED: str(cfg.train.seed),
+        contract.TAG_ENGINE: contract.TORCH,
         **slurm_tags(),
         **run.tags,
     }
@@ -461,8 +462,9 @@ def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tr
         run.on_open(tracker.run_id)
     tracker.log_params(cfg.flat())
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    tracker.log_artifact(cfg.run_dir / "config.yaml")
+    saved = cfg.run_dir / contract.CONFIG_ARTIFACT
+    saved.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    tracker.log_artifact(saved)
     return tracker
 
 

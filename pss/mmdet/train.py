@@ -7,57 +7,64 @@
         run=RunInfo(experiment="table5", run_name="fcos_pss-2convs", tags={...}),
     )
 
-What a sweep job would call to train one cell on mmdet's engine (nothing in
-``pss.sweep`` calls it yet). Like ``pss.engine.train.train``:
+What a sweep job calls to train a cell on mmdet's engine (through pss.mmdet.cell).
+Like ``pss.engine.train.train``:
 
 * one MLflow run, with the tags of the contract (``pss.fingerprint`` of the merged
   config, ``pss.seed``, ``pss.git_commit``, ``pss.slurm_job_id`` on SLURM, the
-  caller's), plus ``pss.engine = mmdet``; params: the flattened merged config;
+  caller's), plus ``pss.engine = mmdet``; params: the flattened merged config (or the
+  caller's ``params``), and the merged config as the artifact ``mmdet_config.py``;
+  one process logs (rank 0 of a distributed job);
 * every evaluation logs ``{mAP,mAR,AP50,AP75,APs,APm,APl}_{mode}`` in percent with
   step = epoch, for every mode the head has (PSS heads: e2e, nms, raw; the
-  baselines: nms), each from mmdet's CocoMetric on that mode's detections;
+  baselines: nms; ``val_cfg.modes`` may name fewer), each from mmdet's CocoMetric on
+  that mode's detections;
 * training losses (mean over ``log_interval`` iterations, our names: loss_box for
   mmdet's loss_bbox, loss_ctr for loss_centerness) and lr with step = iteration;
 * ``resume="auto"`` (None: start afresh) continues from the newest checkpoint in
-  ``work_dir`` and re-attaches to the run of that work dir (refusing a work dir of
-  another config's fingerprint); an epoch whose checkpoint was
+  ``work_dir`` and re-attaches to the run of that work dir, or to ``run.run_id``
+  (refusing a work dir of another config's fingerprint); an epoch whose checkpoint was
   written but whose evaluation was not logged (mmengine saves before it evaluates)
   is evaluated first.
 
-Not logged (yet): forward_ms and postprocess_ms_* (our engine times them).
+Not logged (yet): forward_ms and postprocess_ms_* (our engine times them), and the
+``eval/`` artifacts (detections per mode).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmdet.registry import HOOKS, LOOPS
+import torch
+from mmdet.registry import DATA_SAMPLERS, HOOKS, LOOPS
 from mmengine.config import Config
+from mmengine.dataset import DefaultSampler
 from mmengine.hooks import Hook
 from mmengine.runner import Runner, ValLoop
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from pss import contract
+from pss import contract, dist
 from pss.config import SyntheticConfig, flatten
 from pss.data import ensure_shapes
 from pss.engine.train import RunInfo
+from pss.engines import EPOCH_SAMPLER
 from pss.errors import EXIT_INVALID, UserError
 from pss.mmdet.config import load_config, with_data_root
-from pss.tracking import FINISHED, KILLED, Tracker, client, retry, slurm_tags
+from pss.tracking import FINISHED, KILLED, NullTracker, Tracker, client, retry, slurm_tags
 
 log = logging.getLogger("pss.mmdet.train")
 
-TAG_ENGINE = "pss.engine"
-ENGINE = "mmdet"
 RUN_ID_FILE = "mlflow_run_id"  # in the work dir: the run its checkpoints belong to
+MMDET_CONFIG = "mmdet_config.py"  # artifact: the merged config the run trained
 # mmdet's CocoMetric items, in the order of contract.ACCURACY (mAP, mAR = AR@100, AP50,
 # AP75, APs, APm, APl; each over 100 detections per image) -> our metric names.
 COCO_ITEMS = dict(
@@ -85,15 +92,44 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
 
 
-def modes_of(model) -> tuple[str, ...]:
-    """The inference modes a model answers in: all three with a PSS head, else nms."""
+def modes_of(model, wanted: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The inference modes a model answers in (all three with a PSS head, else nms), of
+    those ``wanted`` (None: all)."""
     head = getattr(model, "module", model).bbox_head
-    return contract.MODES if hasattr(head, "pss_convs") else ("nms",)
+    modes = contract.MODES if hasattr(head, "pss_convs") else ("nms",)
+    return tuple(m for m in modes if wanted is None or m in wanted)
+
+
+@DATA_SAMPLERS.register_module(name=EPOCH_SAMPLER)
+class EpochSampler(DefaultSampler):
+    """mmengine's DefaultSampler cut to whole batches, at most ``iters_per_epoch`` of
+    them: each epoch the first ``iters x global_batch`` images of a new shuffle, shared
+    by the processes, as our own loop takes them (``train.iters_per_epoch``)."""
+
+    def __init__(self, dataset, global_batch: int, iters_per_epoch: int | None = None, **kw):
+        super().__init__(dataset, **kw)
+        iters = max(len(dataset) // global_batch, 1)
+        if iters_per_epoch:
+            iters = min(iters, iters_per_epoch)
+        self.per_epoch = min(iters * global_batch // self.world_size, self.num_samples)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.per_epoch)
+
+    def __len__(self) -> int:
+        return self.per_epoch
 
 
 @LOOPS.register_module()
 class ModesValLoop(ValLoop):
-    """mmengine's ValLoop, once per inference mode; metrics in percent, named f"{m}_{mode}"."""
+    """mmengine's ValLoop, once per inference mode; metrics in percent, named f"{m}_{mode}".
+
+    ``modes``: the modes to evaluate, of those the head answers in (None: all of them).
+    """
+
+    def __init__(self, runner, dataloader, evaluator, fp16: bool = False, modes=None) -> None:
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self.modes = None if modes is None else tuple(modes)
 
     def run(self) -> dict[str, float]:
         self.runner.call_hook("before_val")
@@ -102,14 +138,16 @@ class ModesValLoop(ValLoop):
         head = getattr(self.runner.model, "module", self.runner.model).bbox_head
         saved = head.test_cfg.get("mode")
         metrics: dict[str, float] = {}
-        for mode in modes_of(self.runner.model):
+        for mode in modes_of(self.runner.model, self.modes):
             if mode != "nms" or saved is not None:
                 head.test_cfg["mode"] = mode
             for idx, data_batch in enumerate(self.dataloader):
                 self.run_iter(idx, data_batch)
             found = self.evaluator.evaluate(len(self.dataloader.dataset))
+            if not found:  # CocoMetric returns nothing for no detections at all: 0 AP, 0 AR
+                log.warning("no detections in mode %s: every metric is 0", mode)
             for item, name in COCO_ITEMS.items():
-                value = found[f"coco/bbox_{item}"]
+                value = found[f"coco/bbox_{item}"] if found else 0.0
                 # CocoMetric rounds to 3 decimals, i.e. 0.1 points; -1: no such objects.
                 metrics[contract.metric_name(name, mode)] = round(max(value, 0.0) * 100, 1)
         if saved is not None:
@@ -125,8 +163,10 @@ class MLflowContractHook(Hook):
 
     priority = "LOW"
 
-    def __init__(self, run_id: str, log_interval: int = 20, stop_after_epoch: int | None = None):
-        self.tracker = Tracker(run_id)
+    def __init__(
+        self, tracker: Tracker, log_interval: int = 20, stop_after_epoch: int | None = None
+    ):
+        self.tracker = tracker
         self.log_interval = log_interval
         self.stop_after_epoch = stop_after_epoch
         self.window: dict[str, float] = {}
@@ -137,18 +177,30 @@ class MLflowContractHook(Hook):
         epoch = runner.epoch
         if epoch > 0:
             self.tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch)})
-            if not self._evaluated(epoch) and runner.val_loop is not None:
+            loop = runner.train_loop
+            due = epoch % loop.val_interval == 0 or epoch == loop.max_epochs
+            if runner.val_loop is not None and due and not self._evaluated(runner, epoch):
                 log.info("epoch %d was saved but not evaluated: evaluating it now", epoch)
                 runner.val_loop.run()
 
-    def _evaluated(self, epoch: int) -> bool:
-        name = contract.metric_name(contract.MAP, "nms")
-        history = retry(client().get_metric_history, self.tracker.run_id, name)
-        return any(m.step == epoch for m in history)
+    def _evaluated(self, runner, epoch: int) -> bool:
+        """Whether the run holds epoch's evaluation (asked on every rank: all evaluate)."""
+        modes = modes_of(runner.model, runner.val_loop.modes)
+        if not modes:
+            return True
+        name = contract.metric_name(contract.MAP, modes[0])
+        found = [0]
+        if dist.is_main():
+            history = retry(client().get_metric_history, self.tracker.run_id, name)
+            found = [int(any(m.step == epoch for m in history))]
+        if dist.is_distributed():
+            torch.distributed.broadcast_object_list(found, src=0)
+        return bool(found[0])
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for key, value in (outputs or {}).items():
             name = LOSS_NAMES.get(key, key)
+            value = value.detach() if isinstance(value, torch.Tensor) else value
             self.window[name] = self.window.get(name, 0.0) + float(value)
         self.count += 1
         end_of_epoch = batch_idx + 1 == len(runner.train_dataloader)
@@ -178,17 +230,23 @@ def train(
     resume: str | None = "auto",
     log_interval: int = 20,
     stop_after_epoch: int | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train the merged config to its last epoch (or ``stop_after_epoch``); the last
-    evaluation's metrics. Bad input fails before an MLflow run is created."""
+    evaluation's metrics. Bad input fails before an MLflow run is created.
+
+    The run's fingerprint is the caller's (``run.tags``, a sweep job's) or that of the
+    merged config; ``params`` are logged instead of the flattened merged config.
+    """
     run = run or RunInfo()
     cfg = load_config(config_files, options)
-    fp = fingerprint(cfg)  # of what the files and options say (a sweep computes it too)
+    # Of what the files and options say, unless the caller (a sweep job) has its own.
+    fp = run.tags.get(contract.TAG_FINGERPRINT) or fingerprint(cfg)
     if data_root is not None:
         cfg = with_data_root(cfg, str(data_root))
     work = Path(work_dir)
     cfg.work_dir = str(work)
-    cfg.val_cfg = {"type": "ModesValLoop"}
+    cfg.val_cfg = {"type": "ModesValLoop", "modes": (cfg.get("val_cfg") or {}).get("modes")}
     cfg.val_evaluator.metric_items = list(COCO_ITEMS)
     cfg.default_hooks.logger.interval = log_interval
     synthetic = cfg.get("pss_synthetic")
@@ -209,11 +267,13 @@ def train(
     tags = {
         contract.TAG_FINGERPRINT: fp,
         contract.TAG_SEED: str(cfg.randomness.seed),
-        TAG_ENGINE: ENGINE,
+        contract.TAG_ENGINE: contract.MMDET,
         **slurm_tags(),
         **run.tags,
     }
-    if run_id:
+    if not dist.is_main():  # the other processes of a distributed job log nothing
+        tracker: Tracker = NullTracker()
+    elif run_id:
         found = retry(client().get_run, run_id).data.tags.get(contract.TAG_FINGERPRINT)
         if latest and found not in (None, fp):
             raise UserError(
@@ -225,10 +285,14 @@ def train(
     else:
         name = run.run_name or Path(config_files[0]).stem
         tracker = Tracker.create(run.experiment, name, tags)
-        tracker.log_params(flat_config(cfg))
-    work.mkdir(parents=True, exist_ok=True)
-    saved_run.write_text(tracker.run_id)
-    hook = MLflowContractHook(tracker.run_id, log_interval, stop_after_epoch)
+    if dist.is_main():
+        tracker.log_params(flat_config(cfg) if params is None else params)  # new keys only
+        tracker.log_text(cfg.pretty_text, MMDET_CONFIG)
+        if run.on_open is not None:
+            run.on_open(tracker.run_id)
+        work.mkdir(parents=True, exist_ok=True)
+        saved_run.write_text(tracker.run_id)
+    hook = MLflowContractHook(tracker, log_interval, stop_after_epoch)
     runner.register_hook(hook)
     try:
         with mmengine_checkpoint_globals():

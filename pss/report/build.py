@@ -102,6 +102,7 @@ def make_report(
     with_paper: bool = False,
     *,
     client: Any = None,
+    engine: str | None = None,
 ) -> Report:
     """Build a spec's tables and figures from its MLflow runs; returns what was written.
 
@@ -112,9 +113,10 @@ def make_report(
     with_paper: add the paper's value and the difference (ours - paper) beside ours.
     client: an MlflowClient to read through; default: the store of ``MLFLOW_TRACKING_URI``
     (or MLflow's default), read directly where it is a local SQLite store.
+    engine: the runs of every cell trained on this engine (``--engine``; docs/specs.md).
     """
     chosen = parse_formats(formats)
-    loaded = load_spec(spec_path)
+    loaded = load_spec(spec_path, engine)
     spec = loaded.spec
     if spec.table is None and spec.figure is None:
         raise UserError(

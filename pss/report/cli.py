@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pss.contract import ENGINES
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 from pss.report.build import FORMATS, make_report
 
@@ -33,6 +34,12 @@ def parser() -> argparse.ArgumentParser:
         help="add the paper's value and the difference (ours - paper) beside ours",
     )
     p.add_argument("--smoke", action="store_true", help="read the <name>-smoke experiment")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="the runs of `sweeps/run.py SPEC --engine E` (experiment <name>[-smoke]-E)",
+    )
     return p
 
 
@@ -45,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             formats=args.format,
             out_dir=args.out,
             with_paper=args.with_paper,
+            engine=args.engine,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from pss.contract import ENGINES
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 from pss.runs import current_uri
 from pss.sweep.executors import KINDS
@@ -37,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: SLURM where sbatch exists, else local",
     )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="train every cell on this engine, whatever the spec says; the experiment's "
+        "name says it (<name>[-smoke]-mmdet)",
+    )
     parser.add_argument("--cluster", metavar="PROFILE", help="cluster profile, slurm/<name>.yaml")
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
     parser.add_argument("--dry-run", action="store_true", help="expand only; submit nothing")
@@ -61,8 +69,8 @@ def main(argv: list[str]) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema set-up chatter
     try:
         if status:
-            return print_status(args.spec, args.smoke)
-        loaded, jobs = plan(args.spec, args.smoke)
+            return print_status(args.spec, args.smoke, args.engine)
+        loaded, jobs = plan(args.spec, args.smoke, args.engine)
         load_profile(args.cluster)  # a bad profile fails a dry run too
         if args.dry_run:
             if args.json:

@@ -87,6 +87,7 @@ def _payloads(
             threads=res.cpus_per_task,
             cwd=str(Path.cwd()),
             env=env,
+            engine=job.engine,
         )
     return payloads
 

@@ -10,6 +10,12 @@ cell x stage x seed, each with its resolved config and fingerprint.
 
 A bad spec raises :class:`~pss.errors.UserError` naming the file, the key and
 what was expected (exit status 2 in ``sweeps/run.py``).
+
+A spec's ``engine`` (or a cell's) says what trains its cells: this project's own
+loop (``torch``, the default) or mmengine's Runner on the cell's config translated
+to mmdet (``mmdet``, :mod:`pss.engines`; a setting that has no translation fails
+the expansion). The engine is part of a job's fingerprint (an mmdet job never
+counts as a finished torch job) and of the experiment's name.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pss import contract
 from pss.config import ExperimentConfig, load_config, read_yaml
+from pss.contract import ENGINES, TORCH
+from pss.engines import check_translatable
 from pss.errors import UserError, nearest, validation_error
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
@@ -53,6 +61,7 @@ class CellSpec(_Strict):
     overrides: dict[str, Any] = {}
     stages: list[StageSpec] = []
     report: bool = True  # a row of the table
+    engine: Literal[ENGINES] | None = None  # type: ignore[valid-type]  # None: the spec's
 
 
 class Resources(_Strict):
@@ -155,6 +164,7 @@ class Spec(_Strict):
     smoke: str | None = None  # overlay for --smoke; default experiments/smoke/overlay.yaml
     smoke_overrides: dict[str, Any] = {}
     overrides: dict[str, Any] = {}  # for every cell
+    engine: Literal[ENGINES] = TORCH  # type: ignore[valid-type]  # what trains the cells
     seeds: list[int] = Field([0], min_length=1)
     grid: dict[str, list[Any]] = {}
     grid_id: str | None = None  # e.g. "{model.name}-c{model.pss.num_convs}"
@@ -174,6 +184,8 @@ class Spec(_Strict):
             raise ValueError("a spec needs grid axes, cells or a search block")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: repeated seed")
+        if self.search is not None and self.engine != TORCH:
+            raise ValueError(f"engine: a search trains on {TORCH} only (got {self.engine})")
         return self
 
 
@@ -190,6 +202,7 @@ class Job:
     depends_on: list[str] = field(default_factory=list)  # cell ids (the dry-run JSON)
     after: list[str] = field(default_factory=list)  # stages of this cell that must finish first
     report: bool = True
+    engine: str = TORCH  # what trains it (contract.ENGINES)
 
     @property
     def key(self) -> str:
@@ -207,7 +220,9 @@ class Job:
 
     def tags(self, sweep: str) -> dict[str, str]:
         """The MLflow tags of this job's run (docs/tracking.md)."""
-        return contract.job_tags(sweep, self.cell, self.stage, self.seed, self.fingerprint)
+        return contract.job_tags(
+            sweep, self.cell, self.stage, self.seed, self.fingerprint, self.engine
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +232,7 @@ class Job:
             "fingerprint": self.fingerprint,
             "stage": self.stage,
             "depends_on": self.depends_on,
+            "engine": self.engine,
         }
 
 
@@ -233,7 +249,7 @@ class LoadedSpec:
         return (self.root / relative).resolve()
 
     def experiment(self, smoke: bool) -> str:
-        return contract.experiment_name(self.spec.name, smoke)
+        return contract.experiment_name(self.spec.name, smoke, self.spec.engine)
 
     def config_files(self, smoke: bool, cell: CellSpec | None = None) -> list[Path]:
         files = [self.resolve(cell.base if cell is not None and cell.base else self.spec.base)]
@@ -242,18 +258,24 @@ class LoadedSpec:
         return files
 
 
-def load_spec(path: str | Path) -> LoadedSpec:
+def load_spec(path: str | Path, engine: str | None = None) -> LoadedSpec:
     """Read and validate a whole spec file before anything runs.
 
     Schema, experiment files, cells, stages and their dependencies, paper rows,
     and the table and figure layout (metrics, row keys, baseline): a spec that
     loads can be expanded (:func:`expand` then checks every cell's config) and
-    reported.
+    reported. ``engine`` (``sweeps/run.py --engine``) trains every cell on that
+    engine, whatever the spec and its cells say.
     """
     path = Path(path)
     data = read_yaml(path, "spec")
     if not isinstance(data, dict):
         raise UserError("a spec must be a mapping (name, base, grid/cells, ...)", str(path))
+    if engine is not None:
+        data["engine"] = engine
+        for cell in data.get("cells") or []:
+            if isinstance(cell, dict):
+                cell.pop("engine", None)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -505,11 +527,15 @@ def expand(
                     )
                     parents.append(parent.fingerprint)
                 name = f"{spec.name}-{cell.id}" + (f"-{stage.name}" if stage else "")
+                engine = cell.engine or spec.engine
                 try:
                     cfg = load_config(files, {"name": name, **overrides})
+                    if engine != TORCH:
+                        check_translatable(cfg)
                 except UserError as exc:
                     where = f"cells.{cell.id}" + (f".stages.{stage.name}" if stage else "")
-                    raise UserError(f"{where}: {exc}", src) from None
+                    on = f" (engine {engine})" if engine != TORCH else ""
+                    raise UserError(f"{where}{on}: {exc}", src) from None
                 if parents:
                     # The parent's checkpoint path says where outputs go, not what is
                     # trained: the parent's fingerprint stands for it.
@@ -519,6 +545,8 @@ def expand(
                     fp = _combine(own.fingerprint(), *parents)
                 else:
                     fp = cfg.fingerprint()
+                if engine != TORCH:  # a torch run never counts as this job's
+                    fp = _combine(fp, engine)
                 after = _stage_needs(stage) if stage else []
                 stage_name = stage.name if stage else None
                 out = contract.run_dir(experiment, cell.id, stage_name, seed, fp, output_root)
@@ -532,6 +560,7 @@ def expand(
                     depends_on=[cell.id] if after else [],
                     after=after,
                     report=cell.report and (stage is None or stage is stages[-1]),
+                    engine=engine,
                 )
                 by_stage[job.stage or ""] = job
                 jobs.append(job)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss import contract
+from pss.engines import require_installed
 from pss.errors import EXIT_FAILED, EXIT_OK
 from pss.report import make_report
 from pss.runs import current_uri, experiment_tags
@@ -54,9 +55,12 @@ class SweepOptions:
     report: bool = True
 
 
-def plan(path: str | Path, smoke: bool) -> tuple[LoadedSpec, list[Job]]:
-    """Validate the spec and expand it (everything that can fail on bad input)."""
-    loaded = load_spec(path)
+def plan(
+    path: str | Path, smoke: bool, engine: str | None = None
+) -> tuple[LoadedSpec, list[Job]]:
+    """Validate the spec and expand it (everything that can fail on bad input); ``engine``
+    trains every cell on that engine (``--engine``)."""
+    loaded = load_spec(path, engine)
     return loaded, expand(loaded, smoke=smoke)
 
 
@@ -76,6 +80,7 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
     kind = resolve_executor(options.executor)
     queue = None
     if todo:
+        require_installed((s.job.engine for s in todo), str(loaded.path))  # mmdet's jobs
         # Only now the parts that need MLflow's client and submitit (seconds to import).
         from pss.sweep.launch import submit_sweep
 
@@ -137,7 +142,9 @@ def _wait(
 def _report(loaded: LoadedSpec, smoke: bool) -> None:
     """Print the sweep's table, where the report went and how to browse the runs."""
     experiment = loaded.experiment(smoke)
-    report = make_report(loaded.path, smoke=smoke, out_dir=REPORTS_OUT / experiment)
+    report = make_report(
+        loaded.path, smoke=smoke, out_dir=REPORTS_OUT / experiment, engine=loaded.spec.engine
+    )
     if report.markdown:
         print()
         print(report.markdown)
@@ -169,8 +176,8 @@ def _ui_hint(loaded: LoadedSpec, experiment: str) -> str:
     return ui_hint(uri, found.experiment_id, publish_view(mlflow, found.experiment_id, loaded))
 
 
-def print_status(path: str | Path, smoke: bool) -> int:
-    loaded, jobs = plan(path, smoke)
+def print_status(path: str | Path, smoke: bool, engine: str | None = None) -> int:
+    loaded, jobs = plan(path, smoke, engine)
     experiment = loaded.experiment(smoke)
     states = sweep_states(experiment, jobs, Ledger.of(experiment))
     print(format_table(states))

@@ -3,7 +3,8 @@
 A :class:`CellJob` is pickled by submitit and called on the node. It is
 ``Checkpointable``: on timeout or preemption submitit requeues the same object,
 and the new start resumes from the job's own last checkpoint (``resume="auto"``)
-and re-attaches to the same MLflow run.
+and re-attaches to the same MLflow run. It trains on the job's engine: this
+project's own loop (torch) or mmengine's Runner (mmdet, :mod:`pss.mmdet.cell`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import submitit
 
-from pss.config import load_config
-from pss.contract import RUNNING, SCHEDULED
+from pss.config import ExperimentConfig, load_config
+from pss.contract import MMDET, RUNNING, SCHEDULED, TORCH
 from pss.tracking import Tracker
 
 
@@ -36,6 +37,7 @@ class Payload:
     threads: int | None = None
     cwd: str | None = None  # the sweep driver's working directory (relative paths)
     env: dict[str, str] = field(default_factory=dict)
+    engine: str = TORCH  # what trains it: contract.ENGINES
 
 
 def prepare_process(payload: Payload) -> None:
@@ -69,7 +71,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, float]:
         # Imported here, in the job: the driver that pickles this object never loads torch.
-        from pss.engine.train import RunInfo, train
+        from pss.engine.train import RunInfo
 
         p = self.payload
         prepare_process(p)
@@ -82,7 +84,7 @@ class CellJob(submitit.helpers.Checkpointable):
         )
         try:
             cfg = load_config(p.config_files, p.overrides)
-            return train(cfg, resume="auto", run=run)
+            return _train(p.engine, cfg, run)
         except Exception:
             # Bad input stops train() before it opens the run: record the failure in
             # one, so that the cell shows as failed, with the reason (rank 0 only).
@@ -96,6 +98,18 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def _opened(self, run_id: str) -> None:
         self.run_id = run_id
+
+
+def _train(engine: str, cfg: ExperimentConfig, run) -> dict[str, float]:
+    """Train ``cfg`` to the end on ``engine``, resuming from the job's last checkpoint."""
+    if engine == MMDET:
+        # Imported here: only a job that trains on mmdet loads mmdet and mmcv.
+        from pss.mmdet.cell import train_cell
+
+        return train_cell(cfg, run)
+    from pss.engine.train import train
+
+    return train(cfg, resume="auto", run=run)
 
 
 def _task_rank() -> int:

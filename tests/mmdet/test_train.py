@@ -10,7 +10,7 @@ from pss import contract
 from pss.engine.train import RunInfo
 from pss.errors import UserError
 from pss.mmdet.config import load_config
-from pss.mmdet.train import RUN_ID_FILE, TAG_ENGINE, ModesValLoop, fingerprint, train
+from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, train
 
 FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 # The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
@@ -53,7 +53,7 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
     assert len(mlflow.search_runs([got.info.experiment_id])) == 1
     tags = got.data.tags
     assert tags[contract.TAG_FINGERPRINT] == fingerprint(load_config(FILES, TINY))
-    assert tags[contract.TAG_SEED] == "0" and tags[TAG_ENGINE] == "mmdet"
+    assert tags[contract.TAG_SEED] == "0" and tags[contract.TAG_ENGINE] == contract.MMDET
     assert tags[contract.TAG_CELL] == "fcos_pss" and contract.TAG_GIT_COMMIT in tags
     assert tags[contract.TAG_RESUMED_FROM_EPOCH] == "1"
     params = got.data.params
