@@ -171,11 +171,7 @@ def experiment_tags(experiment: str, uri: str | None = None) -> tuple[str, dict[
     if path is None or not path.is_file() or not _known_schema(path):
         return None
     with _snapshot(path) as db:
-        row = db.execute(
-            "SELECT experiment_id FROM experiments WHERE name = ? AND workspace = 'default' "
-            "AND lifecycle_stage = 'active'",
-            (experiment,),
-        ).fetchone()
+        row = _active_experiment(db, experiment)
         if row is None:
             return None
         tags = db.execute(
@@ -203,6 +199,15 @@ class _snapshot:
         self.db.close()
 
 
+def _active_experiment(db: sqlite3.Connection, name: str) -> tuple[str] | None:
+    """The (experiment_id,) row of the active experiment ``name``, or None."""
+    return db.execute(
+        "SELECT experiment_id FROM experiments WHERE name = ? AND workspace = 'default' "
+        "AND lifecycle_stage = 'active'",
+        (name,),
+    ).fetchone()
+
+
 def _known_schema(path: Path) -> bool:
     try:
         with _snapshot(path) as db:
@@ -217,11 +222,7 @@ def _read_sqlite(path: Path, experiment: str, params: tuple[str, ...]) -> list[S
     if not _known_schema(path):
         return None
     with _snapshot(path) as db:
-        row = db.execute(
-            "SELECT experiment_id FROM experiments WHERE name = ? AND workspace = 'default' "
-            "AND lifecycle_stage = 'active'",
-            (experiment,),
-        ).fetchone()
+        row = _active_experiment(db, experiment)
         if row is None:
             return []
         runs = db.execute(
