@@ -162,18 +162,22 @@ def view_tags(loaded: LoadedSpec, now_ms: int | None = None) -> dict[str, str]:
 def is_published(loaded: LoadedSpec, tags: dict[str, str]) -> bool:
     """Whether an experiment's ``tags`` already hold :func:`view_tags` as the spec is now
     (the times of the saved view aside)."""
-    want = view_tags(loaded, now_ms=0)
-    for key, value in want.items():
+    def timeless(envelope: str) -> dict[str, Any]:
+        stamps = ("createdAt", "updatedAt")
+        return {k: v for k, v in json.loads(envelope).items() if k not in stamps}
+
+    for key, value in view_tags(loaded, now_ms=0).items():
         if key not in tags:
             return False
-        if key.startswith(VIEW_TAG_PREFIX):
-            try:
-                have = {k: v for k, v in json.loads(tags[key]).items() if not k.endswith("At")}
-            except ValueError:
-                return False
-            if have != {k: v for k, v in json.loads(value).items() if not k.endswith("At")}:
-                return False
-        elif tags[key] != value:
+        try:
+            same = (
+                timeless(tags[key]) == timeless(value)
+                if key.startswith(VIEW_TAG_PREFIX)
+                else tags[key] == value
+            )
+        except ValueError:  # a view tag that is not our JSON: publish ours again
+            return False
+        if not same:
             return False
     return True
 
