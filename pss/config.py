@@ -142,6 +142,20 @@ class SyntheticConfig(_Section):
     val: int = Field(50, ge=1)
     size: int = Field(256, ge=32)
     seed: int = 0
+    # Shortest and longest object side in pixels, spread log-uniformly (default: 12-200
+    # at 256 px, scaled with size: FPN strides 8-128). Size the images to the objects.
+    sides: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check_sides(self) -> SyntheticConfig:
+        if self.sides is not None:
+            lo, hi = (self.sides + [0.0, 0.0])[:2]
+            if len(self.sides) != 2 or not 2 <= lo < hi <= self.size - 2:
+                raise ValueError(
+                    f"sides must be [min, max] with 2 <= min < max <= size - 2 = "
+                    f"{self.size - 2}, got {self.sides}"
+                )
+        return self
 
 
 class DataConfig(_Section):
@@ -168,6 +182,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(16, ge=1)  # total over all GPUs
     base_lr: float = Field(0.01, gt=0)  # at reference_batch; scaled linearly
     reference_batch: int = Field(16, ge=1)
+    # SGD with momentum (the paper's), or AdamW (betas 0.9, 0.999; weight_decay
+    # decoupled): from-scratch CPU runs such as the demo learn faster with it.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     lr_steps: list[int] = [24, 33]  # epochs at which lr is multiplied by lr_gamma

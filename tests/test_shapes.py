@@ -94,6 +94,17 @@ def test_content_is_a_detection_problem() -> None:
     assert pixels.std() > 20  # not a flat image
 
 
+def test_sides_set_the_object_sizes() -> None:
+    """`sides` (px) bounds every object's longer side, up to stretch and rotation."""
+    longest = []
+    for index in range(40):
+        _, objects = shapes.render(0, "train", index, 128, sides=(16.0, 40.0))
+        longest += [max(o["bbox"][2:]) for o in objects]
+    # A shape of side s spans s/sqrt(1.25) .. 1.3 s * sqrt(1.25) (triangle, stretched).
+    assert min(longest) >= 16 / 1.2 and max(longest) <= 40 * 1.3 * 1.12 + 1
+    assert min(longest) < 22 and max(longest) > 35  # spread over the range
+
+
 def test_visible_area_and_occlusion() -> None:
     """Some objects overlap; none is more than ~60% hidden (area is the visible part)."""
     overlapping, worst = 0, 1.0
@@ -123,6 +134,13 @@ def test_ensure_shapes_generates_once_and_checks_settings(tmp_path: Path) -> Non
     with pytest.raises(UserError, match="generated with") as err:
         shapes.ensure_shapes(root, SyntheticConfig(train=3, val=2, size=64, seed=6))
     assert str(root) in str(err.value)
+    with pytest.raises(UserError, match="'sides': \\[10.0, 20.0\\]"):
+        shapes.ensure_shapes(root, cfg.model_copy(update={"sides": [10.0, 20.0]}))
+    # A dataset written before `sides` existed has the default sides.
+    coco = json.loads(marker.read_text())
+    del coco["info"]["sides"]
+    marker.write_text(json.dumps(coco))
+    shapes.ensure_shapes(root, cfg.model_copy(update={"sides": [3.0, 50.0]}))  # 12-200 at 64/256
 
 
 def test_ensure_shapes_concurrent_callers(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ blobs that are *not* objects), then 1-8 filled shapes drawn one over the
 other, then pixel noise. The class is the shape (colours are random):
 circle (id 1), square (id 3), triangle (id 7); the ids are deliberately not
 0-based or contiguous. Shapes are mildly stretched and rotated, their sides
-spread log-uniformly from ~12 px to ~200 px at 256 px (FPN strides 8-128),
-and later shapes occlude earlier ones. A shape that would hide more than
+spread log-uniformly from ~12 px to ~200 px at 256 px (FPN strides 8-128;
+``sides`` sets another range, in pixels of the image), and later shapes
+occlude earlier ones. A shape that would hide more than
 60% of an earlier one is re-drawn elsewhere, so every shape in the image is
 annotated and none is mostly hidden. ``bbox`` is the full shape's box,
 ``area`` its visible pixel count.
@@ -50,7 +51,7 @@ SHAPE_CATEGORIES: list[dict[str, Any]] = [
 SPLITS = {"train": 0, "val": 1}
 GENERATOR = "pss.data.shapes"
 
-# Sizes are for a 256 px image and scale with the image size.
+# Default sides, for a 256 px image; they scale with the image size (default_sides).
 MIN_SIDE, MAX_SIDE = 12.0, 200.0
 MAX_OBJECTS = 8
 MAX_HIDDEN = 0.6  # a shape may lose at most this fraction of its pixels to later shapes
@@ -108,12 +109,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32)
 
 
+def default_sides(size: int) -> tuple[float, float]:
+    """The shortest and longest object side (px) of a ``size`` px image by default."""
+    return MIN_SIDE * size / 256.0, MAX_SIDE * size / 256.0
+
+
 def _outline(
-    rng: np.random.Generator, category: int, size: int
+    rng: np.random.Generator, category: int, size: int, sides: tuple[float, float]
 ) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
     """A shape's polygon [K, 2] placed inside the image, and its (x, y, w, h) box."""
-    scale = size / 256.0
-    side = math.exp(rng.uniform(math.log(MIN_SIDE * scale), math.log(MAX_SIDE * scale)))
+    side = math.exp(rng.uniform(math.log(sides[0]), math.log(sides[1])))
     aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
     angle = rng.uniform(0, 2 * np.pi)
     pts = OUTLINES[category] * (side / 2) * np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
@@ -128,12 +133,16 @@ def _outline(
     return pts, (float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1]))
 
 
-def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def render(
+    seed: int, split: str, index: int, size: int, sides: tuple[float, float] | None = None
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Image ``index`` of ``split``: pixels [size, size, 3] uint8 and its objects.
 
     Each object is ``{"category_id", "bbox": [x, y, w, h], "area"}`` (area =
-    visible pixels), in drawing order.
+    visible pixels), in drawing order. ``sides``: the objects' side range in
+    pixels (default: :func:`default_sides`).
     """
+    sides = sides or default_sides(size)
     rng = np.random.default_rng([seed, SPLITS[split], index])
     image = _background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
@@ -144,7 +153,7 @@ def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, li
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _try in range(TRIES):
             category = int(rng.integers(len(SHAPE_CATEGORIES)))
-            placed = _outline(rng, category, size)
+            placed = _outline(rng, category, size, sides)
             if placed is None:
                 continue
             pts, bbox = placed
@@ -153,7 +162,7 @@ def render(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, li
             patch = Image.new("L", (x1 - x0, y1 - y0), 0)
             ImageDraw.Draw(patch).polygon([tuple(p) for p in (pts - [x0, y0]).tolist()], fill=1)
             mask = np.asarray(patch, dtype=bool)
-            if mask.sum() < 0.25 * (MIN_SIDE * size / 256) ** 2:
+            if mask.sum() < 0.25 * sides[0] ** 2:
                 continue
             under = owner[y0:y1, x0:x1][mask]
             covered = np.bincount(under + 1, minlength=len(objects) + 1)[1:]
@@ -205,6 +214,7 @@ def write_split(
     size: int,
     progress: bool = False,
     info: dict[str, Any] | None = None,
+    sides: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Render ``count`` images into ``out/split/`` and return the COCO dict for them."""
     folder = out / split
@@ -213,7 +223,7 @@ def write_split(
     annotations: list[dict[str, Any]] = []
     bar = tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress, leave=False)
     for index in bar:
-        pixels, objects = render(seed, split, index, size)
+        pixels, objects = render(seed, split, index, size, sides)
         name = f"{index:06d}.png"
         Image.fromarray(pixels, "RGB").save(folder / name, compress_level=1)
         image_id = index + 1
@@ -229,6 +239,7 @@ def write_split(
             "split": split,
             "seed": seed,
             "size": size,
+            "sides": list(sides or default_sides(size)),
             **(info or {}),
         },
         "licenses": [],
@@ -239,26 +250,39 @@ def write_split(
 
 
 def generate(
-    out: Path, train: int, val: int, seed: int = 0, size: int = 256, progress: bool = False
+    out: Path,
+    train: int,
+    val: int,
+    seed: int = 0,
+    size: int = 256,
+    progress: bool = False,
+    sides: tuple[float, float] | None = None,
 ) -> None:
     """Write the whole dataset into ``out`` (val.json last: its presence marks completion)."""
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", train), ("val", val)):
         counts = {"counts": {"train": train, "val": val}}
-        coco = write_split(out, split, count, seed, size, progress, info=counts)
+        coco = write_split(out, split, count, seed, size, progress, counts, sides)
         (out / "annotations" / f"{split}.json").write_text(json.dumps(coco))
 
 
-def _settings(cfg: SyntheticConfig) -> dict[str, int]:
-    return {"seed": cfg.seed, "size": cfg.size, "train": cfg.train, "val": cfg.val}
+def _sides(cfg: SyntheticConfig) -> tuple[float, float]:
+    return tuple(cfg.sides) if cfg.sides else default_sides(cfg.size)  # type: ignore[return-value]
 
 
-def _existing_settings(val_json: Path) -> dict[str, int] | None:
+def _settings(cfg: SyntheticConfig) -> dict[str, Any]:
+    sides = list(_sides(cfg))
+    return {"seed": cfg.seed, "size": cfg.size, "sides": sides, "train": cfg.train, "val": cfg.val}
+
+
+def _existing_settings(val_json: Path) -> dict[str, Any] | None:
     try:
         info = json.loads(val_json.read_text()).get("info", {})
         counts = info["counts"]
-        return {"seed": info["seed"], "size": info["size"], **counts}
+        # Datasets written before `sides` existed have the default sides.
+        sides = info.get("sides", list(default_sides(info["size"])))
+        return {"seed": info["seed"], "size": info["size"], "sides": sides, **counts}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -280,7 +304,7 @@ def ensure_shapes(root: Path, cfg: SyntheticConfig) -> None:
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            generate(tmp, cfg.train, cfg.val, cfg.seed, cfg.size, progress=sys.stderr.isatty())
+            generate(tmp, cfg.train, cfg.val, cfg.seed, cfg.size, sys.stderr.isatty(), _sides(cfg))
             try:
                 os.rename(tmp, root)  # atomic; replaces an empty root folder
             except OSError:
@@ -316,11 +340,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=50, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument(
+        "--sides",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="object sides in pixels (default: 12-200 at 256 px, scaled with --size)",
+    )
     args = parser.parse_args(argv)
     if args.train < 1 or args.val < 1 or args.size < 32:
         print("error: --train and --val must be >= 1 and --size >= 32", file=sys.stderr)
         return EXIT_INVALID
-    generate(args.out, args.train, args.val, args.seed, args.size, progress=sys.stderr.isatty())
+    try:
+        cfg = SyntheticConfig(
+            train=args.train, val=args.val, seed=args.seed, size=args.size, sides=args.sides
+        )
+    except ValueError as exc:
+        print(f"error: --sides: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_INVALID
+    generate(args.out, cfg.train, cfg.val, cfg.seed, cfg.size, sys.stderr.isatty(), _sides(cfg))
     print(f"wrote {args.train} train + {args.val} val images to {args.out}", file=sys.stderr)
     return 0
 
