@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pss.config import ExperimentConfig
+from pss.config import ExperimentConfig, TrainConfig
 from pss.contract import MMDET
 from pss.errors import UserError
 
@@ -86,6 +86,7 @@ MMDET_KEYS = (
     "train.batch_size",
     "train.base_lr",
     "train.reference_batch",
+    "train.optimizer",
     "train.momentum",
     "train.weight_decay",
     "train.lr_steps",
@@ -351,12 +352,7 @@ def _schedule(cfg: ExperimentConfig, world_size: int, cuda: bool) -> dict[str, A
         "optim_wrapper": {
             "_delete_": True,
             **_amp(t.amp, cuda),
-            "optimizer": {
-                "type": "SGD",
-                "lr": t.base_lr * t.batch_size / t.reference_batch,
-                "momentum": t.momentum,
-                "weight_decay": t.weight_decay,
-            },
+            "optimizer": _optimizer(t),
             "clip_grad": {"max_norm": t.grad_clip, "norm_type": 2} if t.grad_clip else None,
         },
         "randomness": {"seed": t.seed},
@@ -381,6 +377,14 @@ def _schedule(cfg: ExperimentConfig, world_size: int, cuda: bool) -> dict[str, A
             **({} if cuda else {"device_ids": None}),
         }
     return options
+
+
+def _optimizer(t: TrainConfig) -> dict[str, Any]:
+    """mmengine's optimizer of ``train.optimizer`` (torch's, so the same update as ours)."""
+    lr = t.base_lr * t.batch_size / t.reference_batch
+    if t.optimizer == "adamw":
+        return {"type": "AdamW", "lr": lr, "weight_decay": t.weight_decay, "fused": True}
+    return {"type": "SGD", "lr": lr, "momentum": t.momentum, "weight_decay": t.weight_decay}
 
 
 def _amp(amp: bool | str, cuda: bool) -> dict[str, Any]:
