@@ -45,6 +45,7 @@ MODES = ("e2e", "nms", "raw")
 # COCO accuracy metrics, in percent, logged as f"{name}_{mode}" with step = epoch.
 MAP, MAR, AP50 = "mAP", "mAR", "AP50"  # AP @ IoU 0.5:0.95, AR @ 100 detections, AP @ 0.5
 ACCURACY = (MAP, MAR, AP50, "AP75", "APs", "APm", "APl")
+LOSS = "loss"  # the total training loss, logged with step = global iteration
 FORWARD_MS = "forward_ms"  # mean forward time per image (ms)
 POSTPROCESS_MS = "postprocess_ms"  # logged as f"postprocess_ms_{mode}" (ms per image)
 MODE_PLACEHOLDER = "{mode}"  # in a spec's metric: the cell's primary mode

@@ -39,12 +39,8 @@ def describe(state: JobState, now: float) -> tuple[str, ...]:
     epoch = run.steps.get(metric) if run is not None else None
     value = run.metrics.get(metric) if run is not None else None
     eta = ""
-    if state.state == RUNNING_S and run is not None and epoch:
-        done_at = run.times[metric] / 1000  # when epoch `epoch` was evaluated
-        per_epoch = (done_at - run.start_time / 1000) / epoch
-        eta = "ETA " + _duration(per_epoch * (total - epoch) - (now - done_at))
-    elif state.state == RUNNING_S:
-        eta = "ETA after epoch 1"
+    if state.state == RUNNING_S and run is not None:
+        epoch, eta = _progress(state, metric, now)
     return (
         job.key,
         state.state,
@@ -53,6 +49,30 @@ def describe(state: JobState, now: float) -> tuple[str, ...]:
         eta,
         state.reason,
     )
+
+
+def _progress(state: JobState, metric: str, now: float) -> tuple[int, str]:
+    """A running job's finished epochs and its ETA.
+
+    From the training loss, logged every few iterations with step = global
+    iteration, where the config caps an epoch's iterations (smoke runs, the
+    demo); otherwise from the evaluated epochs. Past the estimate the ETA says
+    so rather than showing zero.
+    """
+    run, train = state.run, state.job.config.train
+    assert run is not None
+    if train.iters_per_epoch and run.steps.get(contract.LOSS):
+        done, total = run.steps[contract.LOSS], train.epochs * train.iters_per_epoch
+        at, epoch = run.times[contract.LOSS] / 1000, done // train.iters_per_epoch
+    elif run.steps.get(metric):
+        done, total = run.steps[metric], train.epochs
+        at, epoch = run.times[metric] / 1000, done
+    else:
+        return 0, "ETA after epoch 1"
+    if done >= total:
+        return epoch, "evaluating"
+    left = (at - run.start_time / 1000) / done * (total - done) - (now - at)
+    return epoch, f"ETA {_duration(left)}" if left >= 1 else "ETA overdue"
 
 
 class Progress:
