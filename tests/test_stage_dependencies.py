@@ -66,6 +66,10 @@ def test_local_stage_waits_for_the_stage_it_depends_on(sweep, caplog):
     assert first.info.status == second.info.status == "FINISHED"
     # Two jobs could run at once, yet the second stage started after the first ended.
     assert entries["chain@second/s0"]["submitted"] * 1000 >= first.info.end_time
+    # Two jobs at a time on this machine: each got its share of the cores as threads.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    logs = [p.read_text() for p in Path("outputs/sweeps/deps-smoke/submitit").rglob("*_log.err")]
+    assert logs and all(f": {share} threads" in text for text in logs), logs
 
     assert runs["broken@first"].info.status == "FAILED"
     dropped = runs["broken@second"]

@@ -14,6 +14,7 @@ torch: see docs/cli.md).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
         file=sys.stderr,
     )
     kind = resolve_executor(options.executor)
+    if kind != "slurm" and profile.cpus_per_task is None:
+        # Jobs on this machine share its cores: each of max_parallel jobs gets its share
+        # of threads (two jobs with two threads each on two cores run slower than one).
+        share = max(1, len(os.sched_getaffinity(0)) // (options.max_parallel or 1))
+        profile = profile.model_copy(update={"cpus_per_task": share})
     queue = None
     if todo:
         require_installed((s.job.engine for s in todo), str(loaded.path))  # mmdet's jobs

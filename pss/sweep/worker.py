@@ -47,13 +47,14 @@ def prepare_process(payload: Payload) -> None:
     if payload.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = payload.tracking_uri
     os.environ.update(payload.env)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if payload.threads:
         import torch
 
         torch.set_num_threads(payload.threads)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
-    )
+        logging.getLogger(__name__).info("%s: %d threads", payload.run_name, payload.threads)
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -115,4 +116,3 @@ def _train(engine: str, cfg: ExperimentConfig, run) -> dict[str, float]:
 def _task_rank() -> int:
     """This process's rank in its job, known before any process group exists."""
     return int(os.environ.get("SLURM_PROCID") or os.environ.get("RANK") or 0)
-
