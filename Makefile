@@ -29,7 +29,7 @@ system-deps:
 	      chromium >/dev/null; }
 
 demo: setup
-	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke --executor local
+	$(BIN)/python sweeps/run.py sweeps/table5.yaml --smoke --executor local --max-parallel 2
 
 test: setup system-deps
 	@bash slurm/dev/start.sh
@@ -46,8 +46,10 @@ $(MMDET_STAMP): $(STAMP) pss/mmdet/install.sh
 	VENV=$(VENV) bash pss/mmdet/install.sh
 	@touch $@
 
-test-mmdet: mmdet
-	$(BIN)/python -m pytest -q tests/mmdet
+test-mmdet: mmdet system-deps
+	@bash slurm/dev/start.sh
+	. $${PSS_SLURM_DIR:-/tmp/pss-slurm}/env.sh && \
+	  $(BIN)/python -m pytest -q tests/mmdet
 
 lint: setup
 	$(BIN)/ruff check .

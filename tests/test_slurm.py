@@ -24,6 +24,7 @@ from pss.sweep.cli import main
 from pss.sweep.store import ensure_server, stop_server
 from pss.tracking import Tracker, search_runs
 from pss.tracking import client as tracking_client
+from support.slurm import cancel_jobs_submitted_from, require_cluster, sacct, scontrol_job
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
@@ -34,9 +35,7 @@ PROFILE = str(REPO / "slurm" / "dev.yaml")
 
 @pytest.fixture(autouse=True)
 def cluster():
-    assert os.environ.get("SLURM_CONF"), "run `bash slurm/dev/start.sh` and source its env.sh"
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip(), f"the SLURM cluster is not up: {out}"
+    require_cluster()
 
 
 @pytest.fixture
@@ -48,18 +47,6 @@ def workdir(tmp_path, monkeypatch, shapes_root):
     cancel_jobs_submitted_from(tmp_path)  # a failed test's jobs (never anybody else's)
     for store in tmp_path.glob("*.db"):  # the tracking servers the sweeps or the test started
         stop_server(f"sqlite:///{store}")
-
-
-def cancel_jobs_submitted_from(folder: Path) -> None:
-    """Cancel the jobs still queued or running whose working directory is ``folder``."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%Z"], capture_output=True, text=True)
-    ours = [
-        job_id
-        for job_id, _, where in (line.partition("|") for line in out.stdout.splitlines())
-        if where and Path(where).resolve() == folder.resolve()
-    ]
-    if ours:
-        subprocess.run(["scancel", *ours], capture_output=True)
 
 
 def ledger(workdir: Path, experiment: str) -> dict:
@@ -80,23 +67,6 @@ cells:
         init_from: stage1
         overrides: {train.trainable: pss, train.epochs: 1, train.lr_steps: [1]}
 """
-
-
-def scontrol_job(job_id: str) -> dict[str, str]:
-    """`scontrol show job` of one job, as {field: value}."""
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
-    ).stdout
-    return dict(f.split("=", 1) for f in out.split() if "=" in f)
-
-
-def sacct(job_ids: list[str], *fields: str, duplicates: bool = False) -> list[dict[str, str]]:
-    """SLURM accounting records of these jobs (allocations only; every requeued start too
-    with ``duplicates``)."""
-    argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(fields)]
-    out = subprocess.run([*argv, *(["-D"] if duplicates else [])], capture_output=True,
-                         text=True, check=True).stdout
-    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
 
 
 def ended(job_ids: list[str]) -> list[dict[str, str]]:
