@@ -52,20 +52,23 @@ def test_the_smoke_cells_translate_to_mmdet_settings():
     cfg = load_config(smoke, {"model.name": "atss_pss", "model.pss.num_convs": 3})
     files, options = mmdet_config(cfg, classes=["circle", "square", "triangle"])
     assert [f.name for f in files] == ["atss_pss_r50_3x.py"]
-    assert options["model.backbone.depth"] == 18 and options["model.backbone.init_cfg"] is None
-    assert options["model.neck.in_channels"] == [64, 128, 256, 512]
+    backbone = [options[f"model.backbone.{k}"] for k in ("depth", "base_channels", "init_cfg")]
+    assert backbone == [18, 32, None]  # resnet18_half
+    assert options["model.neck.in_channels"] == [32, 64, 128, 256]
     assert options["model.bbox_head.pss"] == {
         "num_convs": 3,
         "branch": "regression",
         "stop_grad": True,
     }
     assert options["model.train_cfg.assigner.topk"] == 9
-    assert options["optim_wrapper"]["optimizer"]["lr"] == pytest.approx(0.02 * 8 / 16)
+    optimizer = options["optim_wrapper"]["optimizer"]
+    assert optimizer == {"type": "AdamW", "lr": pytest.approx(0.008 * 8 / 16),
+                         "weight_decay": 0.05, "fused": True}
     assert options["optim_wrapper"]["type"] == "OptimWrapper"  # amp=false, on a CPU
     assert options["train_dataloader.batch_size"] == 8
-    assert options["train_dataloader.sampler"]["iters_per_epoch"] == 60
-    assert options["train_cfg.max_epochs"] == 5
-    assert options["param_scheduler"][1]["milestones"] == [4]
+    assert options["train_dataloader.sampler"]["iters_per_epoch"] == 100
+    assert options["train_cfg.max_epochs"] == 10
+    assert options["param_scheduler"][1]["milestones"] == [9]
     assert options["val_dataloader.dataset.metainfo"] == {
         "classes": ("circle", "square", "triangle")
     }

@@ -43,9 +43,9 @@ from pss.sweep.spec import Job, LoadedSpec, load_spec
 FORMATS = ("md", "tex", "csv")
 REPORT = "REPORT.md"
 SMOKE_NOTE = (
-    "Smoke run: the CPU variant (experiments/smoke/overlay.yaml, a small ResNet-18 trained "
-    "from scratch for minutes on synthetic shapes), not the paper's setting; the numbers "
-    "only show that the whole path works."
+    "Smoke run: the CPU variant (experiments/smoke/overlay.yaml, a half-width ResNet-18 "
+    "trained from scratch for minutes on synthetic shapes), not the paper's setting: "
+    "compare the columns with each other, not with the paper's numbers."
 )
 
 

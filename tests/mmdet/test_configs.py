@@ -75,11 +75,14 @@ def test_r50_config_builds_with_the_paper_recipe_and_our_parameter_count(name: s
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_overlay_fits_every_config(name: str):
     cfg = load_config([CONFIGS / f"{name}_r50_3x.py", SMOKE])
-    assert cfg.model.backbone.depth == 18 and cfg.model.backbone.init_cfg is None
+    backbone = cfg.model.backbone
+    assert (backbone.depth, backbone.base_channels, backbone.init_cfg) == (18, 32, None)
     assert cfg.model.bbox_head.num_classes == 3 and cfg.model.neck.out_channels == 64
     assert cfg.train_dataloader.dataset.ann_file == "annotations/train.json"
-    assert cfg.train_dataloader.dataset.pipeline[2].scales == [(320, 128), (320, 160)]
-    assert cfg.train_cfg.max_epochs == 5 and cfg.optim_wrapper.optimizer.lr == 0.01
+    assert cfg.train_dataloader.dataset.pipeline[2].scales == [(192, 96)]
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ("AdamW", 0.004, 0.05)
+    assert "momentum" not in optimizer and cfg.train_cfg.max_epochs == 10
     model = build_model(cfg)
     ours = Detector(
         load_ours(
