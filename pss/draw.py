@@ -12,8 +12,9 @@ score. ``pss.predict`` draws its PNGs with :func:`draw_detections`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -42,6 +43,19 @@ PALETTE = (
     (188, 189, 34),
     (23, 190, 207),
 )
+
+
+def showcase_images(coco: dict[str, Any], count: int = 3) -> list[str]:
+    """File names of the first ``count`` images (by id) of a COCO annotation dict holding
+    at least three objects (not crowds), so that raw's duplicates show; the first images
+    if none does."""
+    objects: dict[int, int] = {}
+    for ann in coco.get("annotations", []):
+        if not ann.get("iscrowd", 0):
+            objects[ann["image_id"]] = objects.get(ann["image_id"], 0) + 1
+    images = sorted(coco["images"], key=lambda im: im["id"])
+    busy = [im for im in images if objects.get(im["id"], 0) >= 3] or images
+    return [im["file_name"] for im in busy[:count]]
 
 
 def _font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
@@ -127,6 +141,18 @@ def draw_modes(
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     modes = [m for m in modes if m != "e2e" or loaded.cfg.model.has_pss]
     runners = {mode: TorchRunner(loaded, mode) for mode in modes}
+    return draw_runners(runners, loaded.categories, images, out, score_thresh)
+
+
+def draw_runners(
+    runners: Mapping[str, Callable[[Image.Image], Detections]],
+    categories: Sequence[Category],
+    images: Sequence[str | Path | Image.Image],
+    out: str | Path | None = None,
+    score_thresh: float = SCORE_THRESH,
+) -> Image.Image:
+    """:func:`draw_modes` for any detector: ``runners`` maps a mode to a function from an
+    image to its detections in the image's pixels (labels index ``categories``)."""
     rows = []
     for item in images:
         image = item if isinstance(item, Image.Image) else read_image(item)
@@ -134,7 +160,7 @@ def draw_modes(
         panels = []
         for mode, runner in runners.items():
             det = runner(image)
-            panel = draw_detections(image, det, loaded.categories, score_thresh)
+            panel = draw_detections(image, det, categories, score_thresh)
             count = int((det["scores"] > score_thresh).sum())
             header = _header(f"{name}{MODE_TITLES[mode]} ({count} > {score_thresh:g})", panel.width)
             panels.append((header, panel))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import build_dataset, build_loader
-from pss.draw import draw_modes
+from pss.draw import draw_modes, showcase_images
 from pss.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -495,15 +495,10 @@ def _log_final_artifacts(tracker: Tracker, cfg: ExperimentConfig, epoch: int) ->
 
 
 def draw_validation_modes(cfg: ExperimentConfig, dataset, count: int = 3) -> Path:
-    """``<run_dir>/modes.png``: raw / nms / e2e of the final checkpoint, side by side.
-
-    On the first ``count`` validation images (by id) holding at least three objects,
-    so that raw's duplicates show. Sweep reports embed this picture.
-    """
-    coco = dataset.coco
-    ids = sorted(coco.getImgIds())
-    busy = [i for i in ids if len(coco.getAnnIds(imgIds=i, iscrowd=False)) >= 3] or ids
-    images = [dataset.image_dir / coco.imgs[i]["file_name"] for i in busy[:count]]
+    """``<run_dir>/modes.png``: raw / nms / e2e of the final checkpoint, side by side,
+    on ``count`` validation images (:func:`pss.draw.showcase_images`). Sweep reports
+    embed this picture."""
+    images = [dataset.image_dir / name for name in showcase_images(dataset.coco.dataset, count)]
     out = cfg.run_dir / contract.MODES_FIGURE
     draw_modes(cfg.run_dir / contract.CHECKPOINT, images, out)
     return out

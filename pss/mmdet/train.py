@@ -27,8 +27,11 @@ Like ``pss.engine.train.train``:
   written but whose evaluation was not logged (mmengine saves before it evaluates)
   is evaluated first.
 
-Not logged (yet): forward_ms and postprocess_ms_* (our engine times them), and the
-``eval/`` artifacts (detections per mode).
+* ``forward_ms`` and ``postprocess_ms_{mode}`` (ms per image) with each evaluation;
+* at the end of a PSS model's training, ``modes.png`` (raw / nms / e2e on validation
+  images, as our engine draws it).
+
+Not logged (yet): the ``eval/`` artifacts (detections per mode).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import itertools
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,6 +59,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from pss import contract, dist
 from pss.config import SyntheticConfig, flatten
 from pss.data import ensure_shapes
+from pss.engine.evaluate import WARMUP_BATCHES
 from pss.engine.train import RunInfo
 from pss.engines import EPOCH_SAMPLER
 from pss.errors import EXIT_INVALID, UserError
@@ -120,11 +125,45 @@ class EpochSampler(DefaultSampler):
         return self.per_epoch
 
 
+class _Stopwatch:
+    """Seconds spent in one method of an object, from the ``WARMUP_BATCHES``-th call on.
+
+    Installed as an instance attribute over the method (synchronising CUDA before and
+    after each call), removed by :meth:`close`.
+    """
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner, self.name, self.calls, self.seconds = owner, name, 0, 0.0
+        method = getattr(owner, name)
+        cuda = torch.cuda.is_available()
+
+        def timed(*args, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = method(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            if self.calls >= WARMUP_BATCHES:
+                self.seconds += time.perf_counter() - start
+            self.calls += 1
+            return out
+
+        setattr(owner, name, timed)
+
+    def close(self) -> None:
+        delattr(self.owner, self.name)  # the class's method shows through again
+
+
 @LOOPS.register_module()
 class ModesValLoop(ValLoop):
     """mmengine's ValLoop, once per inference mode; metrics in percent, named f"{m}_{mode}".
 
     ``modes``: the modes to evaluate, of those the head answers in (None: all of them).
+    Timings as our engine's, in ms per image over all batches but the first
+    ``WARMUP_BATCHES``: ``postprocess_ms_{mode}`` is the head's ``predict_by_feat``,
+    ``forward_ms`` the rest of ``val_step`` (data preprocessor and network) in the first
+    mode's pass.
     """
 
     def __init__(self, runner, dataloader, evaluator, fp16: bool = False, modes=None) -> None:
@@ -141,8 +180,21 @@ class ModesValLoop(ValLoop):
         for mode in modes_of(self.runner.model, self.modes):
             if mode != "nms" or saved is not None:
                 head.test_cfg["mode"] = mode
-            for idx, data_batch in enumerate(self.dataloader):
-                self.run_iter(idx, data_batch)
+            whole = _Stopwatch(self.runner.model, "val_step")
+            post = _Stopwatch(head, "predict_by_feat")
+            timed_images = 0
+            try:
+                for idx, data_batch in enumerate(self.dataloader):
+                    self.run_iter(idx, data_batch)
+                    if idx >= WARMUP_BATCHES:
+                        timed_images += len(data_batch["inputs"])
+            finally:
+                whole.close()
+                post.close()
+            per_image = 1000 / max(timed_images, 1)
+            if contract.FORWARD_MS not in metrics:
+                metrics[contract.FORWARD_MS] = (whole.seconds - post.seconds) * per_image
+            metrics[contract.metric_name(contract.POSTPROCESS_MS, mode)] = post.seconds * per_image
             found = self.evaluator.evaluate(len(self.dataloader.dataset))
             if not found:  # CocoMetric returns nothing for no detections at all: 0 AP, 0 AR
                 log.warning("no detections in mode %s: every metric is 0", mode)
@@ -304,6 +356,11 @@ def train(
             tracker.fail(traceback.format_exc())
         raise
     done = runner.epoch >= runner.max_epochs
+    if done and dist.is_main() and "e2e" in modes_of(runner.model):
+        # Imported here: mmdet's visualisation pipeline only where a picture is drawn.
+        from pss.mmdet.draw import draw_validation_modes
+
+        tracker.log_artifact(draw_validation_modes(runner, work))
     tracker.finish(FINISHED if done else KILLED)
     return hook.last_metrics
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import yaml
+from PIL import Image
 from twins import REPO
 
 from pss import contract
@@ -136,10 +137,15 @@ def test_two_cells_of_table5_on_mmdet_resume_after_a_kill_and_report(
                 assert _steps(run.info.run_id, key) == [1, 2], key  # each epoch once
                 assert 0.0 <= run.data.metrics[key] <= 100.0
         assert not any(k.endswith("_raw") for k in run.data.metrics)  # eval.modes
+        timings = [contract.FORWARD_MS, *(contract.metric_name(contract.POSTPROCESS_MS, m)
+                                          for m in MODES)]
+        for key in timings:  # ms per image, with each evaluation, as our engine logs them
+            assert _steps(run.info.run_id, key) == [1, 2] and run.data.metrics[key] > 0, key
         for name in ("loss", "loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank", "lr"):
             assert set(_steps(run.info.run_id, name)) == {1, 2, 3, 4}, name
         artifacts = {a.path for a in client().list_artifacts(run.info.run_id)}
         assert contract.CONFIG_ARTIFACT in artifacts
+        assert contract.MODES_FIGURE in artifacts  # raw / nms / e2e, drawn by pss.mmdet.draw
     resumed = next(r for r in runs if r.info.run_id == killed_run)
     assert resumed.data.tags[contract.TAG_RESUMED_FROM_EPOCH] == "1"
     assert all(contract.TAG_RESUMED_FROM_EPOCH not in r.data.tags for r in runs if r != resumed)
@@ -158,6 +164,9 @@ def test_two_cells_of_table5_on_mmdet_resume_after_a_kill_and_report(
     assert after == before
     report = make_report(spec, smoke=True, out_dir=tmp_path / "report", engine=contract.MMDET)
     assert report.experiment == EXPERIMENT and report.path.is_file()
+    assert contract.MODES_FIGURE in report.path.read_text()
+    with Image.open(report.path.parent / contract.MODES_FIGURE) as picture:
+        assert picture.width > 3 * 384 and picture.height > 3 * 384  # 3 modes x 3 images
     ours = [row for _, _, row in report.table.rows() if row.cell_id is not None]
     assert sorted(row.cell_id for row in ours) == sorted(CELLS)
     assert all(cell.data["mean"] is not None for row in ours for cell in row.cells)
