@@ -54,6 +54,11 @@ def test_the_smoke_cells_translate_to_mmdet_settings():
     assert [f.name for f in files] == ["atss_pss_r50_3x.py"]
     backbone = [options[f"model.backbone.{k}"] for k in ("depth", "base_channels", "init_cfg")]
     assert backbone == [18, 32, None]  # resnet18_half
+    # Initialised as ours: no zero-init of the residual BatchNorms, the FPN's convs Kaiming
+    # uniform (a=1).
+    assert options["model.backbone.zero_init_residual"] is False
+    assert options["model.neck.init_cfg"]["type"] == "Kaiming"
+    assert options["model.neck.init_cfg"]["a"] == 1
     assert options["model.neck.in_channels"] == [32, 64, 128, 256]
     assert options["model.bbox_head.pss"] == {
         "num_convs": 3,
@@ -61,6 +66,9 @@ def test_the_smoke_cells_translate_to_mmdet_settings():
         "stop_grad": True,
     }
     assert options["model.train_cfg.assigner.topk"] == 9
+    # Our ATSS (tests/mmdet/twins.py BY_DESIGN): anchors on cell centres, P7 from ReLU(P6).
+    assert options["model.bbox_head.anchor_generator.center_offset"] == 0.5
+    assert options["model.neck.relu_before_extra_convs"] is True
     optimizer = options["optim_wrapper"]["optimizer"]
     assert optimizer == {"type": "AdamW", "lr": pytest.approx(0.008 * 8 / 16),
                          "weight_decay": 0.05, "fused": True}

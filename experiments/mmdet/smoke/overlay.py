@@ -19,8 +19,14 @@ model = dict(
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
         frozen_stages=-1,
-        init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
+        init_cfg=None,
+        zero_init_residual=False),  # as torchvision's ResNet (and ours)
+    neck=dict(
+        in_channels=[32, 64, 128, 256],
+        out_channels=64,
+        # as our FPN (torchvision's kaiming_uniform_(a=1)), not mmdet's Xavier
+        init_cfg=dict(type='Kaiming', layer='Conv2d', a=1, mode='fan_in',
+                      nonlinearity='leaky_relu', distribution='uniform')),
     bbox_head=dict(num_classes=3, in_channels=64, feat_channels=64, stacked_convs=2))
 
 train_dataloader = dict(
