@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from unittest.mock import patch
 
 from conftest import REPO
 
@@ -77,3 +78,22 @@ def test_a_log_file_gets_the_same_lines():
     Progress(out).update([state])
     text = out.getvalue()
     assert job.key in text and "epoch 0/" in text and "ETA " in text and "1 running" in text
+
+
+def test_a_log_says_a_job_again_when_its_state_or_metric_changes_and_every_interval():
+    job = smoke_job()
+    metric = contract.metric_name(contract.MAP, "e2e")
+    out = io.StringIO()
+    progress = Progress(out, interval_s=60)
+    with patch("pss.sweep.progress.time.time", return_value=START + 5):
+        progress.update([running(job, {contract.LOSS: 20}, {contract.LOSS: START})])
+        progress.update([running(job, {contract.LOSS: 240}, {contract.LOSS: START + 4})])
+    assert out.getvalue().count(job.key) == 1  # a new epoch alone: nothing more
+    with patch("pss.sweep.progress.time.time", return_value=START + 6):
+        evaluated = running(job, {contract.LOSS: 500, metric: 5}, {contract.LOSS: START + 5,
+                                                                 metric: START + 5}, {metric: 9.5})
+        progress.update([evaluated])
+    assert out.getvalue().count(job.key) == 2 and f"{metric} 9.5" in out.getvalue()
+    with patch("pss.sweep.progress.time.time", return_value=START + 70):
+        progress.update([evaluated])
+    assert out.getvalue().count(job.key) == 3  # every job again after interval_s

@@ -107,7 +107,9 @@ class Progress:
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
         changed = False
         for row in rows:
-            key, what = row[0], row[1:3] + row[5:]  # state, epoch, note: not the ETA's ticks
+            # A job's line when its state, latest metric or note changes (the epoch and ETA
+            # tick too often for a log), and every job's every interval_s.
+            key, what = row[0], (row[1], row[3], *row[5:])
             if everything or self.said.get(key) != what:
                 text = "  ".join(c for c in row if c)
                 self.stream.write(f"{stamp} {text}\n")
