@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_cli.py
 	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_smoke.py
 
 # What only a GPU shows (needs CUDA; `benchmarks/gpu_check.py --reduced` is its CPU form,
 # run by the tests): bench_head with and without AMP, an AMP smoke training, peak GPU
