@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 import pss.engine.train as engine
 from pss.config import load_config
 from pss.engine.checkpoint import load_checkpoint, save_checkpoint
+from pss.engine.evaluate import WARMUP_BATCHES, untimed_batches
 from pss.engine.train import RunInfo, TrainingDiverged, train
 from pss.errors import UserError
 from pss.models import Detector
@@ -95,6 +96,8 @@ def test_mlflow_contract(shapes_root, tmp_path, tracking):
             assert f"{name}_{mode}" in run.data.metrics
     for key in ("forward_ms", "postprocess_ms_e2e", "postprocess_ms_nms", "loss", "loss_pss"):
         assert key in run.data.metrics
+    for key in ("forward_ms", "postprocess_ms_e2e", "postprocess_ms_nms"):  # timed
+        assert run.data.metrics[key] > 0, key
     assert metrics["mAP_e2e"] == run.data.metrics["mAP_e2e"]
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP_e2e")] == [1, 2]
@@ -213,3 +216,8 @@ def test_cli_reports_bad_config_with_exit_2(tmp_path):
     assert out.returncode == 2
     assert "bad.yaml" in out.stderr and "did you mean 'model.pss.num_convs'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_loader_of_few_batches_is_timed_from_its_first():
+    assert untimed_batches(range(WARMUP_BATCHES + 1)) == WARMUP_BATCHES
+    assert untimed_batches(range(WARMUP_BATCHES)) == 0  # else nothing would be timed

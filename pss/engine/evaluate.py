@@ -33,6 +33,12 @@ STATS = dict(zip(ACCURACY, (0, 8, 1, 2, 3, 4, 5)))
 WARMUP_BATCHES = 2  # not timed
 
 
+def untimed_batches(loader) -> int:
+    """How many batches at the start are left out of the timings: ``WARMUP_BATCHES``, or
+    none when the loader has no more batches than that (so that tiny sets still time)."""
+    return WARMUP_BATCHES if len(loader) > WARMUP_BATCHES else 0
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -106,11 +112,12 @@ def evaluate(
     detections: dict[str, list[dict]] = {m: [] for m in modes}
     forward_s, post_s = 0.0, dict.fromkeys(modes, 0.0)
     timed_images, image_ids = 0, []
+    untimed = untimed_batches(loader)
     batches = tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True)
     for step, (images, targets) in enumerate(batches):
         images = images.to(device, non_blocking=True)
         sizes = [tuple(t["size"]) for t in targets]
-        timed = step >= WARMUP_BATCHES
+        timed = step >= untimed
         _sync(device)
         start = time.perf_counter()
         out = model(images)

@@ -59,7 +59,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from pss import contract, dist
 from pss.config import SyntheticConfig, flatten
 from pss.data import ensure_shapes
-from pss.engine.evaluate import WARMUP_BATCHES
+from pss.engine.evaluate import untimed_batches
 from pss.engine.train import RunInfo
 from pss.engines import EPOCH_SAMPLER
 from pss.errors import EXIT_INVALID, UserError
@@ -126,13 +126,13 @@ class EpochSampler(DefaultSampler):
 
 
 class _Stopwatch:
-    """Seconds spent in one method of an object, from the ``WARMUP_BATCHES``-th call on.
+    """Seconds spent in one method of an object, but in its first ``untimed`` calls.
 
     Installed as an instance attribute over the method (synchronising CUDA before and
     after each call), removed by :meth:`close`.
     """
 
-    def __init__(self, owner: Any, name: str) -> None:
+    def __init__(self, owner: Any, name: str, untimed: int) -> None:
         self.owner, self.name, self.calls, self.seconds = owner, name, 0, 0.0
         method = getattr(owner, name)
         cuda = torch.cuda.is_available()
@@ -144,7 +144,7 @@ class _Stopwatch:
             out = method(*args, **kwargs)
             if cuda:
                 torch.cuda.synchronize()
-            if self.calls >= WARMUP_BATCHES:
+            if self.calls >= untimed:
                 self.seconds += time.perf_counter() - start
             self.calls += 1
             return out
@@ -160,10 +160,10 @@ class ModesValLoop(ValLoop):
     """mmengine's ValLoop, once per inference mode; metrics in percent, named f"{m}_{mode}".
 
     ``modes``: the modes to evaluate, of those the head answers in (None: all of them).
-    Timings as our engine's, in ms per image over all batches but the first
-    ``WARMUP_BATCHES``: ``postprocess_ms_{mode}`` is the head's ``predict_by_feat``,
-    ``forward_ms`` the rest of ``val_step`` (data preprocessor and network) in the first
-    mode's pass.
+    Timings as our engine's, in ms per image over all batches but the first few
+    (:func:`pss.engine.evaluate.untimed_batches`): ``postprocess_ms_{mode}`` is the head's
+    ``predict_by_feat``, ``forward_ms`` the rest of ``val_step`` (data preprocessor and
+    network) in the first mode's pass.
     """
 
     def __init__(self, runner, dataloader, evaluator, fp16: bool = False, modes=None) -> None:
@@ -180,13 +180,14 @@ class ModesValLoop(ValLoop):
         for mode in modes_of(self.runner.model, self.modes):
             if mode != "nms" or saved is not None:
                 head.test_cfg["mode"] = mode
-            whole = _Stopwatch(self.runner.model, "val_step")
-            post = _Stopwatch(head, "predict_by_feat")
+            untimed = untimed_batches(self.dataloader)
+            whole = _Stopwatch(self.runner.model, "val_step", untimed)
+            post = _Stopwatch(head, "predict_by_feat", untimed)
             timed_images = 0
             try:
                 for idx, data_batch in enumerate(self.dataloader):
                     self.run_iter(idx, data_batch)
-                    if idx >= WARMUP_BATCHES:
+                    if idx >= untimed:
                         timed_images += len(data_batch["inputs"])
             finally:
                 whole.close()

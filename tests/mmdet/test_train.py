@@ -18,6 +18,7 @@ FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 TINY = {
     "pss_synthetic": None,
     "train_cfg.max_epochs": 2,
+    "train_cfg.val_interval": 1,
     "train_dataloader.batch_size": 4,
     "train_dataloader.dataset.indices": None,
     "param_scheduler": [
@@ -43,9 +44,10 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
     mlflow = MlflowClient()
     run_id = (work / RUN_ID_FILE).read_text()
     assert mlflow.get_run(run_id).info.status == "KILLED"
+    per_mode = (*contract.ACCURACY, contract.POSTPROCESS_MS)
     assert set(first) == {
-        contract.metric_name(m, mode) for m in contract.ACCURACY for mode in contract.MODES
-    }
+        contract.metric_name(m, mode) for m in per_mode for mode in contract.MODES
+    } | {contract.FORWARD_MS}
     # The job starts again: it resumes from epoch 1's checkpoint, in the same run.
     last = train(FILES, TINY, **common)
     got = mlflow.get_run(run_id)
@@ -64,8 +66,13 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
             key = contract.metric_name(name, mode)
             assert _history(mlflow, run_id, key) == [1, 2], key
             assert 0.0 <= last[key] <= 100.0
+    for key in (contract.FORWARD_MS, *(contract.metric_name(contract.POSTPROCESS_MS, m)
+                                        for m in contract.MODES)):
+        assert _history(mlflow, run_id, key) == [1, 2] and last[key] > 0, key
     for name in ("loss", "loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank", "lr"):
         assert _history(mlflow, run_id, name) == list(range(1, 9)), name
+    artifacts = {a.path for a in mlflow.list_artifacts(run_id)}
+    assert contract.MODES_FIGURE in artifacts and (work / contract.MODES_FIGURE).is_file()
     assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth"]
     # The same work dir with another config is refused, and the run is left as it was.
     with pytest.raises(UserError, match="another config"):
