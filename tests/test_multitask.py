@@ -21,6 +21,7 @@ from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
 from pss.tracking import search_runs
+from support.slurm import wait_for_requeue
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -76,16 +77,7 @@ def test_two_task_jobs_train_one_run_per_cell_and_resume_after_preemption(
                                 tasks=(0, 1))
         job._interrupt()  # what SLURM does before a preemption: USR2 to the job
 
-        def requeued() -> bool:
-            out = subprocess.run(
-                ["sacct", "-n", "-X", "-P", "-D", "-o", "State", "-j", entry["job_id"]],
-                capture_output=True, text=True, check=True,
-            ).stdout
-            return "REQUEUED" in out
-
-        wait_for(requeued, "the requeue")
-        subprocess.run(["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"],
-                       capture_output=True)
+        wait_for_requeue(entry["job_id"], folder / "submitit")
         assert main(argv) == 0  # waits for both cells
 
         runs = {r.data.tags["pss.cell"]: r for r in search_runs("twotask-smoke")}

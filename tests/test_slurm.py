@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,13 @@ from pss.sweep.cli import main
 from pss.sweep.store import ensure_server, stop_server
 from pss.tracking import Tracker, search_runs
 from pss.tracking import client as tracking_client
-from support.slurm import cancel_jobs_submitted_from, require_cluster, sacct, scontrol_job
+from support.slurm import (
+    cancel_jobs_submitted_from,
+    require_cluster,
+    sacct,
+    scontrol_job,
+    wait_for_requeue,
+)
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
@@ -146,16 +151,7 @@ def test_preempted_job_requeues_resumes_and_matches_an_uninterrupted_run(workdir
                             job_id=entry["job_id"])
     job._interrupt()  # what SLURM does before a preemption or timeout: USR2 to the job
 
-    # The event: SLURM requeued the job (a lasting accounting record, not a state that
-    # may pass between two polls).
-    def requeued():
-        records = sacct([entry["job_id"]], "JobID", "State", duplicates=True)
-        return any(r["State"] == "REQUEUED" for r in records)
-
-    wait_for(requeued, "the requeue", 600)
-    # A requeued job waits for its begin time; let it start now if it still waits.
-    subprocess.run(["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"],
-                   capture_output=True)
+    wait_for_requeue(entry["job_id"], workdir / "outputs/sweeps/preempt-smoke/submitit")
     assert main(argv) == 0  # waits for both cells
     assert int(scontrol_job(entry["job_id"])["Restarts"]) == 1
     runs = {r.data.tags["pss.cell"]: r for r in search_runs("preempt-smoke")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -96,6 +97,19 @@ class CellJob(submitit.helpers.Checkpointable):
             if Tracker(self.run_id).status() in (SCHEDULED, RUNNING):
                 Tracker(self.run_id).fail(traceback.format_exc())
             raise
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The job to requeue (this object, run id included); called by submitit's
+        USR2 handler on rank 0, which then runs ``scontrol requeue`` in a child process.
+
+        A preemption also sends SIGTERM (SLURM's, and submitit's own ``_interrupt``,
+        a moment before USR2). Should it reach the job while that child runs, it would
+        kill it and the job would fail instead of requeueing (seen on slurm/dev). So
+        from here on SIGTERM is ignored, which the child inherits: this process only
+        logged SIGTERM anyway, and exits once the job is requeued.
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return super().checkpoint(*args, **kwargs)
 
     def _opened(self, run_id: str) -> None:
         self.run_id = run_id

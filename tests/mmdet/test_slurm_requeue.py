@@ -4,7 +4,6 @@ resumes from mmengine's checkpoint in the same MLflow run."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import submitit
@@ -14,7 +13,12 @@ from pss import contract
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
 from pss.tracking import client, search_runs
-from support.slurm import cancel_jobs_submitted_from, require_cluster, sacct, scontrol_job
+from support.slurm import (
+    cancel_jobs_submitted_from,
+    require_cluster,
+    scontrol_job,
+    wait_for_requeue,
+)
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
@@ -63,14 +67,7 @@ def test_a_preempted_mmdet_cell_requeues_and_resumes_in_its_run(workdir, tiny_ov
     job = submitit.SlurmJob(folder=sweep / "submitit" / "%j", job_id=entry["job_id"])
     job._interrupt()  # what SLURM does before a preemption or timeout: USR2 to the job
 
-    def requeued():
-        records = sacct([entry["job_id"]], "JobID", "State", duplicates=True)
-        return any(r["State"] == "REQUEUED" for r in records)
-
-    wait_for(requeued, "the requeue", 600)
-    subprocess.run(
-        ["scontrol", "update", f"JobId={entry['job_id']}", "StartTime=now"], capture_output=True
-    )
+    wait_for_requeue(entry["job_id"], sweep / "submitit")
     assert main(argv) == 0  # waits for the requeued job
     assert int(scontrol_job(entry["job_id"])["Restarts"]) == 1
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from support.waiting import wait_for
+
 
 def require_cluster() -> None:
     """Fail (never skip) unless slurm/dev is up and this process is configured for it."""
@@ -41,3 +43,26 @@ def sacct(job_ids: list[str], *fields: str, duplicates: bool = False) -> list[di
     out = subprocess.run([*argv, *(["-D"] if duplicates else [])], capture_output=True,
                          text=True, check=True).stdout
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+
+
+def wait_for_requeue(job_id: str, log_folder: Path | None = None) -> None:
+    """Wait until SLURM has requeued the job (a lasting accounting record, not a state
+    that may pass between two polls, then let it start at once); fail as soon as the job
+    ended instead, with its states and the end of its log (``log_folder``: submitit's)."""
+    def requeued_or_ended() -> str:
+        states = [r["State"].split()[0] for r in sacct([job_id], "State", duplicates=True)]
+        if "REQUEUED" in states:
+            return "requeued"
+        return "ended" if any(s in ENDED for s in states) else ""
+
+    if wait_for(requeued_or_ended, f"the requeue of job {job_id}", 600) == "ended":
+        logs = sorted(Path(log_folder).glob(f"{job_id}*/*_log.err")) if log_folder else []
+        tail = logs[-1].read_text()[-3000:] if logs else ""
+        states = sacct([job_id], "JobID", "State", duplicates=True)
+        raise AssertionError(f"job {job_id} ended without a requeue: {states}\n{tail}")
+    # A requeued job waits for its begin time; let it start now if it still waits.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                   capture_output=True)
