@@ -204,6 +204,11 @@ class TrainConfig(_Section):
     trainable: Literal["all", "pss"] = "all"
     log_interval: int = Field(20, ge=1)
 
+    @property
+    def lr(self) -> float:
+        """The learning rate of this batch: ``base_lr`` scaled linearly from ``reference_batch``."""
+        return self.base_lr * self.batch_size / self.reference_batch
+
 
 class EvalConfig(_Section):
     interval: int = Field(1, ge=1)  # evaluate every N epochs and at the end

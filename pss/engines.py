@@ -399,10 +399,9 @@ def _schedule(cfg: ExperimentConfig, world_size: int, cuda: bool) -> dict[str, A
 
 def _optimizer(t: TrainConfig) -> dict[str, Any]:
     """mmengine's optimizer of ``train.optimizer`` (torch's, so the same update as ours)."""
-    lr = t.base_lr * t.batch_size / t.reference_batch
     if t.optimizer == "adamw":
-        return {"type": "AdamW", "lr": lr, "weight_decay": t.weight_decay, "fused": True}
-    return {"type": "SGD", "lr": lr, "momentum": t.momentum, "weight_decay": t.weight_decay}
+        return {"type": "AdamW", "lr": t.lr, "weight_decay": t.weight_decay, "fused": True}
+    return {"type": "SGD", "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay}
 
 
 def _amp(amp: bool | str, cuda: bool) -> dict[str, Any]:

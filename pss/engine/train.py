@@ -144,12 +144,11 @@ def build_optimizer(cfg: ExperimentConfig, detector: Detector) -> torch.optim.Op
     """``train.optimizer`` on the trainable parameters, lr scaled linearly with the batch."""
     t = cfg.train
     params = [p for p in detector.parameters() if p.requires_grad]
-    lr = t.base_lr * t.batch_size / t.reference_batch
     if t.optimizer == "adamw":
         # Fused: one kernel for all parameters (3.7 vs 13.8 ms a step for the demo's model
         # on one CPU thread, benchmarks/bench_smoke.py), the same update.
-        return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 # --------------------------------------------------------------------------- loop
