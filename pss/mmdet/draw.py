@@ -20,6 +20,7 @@ from pss import contract
 from pss.data import read_annotations
 from pss.draw import draw_runners, showcase_images
 from pss.inference import Category
+from pss.mmdet.train import inference_mode
 from pss.postprocess import Detections
 
 MODES = ("raw", "nms", "e2e")  # the picture's columns, left to right
@@ -31,23 +32,15 @@ def mmdet_runner(model: nn.Module, cfg, mode: str) -> Callable[[Image.Image], De
     steps = [dict(s) for s in get_test_pipeline_cfg(cfg) if s["type"] != "LoadAnnotations"]
     steps[0] = {"type": "mmdet.LoadImageFromNDArray"}
     pipeline = Compose(steps)
-    head = model.bbox_head
 
     @torch.no_grad()
     def run(image: Image.Image) -> Detections:
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         data = pipeline({"img": bgr, "img_id": 0})
-        saved = head.test_cfg.get("mode")
-        head.test_cfg["mode"] = mode
-        try:
+        with inference_mode(model, mode):
             sample = model.test_step(
                 {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
             )[0]
-        finally:
-            if saved is None:
-                head.test_cfg.pop("mode")
-            else:
-                head.test_cfg["mode"] = saved
         found = sample.pred_instances
         return {
             "boxes": found.bboxes.cpu(),

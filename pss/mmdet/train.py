@@ -37,6 +37,7 @@ Not logged (yet): the ``eval/`` artifacts (detections per mode).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -103,6 +104,27 @@ def modes_of(model, wanted: Sequence[str] | None = None) -> tuple[str, ...]:
     head = getattr(model, "module", model).bbox_head
     modes = contract.MODES if hasattr(head, "pss_convs") else ("nms",)
     return tuple(m for m in modes if wanted is None or m in wanted)
+
+
+@contextlib.contextmanager
+def inference_mode(model, mode: str) -> Iterator[None]:
+    """Within it, the model predicts in ``mode`` (one of :func:`modes_of`): a PSS head's
+    ``test_cfg.mode`` is set, and put back as it was after (absent: removed again)."""
+    head = getattr(model, "module", model).bbox_head
+    if mode not in modes_of(model):
+        raise UserError(f"{type(head).__name__} does not predict in mode '{mode}'")
+    if not hasattr(head, "pss_convs"):  # a baseline: mmdet's own prediction is nms
+        yield
+        return
+    saved = head.test_cfg.get("mode")
+    head.test_cfg["mode"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            head.test_cfg.pop("mode")
+        else:
+            head.test_cfg["mode"] = saved
 
 
 @DATA_SAMPLERS.register_module(name=EPOCH_SAMPLER)
@@ -175,20 +197,18 @@ class ModesValLoop(ValLoop):
         self.runner.call_hook("before_val_epoch")
         self.runner.model.eval()
         head = getattr(self.runner.model, "module", self.runner.model).bbox_head
-        saved = head.test_cfg.get("mode")
         metrics: dict[str, float] = {}
         for mode in modes_of(self.runner.model, self.modes):
-            if mode != "nms" or saved is not None:
-                head.test_cfg["mode"] = mode
             untimed = untimed_batches(self.dataloader)
             whole = _Stopwatch(self.runner.model, "val_step", untimed)
             post = _Stopwatch(head, "predict_by_feat", untimed)
             timed_images = 0
             try:
-                for idx, data_batch in enumerate(self.dataloader):
-                    self.run_iter(idx, data_batch)
-                    if idx >= untimed:
-                        timed_images += len(data_batch["inputs"])
+                with inference_mode(self.runner.model, mode):
+                    for idx, data_batch in enumerate(self.dataloader):
+                        self.run_iter(idx, data_batch)
+                        if idx >= untimed:
+                            timed_images += len(data_batch["inputs"])
             finally:
                 whole.close()
                 post.close()
@@ -203,8 +223,6 @@ class ModesValLoop(ValLoop):
                 value = found[f"coco/bbox_{item}"] if found else 0.0
                 # CocoMetric rounds to 3 decimals, i.e. 0.1 points; -1: no such objects.
                 metrics[contract.metric_name(name, mode)] = round(max(value, 0.0) * 100, 1)
-        if saved is not None:
-            head.test_cfg["mode"] = saved
         self.runner.call_hook("after_val_epoch", metrics=metrics)
         self.runner.call_hook("after_val")
         return metrics

@@ -9,8 +9,8 @@ from twins import CONFIGS
 from pss import contract
 from pss.engine.train import RunInfo
 from pss.errors import UserError
-from pss.mmdet.config import load_config
-from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, train
+from pss.mmdet.config import build_model, load_config
+from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, inference_mode, train
 
 FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 # The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
@@ -116,3 +116,21 @@ def test_an_epoch_saved_but_not_evaluated_is_evaluated_on_resume(
     assert mlflow.get_run(run_id).info.status == "FINISHED"
     assert _history(mlflow, run_id, mAP_nms) == [1] and mAP_nms in metrics
     assert len(calls) == 2
+
+
+def test_inference_mode_sets_a_pss_heads_mode_and_puts_it_back():
+    cfg = load_config(FILES)
+    del cfg.model.test_cfg["mode"]  # a PSS config that names no mode
+    model = build_model(cfg)
+    for mode in contract.MODES:
+        with inference_mode(model, mode):
+            assert model.bbox_head.test_cfg["mode"] == mode
+        assert "mode" not in model.bbox_head.test_cfg
+    baseline = build_model(load_config([CONFIGS / "fcos_r50_3x.py", FILES[1]]))
+    with inference_mode(baseline, "nms"):
+        assert "mode" not in baseline.bbox_head.test_cfg  # mmdet's own NMS prediction
+    with (
+        pytest.raises(UserError, match="does not predict in mode 'e2e'"),
+        inference_mode(baseline, "e2e"),
+    ):
+        pass
