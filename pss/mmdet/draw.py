@@ -20,7 +20,7 @@ from pss import contract
 from pss.data import read_annotations
 from pss.draw import draw_runners, showcase_images
 from pss.inference import Category
-from pss.mmdet.train import inference_mode
+from pss.mmdet.heads import inference_mode
 from pss.postprocess import Detections
 
 MODES = ("raw", "nms", "e2e")  # the picture's columns, left to right

@@ -26,6 +26,9 @@ The focal loss of L_pss takes alpha and gamma from ``loss_cls``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
@@ -39,7 +42,7 @@ from mmengine.structures import InstanceData
 from pydantic import ValidationError
 from torch import Tensor
 
-from pss import postprocess, selector
+from pss import contract, postprocess, selector
 from pss.config import EVAL_MODES, AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
 
@@ -358,3 +361,32 @@ class ATSSPSSHead(PSSHeadMixin, ATSSHead):
             index[inside] = (result.gt_inds - 1).clamp(min=-1)
             gt_index.append(index)
         return torch.stack(gt_index)
+
+
+def modes_of(model, wanted: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The inference modes a model answers in (all three with a PSS head, else nms), of
+    those ``wanted`` (None: all)."""
+    head = getattr(model, "module", model).bbox_head
+    modes = contract.MODES if hasattr(head, "pss_convs") else ("nms",)
+    return tuple(m for m in modes if wanted is None or m in wanted)
+
+
+@contextlib.contextmanager
+def inference_mode(model, mode: str) -> Iterator[None]:
+    """Within it, the model predicts in ``mode`` (one of :func:`modes_of`): a PSS head's
+    ``test_cfg.mode`` is set, and put back as it was after (absent: removed again)."""
+    head = getattr(model, "module", model).bbox_head
+    if mode not in modes_of(model):
+        raise UserError(f"{type(head).__name__} does not predict in mode '{mode}'")
+    if not hasattr(head, "pss_convs"):  # a baseline: mmdet's own prediction is nms
+        yield
+        return
+    saved = head.test_cfg.get("mode")
+    head.test_cfg["mode"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            head.test_cfg.pop("mode")
+        else:
+            head.test_cfg["mode"] = saved

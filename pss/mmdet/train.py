@@ -37,7 +37,6 @@ Not logged (yet): the ``eval/`` artifacts (detections per mode).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import json
@@ -65,6 +64,7 @@ from pss.engine.train import RunInfo
 from pss.engines import EPOCH_SAMPLER
 from pss.errors import EXIT_INVALID, UserError
 from pss.mmdet.config import load_config, with_data_root
+from pss.mmdet.heads import inference_mode, modes_of
 from pss.tracking import FINISHED, KILLED, NullTracker, Tracker, client, retry, slurm_tags
 
 log = logging.getLogger("pss.mmdet.train")
@@ -96,35 +96,6 @@ def fingerprint(cfg: Config) -> str:
 
 def flat_config(cfg: Config) -> dict[str, Any]:
     return flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
-
-
-def modes_of(model, wanted: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The inference modes a model answers in (all three with a PSS head, else nms), of
-    those ``wanted`` (None: all)."""
-    head = getattr(model, "module", model).bbox_head
-    modes = contract.MODES if hasattr(head, "pss_convs") else ("nms",)
-    return tuple(m for m in modes if wanted is None or m in wanted)
-
-
-@contextlib.contextmanager
-def inference_mode(model, mode: str) -> Iterator[None]:
-    """Within it, the model predicts in ``mode`` (one of :func:`modes_of`): a PSS head's
-    ``test_cfg.mode`` is set, and put back as it was after (absent: removed again)."""
-    head = getattr(model, "module", model).bbox_head
-    if mode not in modes_of(model):
-        raise UserError(f"{type(head).__name__} does not predict in mode '{mode}'")
-    if not hasattr(head, "pss_convs"):  # a baseline: mmdet's own prediction is nms
-        yield
-        return
-    saved = head.test_cfg.get("mode")
-    head.test_cfg["mode"] = mode
-    try:
-        yield
-    finally:
-        if saved is None:
-            head.test_cfg.pop("mode")
-        else:
-            head.test_cfg["mode"] = saved
 
 
 @DATA_SAMPLERS.register_module(name=EPOCH_SAMPLER)

@@ -10,7 +10,8 @@ from pss import contract
 from pss.engine.train import RunInfo
 from pss.errors import UserError
 from pss.mmdet.config import build_model, load_config
-from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, inference_mode, train
+from pss.mmdet.heads import inference_mode
+from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, train
 
 FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 # The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
