@@ -7,7 +7,7 @@ share their names; FPN and head modules are renamed) and returns the mmdet keys
 our model has no counterpart for, which are set to zero: the tower conv biases
 before GroupNorm of mmdet configs with ``conv_bias=True`` (FCOS). BatchNorm's
 ``num_batches_tracked`` counters are left as they are. Any other key that does
-not fit is a UserError.
+not fit, or FCOS weights into ATSS (and back), is a UserError.
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def copy_weights(detector: nn.Module, model: nn.Module) -> list[str]:
     """Load ``detector``'s weights into the mmdet ``model``; returns the keys set to zero."""
     target = model.state_dict()
     prefix = "atss_" if "bbox_head.atss_cls.weight" in target else "conv_"
+    # FCOS's and ATSS's (one anchor a location) weights have the same shapes: only the
+    # detector's base tells them apart.
+    base = getattr(getattr(detector, "cfg", None), "base", None)
+    if base is not None and (base == "atss") != (prefix == "atss_"):
+        raise UserError(f"{base.upper()} weights do not fit mmdet's {type(model).__name__}")
     state = to_mmdet_state(detector.state_dict(), prefix)
     unexpected = sorted(set(state) - set(target))
     if unexpected:

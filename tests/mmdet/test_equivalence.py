@@ -49,9 +49,12 @@ from twins import (
     data_samples,
     images,
     make_twins,
+    mmdet_detector,
+    our_detector,
 )
 
-from pss.mmdet.convert import mmdet_key
+from pss.errors import UserError
+from pss.mmdet.convert import copy_weights, mmdet_key
 
 # Measured (this CPU, float32): losses within 5e-7 relative, gradients within 1.5e-5
 # of each tensor's largest entry, boxes within 5e-5 px, scores within 7e-7.
@@ -104,6 +107,13 @@ def test_weights_copy_over_whole(twins: Twins):
     prefix = "atss_" if base_of(twins.name) == "atss" else "conv_"
     for key, value in twins.ours.state_dict().items():
         assert torch.equal(theirs[mmdet_key(key, prefix)], value), key
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("fcos_pss", "atss_pss"), ("atss", "fcos")])
+def test_the_other_detectors_weights_are_refused(ours: str, theirs: str):
+    # Same shapes (ATSS has one anchor a location): without the check they would load.
+    with pytest.raises(UserError, match=f"{base_of(ours).upper()} weights do not fit"):
+        copy_weights(our_detector(ours), mmdet_detector(theirs))
 
 
 def test_same_one_to_many_positives(twins: Twins):
