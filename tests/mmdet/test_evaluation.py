@@ -18,7 +18,7 @@ from twins import REPO
 from pss import contract
 from pss.config import load_config
 from pss.engine.checkpoint import load_checkpoint
-from pss.engine.train import train
+from pss.engine.train import RunInfo, train
 from pss.engines import mmdet_config
 from pss.mmdet.cell import class_names
 from pss.mmdet.config import load_config as load_mmdet_config
@@ -49,7 +49,8 @@ def test_the_same_weights_get_the_same_metrics_on_both_engines(name, tracking, t
         [EXPERIMENTS / f"{name}_r50_3x.yaml", EXPERIMENTS / "smoke" / "overlay.yaml"],
         [f"data.root={tmp_path / 'shapes'}", f"output_dir={tmp_path / 'ours'}", *SHORT],
     )
-    ours = train(cfg)
+    # Its own experiment: other tests check the default one ('pss') stays empty.
+    ours = train(cfg, run=RunInfo(experiment="evaluation-on-both-engines"))
     detector = Detector(cfg.model)
     detector.load_state_dict(load_checkpoint(cfg.run_dir / contract.CHECKPOINT)["model"])
 
