@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the test-support package: support.mlflow_runs
 TARGET_S = 2.0
 SPEC = ROOT / "sweeps" / "table5.yaml"
 COMMANDS = {
@@ -43,7 +42,7 @@ def seed(folder: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     from pss.sweep.spec import load_spec
-    from support.mlflow_runs import seed_runs, synthetic_runs
+    from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     runs = synthetic_runs(load_spec(SPEC), smoke=True)
@@ -75,7 +74,7 @@ def split(cwd: Path, env: dict[str, str]) -> str:
         "t1 = time.perf_counter()\n"
         f"loaded, jobs = plan({str(SPEC)!r}, True)\n"
         "t2 = time.perf_counter()\n"
-        "from pss.runs import read_runs\n"
+        "from pss.tracking.store import read_runs\n"
         "runs = read_runs('table5-smoke')\n"
         "t3 = time.perf_counter()\n"
         "print(f'imports {t1 - t0:.2f} s, spec + 6 configs {t2 - t1:.2f} s, '\n"

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import io
 import math
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,15 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from pss.config import load_config
-from pss.deploy import Postprocess
+from pss.deploy.graph import Postprocess
+from pss.deploy.inference import Category, LoadedModel
 from pss.export import export_onnx, op_types
-from pss.inference import Category, LoadedModel
 from pss.models import Detector
 from pss.models.heads import HeadOutputs
+from pss.testing.score_maps import realistic_outputs
 from side_by_side import Clock, Report, fmt_time, interleaved, med
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.score_maps import realistic_outputs  # noqa: E402 - after the path to tests/
 
 NUM_CLASSES = 80
 OBJECTS, CLUTTER = 15, 30  # per image in the trained-looking score maps (as bench_head)

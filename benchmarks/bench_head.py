@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,21 +45,19 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from pss import postprocess
 from pss.config import load_config
 from pss.engine.train import optimizer_step
 from pss.models import Detector
+from pss.models import decode as postprocess
 from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
 from pss.models.heads import HeadOutputs
-from side_by_side import Clock, Report, interleaved, med
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.score_maps import (  # noqa: E402 - after the path to tests/support
+from pss.testing.score_maps import (
     SCORE_THRESH,
     realistic_outputs,
     synthetic_targets,
     to_device,
 )
+from side_by_side import Clock, Report, interleaved, med
 
 NUM_CLASSES = 80
 OBJECTS = 15  # objects per image in the realistic score maps
@@ -583,7 +580,7 @@ def train_parts(
         clock,
         {
             "losses": lambda: fcos.losses(out_f, targets),
-            "pss_losses": lambda: pss.losses(out_p, targets),
+            "pss_losses": lambda: pss.models.losses(out_p, targets),
             "assignment": lambda: pss.select_one_to_one(*select_args),
             "tv_losses": lambda: tv.compute_loss(tv_targets, tv_out, anchors, per_level),
             "tv_transform": lambda: tv.transform(raw_list, targets),

@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the test-support package: support.mlflow_runs
 SEEDS = 10
 TARGET_S = 10.0  # for 10,000 runs
 TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: boom\n'
@@ -65,7 +63,7 @@ table:
 
 def seed(client, spec: Path, artifacts: Path) -> int:
     from pss.sweep.spec import load_spec
-    from support.mlflow_runs import seed_runs, synthetic_runs
+    from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 
     loaded = load_spec(spec)
     runs = synthetic_runs(loaded)

@@ -27,16 +27,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from pss.config import ExperimentConfig, load_config
+from pss.data import build_dataset, build_loader, render
+from pss.engine.evaluate import evaluate
+from pss.engine.train import build_model, build_optimizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pss.config import ExperimentConfig, load_config  # noqa: E402
-from pss.data import build_dataset, build_loader, render  # noqa: E402
-from pss.engine.evaluate import evaluate  # noqa: E402
-from pss.engine.train import build_model, build_optimizer  # noqa: E402
-
 BASE = ROOT / "experiments" / "fcos_pss_r50_3x.yaml"
 OVERLAY = ROOT / "experiments" / "smoke" / "overlay.yaml"
 CELLS = {"fcos_pss": 3, "atss_pss": 3}  # Table 5: three PSS depths of each

@@ -159,7 +159,7 @@ def step_amp_training(s: Setting, workdir: Path) -> dict:
     from pss.config import load_config
     from pss.engine.checkpoint import load_checkpoint
     from pss.engine.train import RunInfo, train
-    from pss.tracking import search_runs
+    from pss.tracking.logger import search_runs
 
     out_dir = workdir / "train-amp"
     cfg = load_config(SMOKE, [*s.train_overrides, f"output_dir={out_dir}"])

@@ -27,7 +27,7 @@ TAG_TRIAL = "pss.trial"  # Optuna trial number (searches)
 TAG_STUDY = "pss.study"  # Optuna study name (searches)
 TAG_PROOF = "pss.proof"  # model name of a small-scale proof run
 TAG_ENGINE = "pss.engine"  # the engine that trained the run: one of ENGINES
-# MLflow's experiment tag for the kind of work: model training, not GenAI (pss.mlflow_ui)
+# MLflow's experiment tag for the kind of work: model training, not GenAI (pss.tracking.ui)
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 NO_STAGE = "none"

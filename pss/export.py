@@ -2,7 +2,7 @@
 
     python -m pss.export CHECKPOINT --out model.onnx [--mode e2e|nms] [--size HxW | --dynamic]
 
-The graph is :class:`pss.deploy.DeployedDetector`:
+The graph is :class:`pss.deploy.graph.DeployedDetector`:
 
 * input ``images``: a normalised batch [B, 3, H, W] (RGB / 255, minus the ImageNet
   mean, over its std; padded with zeros at the bottom / right);
@@ -40,9 +40,8 @@ from pathlib import Path
 
 import torch
 
-from pss.deploy import DeployedDetector
-from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.inference import (
+from pss.deploy.graph import DeployedDetector
+from pss.deploy.inference import (
     META_CATEGORIES,
     META_MODE,
     META_PREPROCESS,
@@ -50,6 +49,7 @@ from pss.inference import (
     Preprocess,
     load_model,
 )
+from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 
 EXPORT_MODES = ("e2e", "nms")
 INPUT_NAME = "images"

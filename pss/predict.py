@@ -33,9 +33,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pss.draw import SCORE_THRESH, draw_detections
-from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.inference import (
+from pss.deploy.draw import SCORE_THRESH, draw_detections
+from pss.deploy.inference import (
     OnnxRunner,
     TorchRunner,
     coco_results,
@@ -43,6 +42,7 @@ from pss.inference import (
     load_model,
     read_image,
 )
+from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 from pss.models import MODES
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")

@@ -66,7 +66,7 @@ def proof_config(model: str, overrides: list[str], out: Path | None = None) -> E
 def train_one(cfg: ExperimentConfig, experiment: str = EXPERIMENT) -> Trained:
     """Train and evaluate one config from scratch; log it (and its training time) to MLflow."""
     from pss.engine.train import RunInfo, train
-    from pss.tracking import Tracker
+    from pss.tracking.logger import Tracker
 
     tracker = Tracker.create(
         experiment, cfg.name, {TAG_PROOF: cfg.model.name, TAG_SEED: cfg.train.seed}

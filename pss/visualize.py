@@ -5,7 +5,7 @@
 One row per image, one column per inference mode: ``raw`` (base score, no
 NMS: the duplicate boxes), ``nms`` (base score + NMS) and ``e2e`` (PSS score, no
 NMS; only for *_pss checkpoints), every box labelled with its class and score.
-IMAGE may be a folder (its images, sorted). See :func:`pss.draw.draw_modes`.
+IMAGE may be a folder (its images, sorted). See :func:`pss.deploy.draw.draw_modes`.
 
 Exit status: 0 written, 2 bad input (one message on stderr).
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pss.draw import SCORE_THRESH, draw_modes
+from pss.deploy.draw import SCORE_THRESH, draw_modes
+from pss.deploy.inference import list_images, load_model
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.inference import list_images, load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pss.config import ExperimentConfig, SyntheticConfig, load_config
+from pss.config import SyntheticConfig
 from pss.data import ensure_shapes
-
-SMALL = [
-    "model.backbone.name=resnet18",
-    "model.num_classes=3",
-    "model.head.channels=32",
-    "model.head.num_convs=2",
-]
-
-
-def small_config(name: str = "fcos_pss", *overrides: str) -> ExperimentConfig:
-    return load_config([], [f"model.name={name}", *SMALL, *overrides])
+from pss.testing.configs import SMALL
 
 
 @pytest.fixture(autouse=True)

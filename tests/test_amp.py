@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_config, tiny_train_overrides, toy_targets
+from conftest import tiny_train_overrides, toy_targets
 from mlflow.tracking import MlflowClient
 
 from pss.config import load_config
@@ -19,7 +19,8 @@ from pss.engine.train import RunInfo, TrainingDiverged, autocast_dtype, train
 from pss.errors import UserError
 from pss.models import Detector
 from pss.models.heads import HeadOutputs
-from pss.tracking import search_runs
+from pss.testing.configs import small_config
+from pss.tracking.logger import search_runs
 
 BF16_RTOL = 0.02
 # 96 px, batch 2: bfloat16 convolutions are ~20x slower than float32 on a CPU without

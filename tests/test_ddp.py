@@ -45,8 +45,8 @@ from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.engine.evaluate import evaluate
 from pss.errors import UserError
 from pss.models import Detector
-from pss.tracking import search_runs
-from support.checkpoints import assert_same_training_state
+from pss.testing.checkpoints import assert_same_training_state
+from pss.tracking.logger import search_runs
 
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}
 CURVE_RTOL = 1e-4

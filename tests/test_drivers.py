@@ -23,11 +23,11 @@ import pytest
 from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
-from pss import tracking
-from pss.runs import CREDENTIALS_ENV, read_runs
 from pss.sweep.cli import main
 from pss.sweep.lock import SweepLock
 from pss.sweep.store import ensure_server, server_status, stop_server
+from pss.tracking import logger as tracking
+from pss.tracking.store import CREDENTIALS_ENV, read_runs
 
 SPEC = """
 name: crowd
@@ -186,7 +186,7 @@ def test_four_drivers_at_once_through_a_tracking_server_submit_each_cell_once(wo
 
 WRITER = """
 import sys
-from pss.tracking import Tracker
+from pss.tracking.logger import Tracker
 tracker = Tracker.create("fresh", f"writer-{sys.argv[1]}")
 tracker.log_metrics({"x": float(sys.argv[1])}, step=1)
 tracker.finish()
@@ -251,7 +251,7 @@ def test_the_tracking_server_binds_one_address_and_needs_its_password(tmp_path, 
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pss")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "another-servers-password")
-        from pss.tracking import Tracker
+        from pss.tracking.logger import Tracker
 
         tracker = Tracker.create("served", "job")
         tracker.log_metrics({"mAP_e2e": 12.5}, step=1)

@@ -1,6 +1,6 @@
 """`engine: mmdet` in specs: what it expands to, and bad input refused before anything runs.
 
-pss.engines translates our config to mmdet's without importing torch or mmdet, so these
+pss.mmdet.translate translates our config to mmdet's without importing torch or mmdet, so these
 tests are part of the core suite; training on mmdet's engine is in tests/mmdet.
 """
 
@@ -14,8 +14,14 @@ from conftest import REPO, write_spec
 
 from pss import contract
 from pss.config import ExperimentConfig, load_config
-from pss.engines import MMDET_KEYS, MMDET_PACKAGES, NOT_SEMANTIC, NOT_TRANSLATED, mmdet_config
 from pss.errors import UserError
+from pss.mmdet.translate import (
+    MMDET_KEYS,
+    MMDET_PACKAGES,
+    NOT_SEMANTIC,
+    NOT_TRANSLATED,
+    mmdet_config,
+)
 from pss.sweep.cli import main
 
 SPEC = """
@@ -177,7 +183,7 @@ def test_mmdet_not_installed_is_refused_before_anything_is_submitted(
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and str(spec) in err
     assert "engine: mmdet needs mmdet, mmcv, mmengine, not installed" in err
-    from pss.tracking import search_runs
+    from pss.tracking.logger import search_runs
 
     assert search_runs("eng-smoke-mmdet") == []
     assert not list(tmp_path.glob("outputs/sweeps/*/ledger.json"))

@@ -17,9 +17,9 @@ import torch
 from conftest import REPO
 
 from pss import predict
+from pss.deploy.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
 from pss.export import NMS_OPS, main, op_types
-from pss.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
-from support.deploy import (
+from pss.testing.deploy import (
     BOX_ATOL,
     CATEGORIES,
     SCORE_ATOL,

@@ -30,9 +30,9 @@ from conftest import REPO, tiny_train_overrides, write_spec, write_tiny_overlay
 from pss.config import load_config
 from pss.engine.checkpoint import CheckpointNotSaved, load_checkpoint
 from pss.engine.train import RunInfo, train
-from pss.runs import read_runs
 from pss.sweep.store import ensure_server, stop_server
-from support.waiting import wait_for
+from pss.testing.waiting import wait_for
+from pss.tracking.store import read_runs
 
 SPEC = """
 name: killed
@@ -132,7 +132,7 @@ def _accounted(job_ids: list[str]) -> dict[str, dict[str, str]]:
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from pss.tracking import Tracker
+    from pss.tracking.logger import Tracker
     tracker = Tracker.create("restarts", "job")
     print(tracker.run_id, flush=True)
     for step in range(int(sys.argv[1])):

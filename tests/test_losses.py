@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pss.losses import centerness_loss, focal_loss, focal_loss_on_prob, giou_loss, rank_loss
+from pss.models.losses import centerness_loss, focal_loss, focal_loss_on_prob, giou_loss, rank_loss
 
 
 def test_focal_loss_by_hand():

@@ -15,10 +15,10 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pss import mlflow_ui
 from pss.sweep.spec import load_spec
-from pss.tracking import experiment_id
-from support.mlflow_runs import seed_runs, synthetic_runs
+from pss.testing.mlflow_runs import seed_runs, synthetic_runs
+from pss.tracking import ui as mlflow_ui
+from pss.tracking.logger import experiment_id
 
 TABLE5 = REPO / "sweeps" / "table5.yaml"
 FIG3 = REPO / "sweeps" / "fig3.yaml"
@@ -107,7 +107,7 @@ def test_browser_opens_the_runs_table_with_the_table_metrics(tmp_path):
     seed_runs(client, "table5-smoke", synthetic_runs(loaded, smoke=True), tmp_path / "art")
     exp = client.get_experiment_by_name("table5-smoke").experiment_id
     out = subprocess.run(
-        [sys.executable, "-m", "pss.mlflow_ui", str(TABLE5), "--smoke", "--screenshots",
+        [sys.executable, "-m", "pss.tracking.ui", str(TABLE5), "--smoke", "--screenshots",
          str(tmp_path / "shots")],
         capture_output=True,
         text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_config, toy_targets
+from conftest import toy_targets
 from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.ops import generalized_box_iou
 
@@ -12,6 +12,7 @@ from pss.config import BackboneConfig, load_config
 from pss.errors import UserError
 from pss.models import Detector
 from pss.models.backbone import ModulatedDeformConv, build_body
+from pss.testing.configs import small_config
 
 IMAGES = (2, 3, 256, 256)
 
@@ -69,8 +70,8 @@ def test_each_detector_trains_and_answers_in_its_modes(name: str):
 @pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])
 def test_e2e_and_raw_equal_the_top_k_over_every_pair(name: str):
     """predict() scores only the best locations; that must equal scoring all pairs."""
+    from pss.models.decode import topk_detections
     from pss.models.detector import clip_boxes
-    from pss.postprocess import topk_detections
 
     model = Detector(small_config(name).model).eval()
     with torch.no_grad():

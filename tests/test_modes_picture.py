@@ -12,12 +12,12 @@ from PIL import Image
 
 from pss import contract
 from pss.config import load_config
-from pss.draw import MIN_SIDE
+from pss.deploy.draw import MIN_SIDE
 from pss.engine.train import RunInfo, train
 from pss.report import make_report
-from pss.runs import current_uri
 from pss.sweep.spec import load_spec
-from support.mlflow_runs import seed_runs, synthetic_runs
+from pss.testing.mlflow_runs import seed_runs, synthetic_runs
+from pss.tracking.store import current_uri
 
 TABLE5 = REPO / "sweeps" / "table5.yaml"
 

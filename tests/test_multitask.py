@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
-from pss.tracking import search_runs
-from support.slurm import wait_for_requeue
-from support.waiting import wait_for
+from pss.testing.slurm import wait_for_requeue
+from pss.testing.waiting import wait_for
+from pss.tracking.logger import search_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

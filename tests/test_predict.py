@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from pss import predict, visualize
-from pss.deploy import DeployedDetector
-from pss.draw import MIN_SIDE, draw_modes
+from pss.deploy.draw import MIN_SIDE, draw_modes
+from pss.deploy.graph import DeployedDetector
 from pss.models import MODES, Detector
-from support.deploy import (
+from pss.testing.deploy import (
     CATEGORIES,
     assert_same_detections,
     lively,

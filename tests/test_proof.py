@@ -12,7 +12,7 @@ import re
 import torch
 
 from pss.proof import MODELS, main, proof_config, verdict
-from pss.tracking import search_runs
+from pss.tracking.logger import search_runs
 
 TINY = [
     "data.synthetic={train: 8, val: 4, size: 96, seed: 0}",

@@ -16,11 +16,11 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from pss.mlflow_ui import publish_view
 from pss.report.collect import fetch_runs
-from pss.runs import current_uri, metric_history, read_runs
 from pss.sweep.spec import load_spec
-from support.mlflow_runs import FakeRun, seed_runs, synthetic_runs
+from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
+from pss.tracking.store import current_uri, metric_history, read_runs
+from pss.tracking.ui import publish_view
 
 TABLE5 = REPO / "sweeps" / "table5.yaml"
 

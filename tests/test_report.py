@@ -36,7 +36,7 @@ from pss.report.cli import main
 from pss.report.collect import collect_cells, fetch_runs
 from pss.report.figures import figure_panels, mlflow_history
 from pss.sweep.spec import expand, load_spec
-from support.mlflow_runs import FakeRun, seed_runs, synthetic_runs
+from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"

@@ -10,7 +10,7 @@ from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
-from pss.tracking import search_runs
+from pss.tracking.logger import search_runs
 
 SEARCH = """
 name: search

@@ -21,16 +21,16 @@ from mlflow.tracking import MlflowClient
 from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import ensure_server, stop_server
-from pss.tracking import Tracker, search_runs
-from pss.tracking import client as tracking_client
-from support.slurm import (
+from pss.testing.slurm import (
     cancel_jobs_submitted_from,
     require_cluster,
     sacct,
     scontrol_job,
     wait_for_requeue,
 )
-from support.waiting import wait_for
+from pss.testing.waiting import wait_for
+from pss.tracking.logger import Tracker, search_runs
+from pss.tracking.logger import client as tracking_client
 
 pytestmark = pytest.mark.slurm
 # Jobs unpickle what they run; this module is not importable on the node, so send it by value.

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
-from pss.tracking import search_runs
+from pss.tracking.logger import search_runs
 
 SPEC = """
 name: deps

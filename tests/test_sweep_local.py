@@ -10,7 +10,7 @@ import pytest
 from conftest import write_spec, write_tiny_overlay
 
 from pss.sweep.cli import main
-from pss.tracking import search_runs
+from pss.tracking.logger import search_runs
 
 SPEC = """
 name: local

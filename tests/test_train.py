@@ -17,8 +17,8 @@ from pss.engine.evaluate import WARMUP_BATCHES, untimed_batches
 from pss.engine.train import RunInfo, TrainingDiverged, train
 from pss.errors import UserError
 from pss.models import Detector
-from pss.tracking import search_runs
-from support.checkpoints import assert_same_training_state
+from pss.testing.checkpoints import assert_same_training_state
+from pss.tracking.logger import search_runs
 
 
 def cfg_for(shapes_root, out, *extra, name="fcos_pss"):

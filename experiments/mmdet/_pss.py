@@ -4,7 +4,7 @@
 # matching on P^(1-0.8) IoU^0.8 inside mmdet's own one-to-many positives;
 # L = L_base + 1.0 L_pss + 0.25 L_rank (margin 0.5, 100 negatives). The heads come from
 # pss.mmdet. Not a config on its own.
-custom_imports = dict(imports=['pss.mmdet'], allow_failed_imports=False)
+custom_imports = dict(imports=['pss.mmdet.heads'], allow_failed_imports=False)
 pss_head = dict(
     pss=dict(num_convs=2, branch='regression', stop_grad=True),
     one_to_one=dict(match='mul', alpha=0.8, solver='hungarian'),

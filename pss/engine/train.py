@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import build_dataset, build_loader
-from pss.draw import draw_modes, showcase_images
+from pss.deploy.draw import draw_modes, showcase_images
 from pss.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -38,7 +38,7 @@ from pss.engine.checkpoint import (
 from pss.engine.evaluate import evaluate
 from pss.errors import UserError
 from pss.models import Detector
-from pss.tracking import FINISHED, KILLED, NullTracker, Tracker, slurm_tags
+from pss.tracking.logger import FINISHED, KILLED, NullTracker, Tracker, slurm_tags
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ def _log_final_artifacts(tracker: Tracker, cfg: ExperimentConfig, epoch: int) ->
 
 def draw_validation_modes(cfg: ExperimentConfig, dataset, count: int = 3) -> Path:
     """``<run_dir>/modes.png``: raw / nms / e2e of the final checkpoint, side by side,
-    on ``count`` validation images (:func:`pss.draw.showcase_images`). Sweep reports
+    on ``count`` validation images (:func:`pss.deploy.draw.showcase_images`). Sweep reports
     embed this picture."""
     images = [dataset.image_dir / name for name in showcase_images(dataset.coco.dataset, count)]
     out = cfg.run_dir / contract.MODES_FIGURE

@@ -8,7 +8,7 @@ SLURM job, torchrun), generates the synthetic data a smoke config asks for, lets
 ``model.num_classes`` follow the annotations unless the config sets it, and
 resumes from the newest checkpoint in the job's folder (``cfg.run_dir``, mmengine's
 ``epoch_N.pth``) into the same MLflow run. The config is translated by
-:func:`pss.engines.mmdet_config`; the run's params are our flattened config (the
+:func:`pss.mmdet.translate.mmdet_config`; the run's params are our flattened config (the
 same keys as a torch run's) and ``config.yaml`` is our resolved config.
 """
 
@@ -23,10 +23,10 @@ from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import ensure_shapes, read_annotations
 from pss.engine.train import RunInfo
-from pss.engines import mmdet_config
 from pss.errors import UserError
 from pss.mmdet.train import train
-from pss.tracking import Tracker
+from pss.mmdet.translate import mmdet_config
+from pss.tracking.logger import Tracker
 
 
 def class_names(cfg: ExperimentConfig) -> list[str]:

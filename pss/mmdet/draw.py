@@ -1,5 +1,5 @@
 """raw / nms / e2e of a trained mmdet model on validation images: ``modes.png``, as our
-engine draws it at the end of a PSS training (:func:`pss.draw.draw_runners`).
+engine draws it at the end of a PSS training (:func:`pss.deploy.draw.draw_runners`).
 
     path = draw_validation_modes(runner, work_dir)   # after runner.train()
 """
@@ -18,10 +18,10 @@ from torch import nn
 
 from pss import contract
 from pss.data import read_annotations
-from pss.draw import draw_runners, showcase_images
-from pss.inference import Category
+from pss.deploy.draw import draw_runners, showcase_images
+from pss.deploy.inference import Category
 from pss.mmdet.heads import inference_mode
-from pss.postprocess import Detections
+from pss.models.decode import Detections
 
 MODES = ("raw", "nms", "e2e")  # the picture's columns, left to right
 
@@ -53,7 +53,7 @@ def mmdet_runner(model: nn.Module, cfg, mode: str) -> Callable[[Image.Image], De
 
 def draw_validation_modes(runner, work_dir: Path, count: int = 3) -> Path:
     """``<work_dir>/modes.png`` of the runner's model (with a PSS head) on ``count``
-    validation images (:func:`pss.draw.showcase_images`)."""
+    validation images (:func:`pss.deploy.draw.showcase_images`)."""
     model = getattr(runner.model, "module", runner.model)
     dataset = runner.cfg.val_dataloader.dataset
     root = Path(dataset.get("data_root") or "")

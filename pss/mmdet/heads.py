@@ -6,7 +6,7 @@ NMS post-processing), plus:
 * a PSS branch per level: ``pss.num_convs`` x [conv 3x3, norm, ReLU] + a 1-channel
   conv 3x3, fed from the regression tower (or the classification tower), detached
   when ``pss.stop_grad`` (docs/method.md);
-* L_pss and L_rank, from :mod:`pss.selector` (the functions ``pss.models.Detector``
+* L_pss and L_rank, from :mod:`pss.models.selector` (the functions ``pss.models.Detector``
   uses): the one-to-one target is chosen among the positives that *mmdet's* own
   one-to-many assignment gives each object (FCOS: its point targets; ATSS: its
   ``ATSSAssigner``);
@@ -42,9 +42,11 @@ from mmengine.structures import InstanceData
 from pydantic import ValidationError
 from torch import Tensor
 
-from pss import contract, postprocess, selector
+from pss import contract
 from pss.config import EVAL_MODES, AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
+from pss.models import decode as postprocess
+from pss.models import selector
 
 ONE_TO_ONE_KEYS = ("match", "alpha", "solver")
 LOSS_KEYS = ("pss_weight", "rank_weight", "rank_margin", "rank_negatives")
@@ -161,7 +163,7 @@ class PSSHeadMixin:
         batch_gt_instances_ignore: list[InstanceData] | None = None,
     ) -> tuple[Tensor, list[Tensor], list[dict[str, Tensor]]]:
         """log P [B, N, C] (float32), the one-to-one selections (per image [M], -1: none)
-        and the targets as pss.selector takes them."""
+        and the targets as pss.models.selector takes them."""
         sizes = [tuple(m.shape[-2:]) for m in cls_scores]
         with torch.autocast(cls_scores[0].device.type, enabled=False):
             log_p = selector.log_prob(

@@ -61,11 +61,11 @@ from pss.config import SyntheticConfig, flatten
 from pss.data import ensure_shapes
 from pss.engine.evaluate import untimed_batches
 from pss.engine.train import RunInfo
-from pss.engines import EPOCH_SAMPLER
 from pss.errors import EXIT_INVALID, UserError
 from pss.mmdet.config import load_config, with_data_root
 from pss.mmdet.heads import inference_mode, modes_of
-from pss.tracking import FINISHED, KILLED, NullTracker, Tracker, client, retry, slurm_tags
+from pss.mmdet.translate import EPOCH_SAMPLER
+from pss.tracking.logger import FINISHED, KILLED, NullTracker, Tracker, client, retry, slurm_tags
 
 log = logging.getLogger("pss.mmdet.train")
 

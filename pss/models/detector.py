@@ -31,8 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pss import assign, losses, postprocess, selector
-from pss.boxes import (
+from pss.config import ModelConfig
+from pss.contract import MODES
+from pss.dist import reduce_mean
+from pss.models import assign, losses, selector
+from pss.models import decode as postprocess
+from pss.models.backbone import Backbone
+from pss.models.boxes import (
     Priors,
     box_to_distance,
     centerness_target,
@@ -40,10 +45,6 @@ from pss.boxes import (
     distance_to_box,
     make_priors,
 )
-from pss.config import ModelConfig
-from pss.contract import MODES
-from pss.dist import reduce_mean
-from pss.models.backbone import Backbone
 from pss.models.heads import DenseHead, HeadOutputs
 
 

@@ -1,6 +1,6 @@
 """From MLflow runs to per-cell results.
 
-One read of the store (:func:`pss.runs.read_runs`: one SQL snapshot of a local
+One read of the store (:func:`pss.tracking.store.read_runs`: one SQL snapshot of a local
 store, one paged ``search_runs`` of any other) gives every run of a sweep's
 experiment; runs are then matched to the spec's reported jobs by their
 tags (``pss.cell``, ``pss.stage``, ``pss.seed``). For each cell and seed the
@@ -22,8 +22,8 @@ from typing import Any
 
 from pss import contract
 from pss.contract import NO_STAGE, TRACEBACK_FILE
-from pss.runs import StoredRun, read_runs, retry
 from pss.sweep.spec import CellSpec, Job, LoadedSpec, all_cells, expand, row_values
+from pss.tracking.store import StoredRun, read_runs, retry
 
 SHORT_ID = 8  # run ids in notes are shortened to this many characters
 MODEL_NAME = "model.name"  # the param that says which model a run trained

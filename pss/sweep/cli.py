@@ -1,7 +1,7 @@
 """The command line of ``sweeps/run.py`` (see its docstring and docs/cli.md).
 
 ``status``, ``--dry-run`` and a re-run of a finished sweep import neither torch
-nor MLflow's client: they read the store directly (:mod:`pss.runs`) and answer
+nor MLflow's client: they read the store directly (:mod:`pss.tracking.store`) and answer
 in about a second; only submitting loads what submitting needs.
 """
 
@@ -14,10 +14,10 @@ import sys
 
 from pss.contract import ENGINES
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
-from pss.runs import current_uri
 from pss.sweep.executors import KINDS
 from pss.sweep.profile import load_profile
 from pss.sweep.submit import SweepOptions, plan, print_status, run_sweep
+from pss.tracking.store import current_uri
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pss import contract, tracking
+from pss import contract
 from pss.contract import SCHEDULED
 from pss.sweep.executors import (
     LocalQueue,
@@ -46,7 +46,8 @@ from pss.sweep.state import (
 )
 from pss.sweep.store import uri_for_jobs
 from pss.sweep.worker import CellJob, Payload
-from pss.tracking import Tracker, retry
+from pss.tracking import logger as tracking
+from pss.tracking.logger import Tracker, retry
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from pss.runs import retry
+from pss.tracking.store import retry
 
 PREFIX = "pss-sweep-lock."
 HEARTBEAT_S = 10.0  # the holder refreshes its heartbeat this often

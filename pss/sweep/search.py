@@ -23,13 +23,13 @@ import submitit
 from pss import contract
 from pss.config import load_config
 from pss.errors import EXIT_FAILED, EXIT_OK, UserError
-from pss.runs import current_uri
 from pss.sweep.executors import make_executor, report_failures, resolve_executor
 from pss.sweep.profile import ClusterProfile, effective_resources
 from pss.sweep.spec import LoadedSpec, SearchSpec
 from pss.sweep.store import uri_for_jobs
 from pss.sweep.worker import Payload, prepare_process
-from pss.tracking import experiment_id
+from pss.tracking.logger import experiment_id
+from pss.tracking.store import current_uri
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINAL_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

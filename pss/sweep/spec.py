@@ -13,7 +13,7 @@ what was expected (exit status 2 in ``sweeps/run.py``).
 
 A spec's ``engine`` (or a cell's) says what trains its cells: this project's own
 loop (``torch``, the default) or mmengine's Runner on the cell's config translated
-to mmdet (``mmdet``, :mod:`pss.engines`; a setting that has no translation fails
+to mmdet (``mmdet``, :mod:`pss.mmdet.translate`; a setting that has no translation fails
 the expansion). The engine is part of a job's fingerprint (an mmdet job never
 counts as a finished torch job) and of the experiment's name.
 """
@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pss import contract
 from pss.config import ExperimentConfig, load_config, read_yaml
 from pss.contract import ENGINES, TORCH
-from pss.engines import check_translatable
 from pss.errors import UserError, nearest, validation_error
+from pss.mmdet.translate import check_translatable
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
 # The smoke overlay of this checkout (specs may name their own with `smoke:`).

@@ -19,8 +19,8 @@ from typing import Any
 
 from pss import contract
 from pss.contract import FAILED, FINISHED, KILLED, RUNNING
-from pss.runs import StoredRun, read_runs
 from pss.sweep.spec import Job
+from pss.tracking.store import StoredRun, read_runs
 
 STATES = ("finished", "running", "pending", "failed", "missing")
 FINISHED_S, RUNNING_S, PENDING_S, FAILED_S, MISSING_S = STATES

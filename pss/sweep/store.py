@@ -1,7 +1,7 @@
 """Which MLflow store sweep jobs log to, and the tracking server that SLURM jobs log through.
 
 Jobs of a local or debug sweep write straight into the store (SQLite takes a
-handful of concurrent local writers; :func:`pss.runs.retry` rides out its
+handful of concurrent local writers; :func:`pss.tracking.store.retry` rides out its
 locks). Jobs on SLURM may run on other nodes, where a SQLite file on a shared
 file system is not safe for concurrent writers: for them the suite starts an
 ``mlflow server`` on the local store (one per store, reused by later sweeps)
@@ -15,7 +15,7 @@ it accepts only the host names of that address in the Host header; and it
 requires a user name and password (MLflow's basic-auth app). The password is
 made once per store and kept, with the server's other files, beside the store
 in files only the user can read (mode 600); jobs read it from the file named by
-``PSS_TRACKING_CREDENTIALS`` (:func:`pss.tracking.client`). ``/health`` stays
+``PSS_TRACKING_CREDENTIALS`` (:func:`pss.tracking.logger.client`). ``/health`` stays
 open.
 
 Lifetime: the server runs detached, in its own process group, so that jobs
@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss.errors import UserError
-from pss.runs import CREDENTIALS_ENV, current_uri, sqlite_path
 from pss.sweep.profile import ClusterProfile
-from pss.tracking import ensure_store
+from pss.tracking.logger import ensure_store
+from pss.tracking.store import CREDENTIALS_ENV, current_uri, sqlite_path
 
 REMOTE = ("http://", "https://", "databricks")
 USER = "pss"

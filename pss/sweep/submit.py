@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss import contract
-from pss.engines import require_installed
 from pss.errors import EXIT_FAILED, EXIT_OK
+from pss.mmdet.translate import require_installed
 from pss.report import make_report
-from pss.runs import current_uri, experiment_tags
 from pss.sweep.executors import LocalQueue, resolve_executor
 from pss.sweep.profile import load_profile
 from pss.sweep.progress import Progress
@@ -40,6 +39,7 @@ from pss.sweep.state import (
     format_table,
     sweep_states,
 )
+from pss.tracking.store import current_uri, experiment_tags
 
 log = logging.getLogger(__name__)
 POLL_S = 3.0
@@ -167,13 +167,13 @@ def _ui_hint(loaded: LoadedSpec, experiment: str) -> str:
     runs table in the model-training view, with the spec's saved view published (through
     MLflow's client only when it is not there yet: a re-run of a finished sweep on a
     local store imports no MLflow)."""
-    from pss.mlflow_ui import is_published, publish_view, ui_hint, view_id
+    from pss.tracking.ui import is_published, publish_view, ui_hint, view_id
 
     uri = current_uri()
     known = experiment_tags(experiment, uri)
     if known is not None and is_published(loaded, known[1]):
         return ui_hint(uri, known[0], view_id(loaded))
-    from pss.tracking import client
+    from pss.tracking.logger import client
 
     mlflow = client(uri)
     found = mlflow.get_experiment_by_name(experiment)

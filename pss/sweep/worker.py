@@ -21,7 +21,7 @@ import submitit
 
 from pss.config import ExperimentConfig, load_config
 from pss.contract import MMDET, RUNNING, SCHEDULED, TORCH
-from pss.tracking import Tracker
+from pss.tracking.logger import Tracker
 
 
 @dataclass

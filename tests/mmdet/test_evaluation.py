@@ -19,11 +19,11 @@ from pss import contract
 from pss.config import load_config
 from pss.engine.checkpoint import load_checkpoint
 from pss.engine.train import RunInfo, train
-from pss.engines import mmdet_config
 from pss.mmdet.cell import class_names
 from pss.mmdet.config import load_config as load_mmdet_config
 from pss.mmdet.convert import copy_weights
 from pss.mmdet.train import COCO_ITEMS
+from pss.mmdet.translate import mmdet_config
 from pss.models import Detector
 
 EXPERIMENTS = REPO / "experiments"

@@ -12,14 +12,14 @@ from twins import REPO
 from pss import contract
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
-from pss.tracking import client, search_runs
-from support.slurm import (
+from pss.testing.slurm import (
     cancel_jobs_submitted_from,
     require_cluster,
     scontrol_job,
     wait_for_requeue,
 )
-from support.waiting import wait_for
+from pss.testing.waiting import wait_for
+from pss.tracking.logger import client, search_runs
 
 pytestmark = pytest.mark.slurm
 EXPERIMENT = "requeue-smoke-mmdet"

@@ -22,14 +22,14 @@ from twins import REPO
 
 from pss import contract
 from pss.config import load_config
-from pss.engines import mmdet_config
 from pss.mmdet.config import build_model
 from pss.mmdet.config import load_config as load_mmdet_config
+from pss.mmdet.translate import mmdet_config
 from pss.models import Detector
 from pss.report import make_report
 from pss.sweep.cli import main
 from pss.sweep.submit import plan
-from pss.tracking import client, search_runs
+from pss.tracking.logger import client, search_runs
 
 EXPERIMENT = "table5-smoke-mmdet"
 MODES = ("e2e", "nms")

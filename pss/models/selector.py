@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pss import assign, losses
-from pss.boxes import aligned_iou
 from pss.config import AssignConfig, LossConfig
 from pss.dist import reduce_mean
+from pss.models import assign, losses
+from pss.models.boxes import aligned_iou
 
 Omega = tuple[Tensor, Tensor, Tensor]
 

@@ -9,7 +9,7 @@ Both runners resize and normalise an image exactly as evaluation does
 (shorter side ``data.test_scale``, longer side at most ``data.max_size``,
 ImageNet mean / std), pad it at the bottom / right (to a multiple of
 ``data.size_divisibility``, or to the fixed input size of an ONNX export) and
-run :class:`pss.deploy.DeployedDetector`, in PyTorch or in ONNX Runtime, so
+run :class:`pss.deploy.graph.DeployedDetector`, in PyTorch or in ONNX Runtime, so
 they give the same detections. Every problem with an input is one
 :class:`~pss.errors.UserError` naming the file.
 """
@@ -29,11 +29,11 @@ from torch import Tensor
 
 from pss.config import ExperimentConfig, config_from_dict
 from pss.data.transforms import Normalize, resized_shape
-from pss.deploy import EMPTY_LABEL, DeployedDetector
+from pss.deploy.graph import EMPTY_LABEL, DeployedDetector
 from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.errors import UserError
 from pss.models import Detector
-from pss.postprocess import Detections
+from pss.models.decode import Detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keys of the metadata an ONNX export carries (pss.export writes them, OnnxRunner reads them).

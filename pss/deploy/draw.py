@@ -18,8 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pss.inference import Category, LoadedModel, TorchRunner, load_model, read_image
-from pss.postprocess import Detections
+from pss.deploy.inference import Category, LoadedModel, TorchRunner, load_model, read_image
+from pss.models.decode import Detections
 
 # Columns of draw_modes, left to right, and what each one shows.
 MODE_TITLES = {

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from pss.boxes import Priors, make_priors
 from pss.config import ModelConfig
 from pss.models import MODES, Detector
 from pss.models.backbone import Backbone
+from pss.models.boxes import Priors, make_priors
 from pss.models.detector import clip_boxes, decode_boxes
 from pss.models.heads import HeadOutputs
 

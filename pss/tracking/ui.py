@@ -25,7 +25,7 @@ the order they logged them.
 
 Importing this module loads neither MLflow nor torch (the sweep's quick commands print
 :func:`ui_hint`); :func:`publish_view` takes the caller's client. ``python -m
-pss.mlflow_ui SPEC [--smoke] [--screenshots DIR]`` publishes the view of an existing
+pss.tracking.ui SPEC [--smoke] [--screenshots DIR]`` publishes the view of an existing
 experiment, prints how to open it and, with ``--screenshots``, serves the store with
 ``mlflow ui`` and takes headless Chromium screenshots of the runs table, the chart view
 and the Compare runs page (then stops the server and the browser).
@@ -49,8 +49,8 @@ from urllib.parse import urlencode
 
 from pss import contract
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.runs import current_uri
 from pss.sweep.spec import LoadedSpec, load_spec
+from pss.tracking.store import current_uri
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 DEFAULT_PORT = 5000
@@ -184,7 +184,7 @@ def is_published(loaded: LoadedSpec, tags: dict[str, str]) -> bool:
 
 def publish_view(client: Any, experiment_id: str, loaded: LoadedSpec) -> str:
     """Set :func:`view_tags` on the experiment through ``client`` (an MlflowClient); its id."""
-    from pss.runs import retry
+    from pss.tracking.store import retry
 
     for key, value in view_tags(loaded).items():
         retry(client.set_experiment_tag, experiment_id, key, value)
@@ -346,7 +346,7 @@ def take_screenshots(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pss.mlflow_ui",
+        prog="python -m pss.tracking.ui",
         description="Give a sweep's MLflow experiment its saved view (the table's columns and "
         "charts) and print how to open it; optionally take screenshots in headless Chromium.",
     )
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_spec(args.spec, args.engine)
         name = loaded.experiment(args.smoke)
         uri = current_uri()
-        from pss.tracking import client as tracking_client  # MLflow: seconds to import
+        from pss.tracking.logger import client as tracking_client  # MLflow: seconds to import
 
         mlflow = tracking_client(uri)
         experiment = mlflow.get_experiment_by_name(name)

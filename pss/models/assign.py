@@ -22,7 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from pss.boxes import box_to_distance
+from pss.models.boxes import box_to_distance
 
 
 def fcos_assign(

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from pss.boxes import make_priors
 from pss.models.backbone import Backbone
+from pss.models.boxes import make_priors
 from pss.models.heads import HeadOutputs
 
 SCORE_THRESH = 0.05  # the nms mode's score threshold (config: inference.score_thresh)

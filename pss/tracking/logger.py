@@ -33,7 +33,7 @@ from pss.contract import (
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
 )
-from pss.runs import current_uri, retry, search, sqlite_path, use_credentials
+from pss.tracking.store import current_uri, retry, search, sqlite_path, use_credentials
 
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 

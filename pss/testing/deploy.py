@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import SMALL
 from PIL import Image
 
 from pss.config import load_config
 from pss.engine.checkpoint import save_checkpoint
 from pss.models import Detector
+from pss.testing.configs import SMALL
 
 CATEGORIES = [
     {"id": 7, "name": "circle"},

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from support.waiting import wait_for
+from pss.testing.waiting import wait_for
 
 
 def require_cluster() -> None:
