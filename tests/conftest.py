@@ -1,5 +1,9 @@
-"""Shared fixtures: small configs that build and run fast on a CPU; and a last check that
-no process the tests started is still running when the session ends."""
+"""Shared fixtures: a tiny shapes dataset, the session's MLflow store; and a last check that
+no process the tests started is still running when the session ends.
+
+The helpers tests share (small configs, overlays, specs, toy targets) are in the
+installed package pss.testing; this file holds only fixtures and hooks.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pss.config import SyntheticConfig
 from pss.data import ensure_shapes
-from pss.testing.configs import SMALL
+from pss.testing.configs import TINY_SHAPES, write_tiny_overlay
 
 
 @pytest.fixture(autouse=True)
@@ -37,22 +40,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-def toy_targets() -> list[dict[str, torch.Tensor]]:
-    return [
-        {
-            "boxes": torch.tensor([[10.0, 20, 100, 120], [50, 60, 200, 230], [5, 5, 30, 40]]),
-            "labels": torch.tensor([0, 2, 1]),
-        },
-        {"boxes": torch.tensor([[30.0, 30, 180, 150]]), "labels": torch.tensor([1])},
-    ]
-
-
-TINY_SHAPES = SyntheticConfig(train=16, val=6, size=128, seed=0)
-
-
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory) -> Path:
-    """A tiny shapes dataset shared by the whole session."""
+    """A tiny shapes dataset (TINY_SHAPES) shared by the whole session."""
     root = tmp_path_factory.mktemp("data") / "shapes"
     ensure_shapes(root, TINY_SHAPES)
     return root
@@ -72,84 +62,10 @@ def tracking(mlflow_uri, monkeypatch, tmp_path) -> str:
     return mlflow_uri
 
 
-def tiny_train_overrides(root: Path, out: Path, name: str = "fcos_pss") -> list[str]:
-    """A training that takes seconds: 2 epochs of 2 iterations on 128 px shapes."""
-    return [
-        f"model.name={name}",
-        *SMALL,
-        "model.backbone.norm=bn",
-        "model.backbone.frozen_stages=-1",
-        f"data.root={root}",
-        "data.train_images=train",
-        "data.train_annotations=annotations/train.json",
-        "data.val_images=val",
-        "data.val_annotations=annotations/val.json",
-        f"data.synthetic={{train: {TINY_SHAPES.train}, val: {TINY_SHAPES.val}, "
-        f"size: {TINY_SHAPES.size}, seed: 0}}",
-        "data.train_scales=[96, 128]",
-        "data.max_size=160",
-        "data.test_scale=128",
-        "data.num_workers=0",
-        "train.epochs=2",
-        "train.batch_size=4",
-        "train.iters_per_epoch=2",
-        "train.warmup_iters=2",
-        "train.lr_steps=[2]",
-        "train.amp=false",
-        "train.log_interval=1",
-        f"output_dir={out}",
-    ]
-
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def write_tiny_overlay(path: Path, data_root: Path) -> Path:
-    """A smoke overlay whose jobs train in seconds (for sweep tests)."""
-    path.write_text(
-        f"""
-model:
-  num_classes: 3
-  backbone: {{name: resnet18, weights: null, dcn: false, norm: bn, frozen_stages: -1}}
-  head: {{channels: 32, num_convs: 1}}
-data:
-  root: {data_root}
-  train_images: train
-  train_annotations: annotations/train.json
-  val_images: val
-  val_annotations: annotations/val.json
-  synthetic:
-    train: {TINY_SHAPES.train}
-    val: {TINY_SHAPES.val}
-    size: {TINY_SHAPES.size}
-    seed: 0
-  train_scales: [96, 128]
-  max_size: 160
-  test_scale: 128
-  num_workers: 0
-train:
-  epochs: 2
-  batch_size: 4
-  iters_per_epoch: 2
-  warmup_iters: 2
-  lr_steps: [2]
-  amp: false
-  log_interval: 1
-"""
-    )
-    return path
-
-
 @pytest.fixture
 def tiny_overlay(tmp_path, shapes_root) -> Path:
-    """write_tiny_overlay's file, for tests that cannot import this module (tests/mmdet)."""
+    """write_tiny_overlay's file in this test's tmp folder, over the session's shapes."""
     return write_tiny_overlay(tmp_path / "tiny.yaml", shapes_root)
-
-
-def write_spec(path: Path, body: str) -> Path:
-    """A spec file whose relative paths are resolved against the repository's sweeps/."""
-    path.write_text(body.replace("@EXP@", str(REPO / "experiments")))
-    return path
 
 
 # ----------------------------------------------------------------- nothing left running

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_train_overrides, toy_targets
 from mlflow.tracking import MlflowClient
 
 from pss.config import load_config
@@ -19,7 +18,8 @@ from pss.engine.train import RunInfo, TrainingDiverged, autocast_dtype, train
 from pss.errors import UserError
 from pss.models import Detector
 from pss.models.heads import HeadOutputs
-from pss.testing.configs import small_config
+from pss.testing.configs import small_config, tiny_train_overrides
+from pss.testing.score_maps import toy_targets
 from pss.tracking.logger import search_runs
 
 BF16_RTOL = 0.02

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from pss.testing import REPO
 
 SCRIPT = REPO / "benchmarks" / "bench_smoke.py"
 PARTS = ("data", "backbone", "head", "assignment", "losses", "backward", "optimizer", "step")

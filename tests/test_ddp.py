@@ -33,7 +33,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import tiny_train_overrides
 from mlflow.tracking import MlflowClient
 
 import pss.engine.train as engine
@@ -46,6 +45,7 @@ from pss.engine.evaluate import evaluate
 from pss.errors import UserError
 from pss.models import Detector
 from pss.testing.checkpoints import assert_same_training_state
+from pss.testing.configs import tiny_train_overrides
 from pss.tracking.logger import search_runs
 
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}

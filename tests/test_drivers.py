@@ -20,12 +20,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
 from pss.sweep.lock import SweepLock
 from pss.sweep.store import ensure_server, server_status, stop_server
+from pss.testing import REPO
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking import logger as tracking
 from pss.tracking.store import CREDENTIALS_ENV, read_runs
 

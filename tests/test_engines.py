@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-from conftest import REPO, write_spec
 
 from pss import contract
 from pss.config import ExperimentConfig, load_config
@@ -23,6 +22,8 @@ from pss.mmdet.translate import (
     mmdet_config,
 )
 from pss.sweep.cli import main
+from pss.testing import REPO
+from pss.testing.configs import write_spec
 
 SPEC = """
 name: eng

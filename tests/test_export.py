@@ -14,11 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO
 
 from pss import predict
 from pss.deploy.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
 from pss.export import NMS_OPS, main, op_types
+from pss.testing import REPO
 from pss.testing.deploy import (
     BOX_ATOL,
     CATEGORIES,

@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_train_overrides, write_spec, write_tiny_overlay
 
 from pss.config import load_config
 from pss.engine.checkpoint import CheckpointNotSaved, load_checkpoint
 from pss.engine.train import RunInfo, train
 from pss.sweep.store import ensure_server, stop_server
+from pss.testing import REPO
+from pss.testing.configs import tiny_train_overrides, write_spec, write_tiny_overlay
 from pss.testing.waiting import wait_for
 from pss.tracking.store import read_runs
 

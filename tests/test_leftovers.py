@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import REPO
+from pss.testing import REPO
 
 LEAKY = """
 import subprocess

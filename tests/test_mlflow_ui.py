@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pss.sweep.spec import load_spec
+from pss.testing import REPO
 from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 from pss.tracking import ui as mlflow_ui
 from pss.tracking.logger import experiment_id

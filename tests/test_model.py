@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import toy_targets
 from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.ops import generalized_box_iou
 
@@ -13,6 +12,7 @@ from pss.errors import UserError
 from pss.models import Detector
 from pss.models.backbone import ModulatedDeformConv, build_body
 from pss.testing.configs import small_config
+from pss.testing.score_maps import toy_targets
 
 IMAGES = (2, 3, 256, 256)
 

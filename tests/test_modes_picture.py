@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO, tiny_train_overrides
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -16,6 +15,8 @@ from pss.deploy.draw import MIN_SIDE
 from pss.engine.train import RunInfo, train
 from pss.report import make_report
 from pss.sweep.spec import load_spec
+from pss.testing import REPO
+from pss.testing.configs import tiny_train_overrides
 from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 from pss.tracking.store import current_uri
 

@@ -14,12 +14,12 @@ import subprocess
 import pytest
 import submitit
 import torch
-from conftest import write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.testing.slurm import wait_for_requeue
 from pss.testing.waiting import wait_for
 from pss.tracking.logger import search_runs

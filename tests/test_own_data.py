@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 from PIL import Image, ImageDraw
 
 from pss import export, predict
@@ -23,6 +22,7 @@ from pss import train as train_cli
 from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.errors import UserError
 from pss.models import Detector
+from pss.testing import REPO
 from pss.testing.configs import small_config
 
 CATEGORIES = [

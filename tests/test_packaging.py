@@ -6,7 +6,8 @@ import re
 import tomllib
 
 import yaml
-from conftest import REPO
+
+from pss.testing import REPO
 
 
 def _normalise(requirement: str) -> str:

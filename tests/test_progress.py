@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 from unittest.mock import patch
 
-from conftest import REPO
-
 from pss import contract
 from pss.sweep.progress import Progress, describe
 from pss.sweep.spec import expand, load_spec
 from pss.sweep.state import RUNNING_S, JobState
+from pss.testing import REPO
 from pss.tracking.store import StoredRun
 
 START = 1_000_000.0  # seconds

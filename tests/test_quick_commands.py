@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from mlflow.tracking import MlflowClient
 
 from pss.report.collect import fetch_runs
 from pss.sweep.spec import load_spec
+from pss.testing import REPO
 from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 from pss.tracking.store import current_uri, metric_history, read_runs
 from pss.tracking.ui import publish_view

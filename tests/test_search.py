@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 
 import optuna
-from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
+from pss.testing import REPO
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs
 
 SEARCH = """

@@ -15,12 +15,13 @@ import cloudpickle
 import pytest
 import submitit
 import torch
-from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.cli import main
 from pss.sweep.store import ensure_server, stop_server
+from pss.testing import REPO
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.testing.slurm import (
     cancel_jobs_submitted_from,
     require_cluster,

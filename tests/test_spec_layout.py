@@ -5,9 +5,9 @@ time (and for --dry-run and status), with no run logged and no job submitted."""
 from __future__ import annotations
 
 import pytest
-from conftest import write_spec
 
 from pss.sweep.cli import main
+from pss.testing.configs import write_spec
 
 SPEC = """
 name: layout

@@ -11,11 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_spec, write_tiny_overlay
 from mlflow.tracking import MlflowClient
 
 from pss.sweep.cli import main
 from pss.sweep.store import stop_server
+from pss.testing import REPO
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs
 
 SPEC = """

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_spec, write_tiny_overlay
 
 from pss.sweep.cli import main
+from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs
 
 SPEC = """

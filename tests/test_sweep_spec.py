@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_spec
 
 from pss.sweep.cli import main
 from pss.sweep.spec import expand, load_spec
+from pss.testing import REPO
+from pss.testing.configs import write_spec
 
 TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_train_overrides
 from mlflow.tracking import MlflowClient
 
 import pss.engine.train as engine
@@ -18,6 +17,7 @@ from pss.engine.train import RunInfo, TrainingDiverged, train
 from pss.errors import UserError
 from pss.models import Detector
 from pss.testing.checkpoints import assert_same_training_state
+from pss.testing.configs import tiny_train_overrides
 from pss.tracking.logger import search_runs
 
 

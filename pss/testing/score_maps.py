@@ -1,4 +1,4 @@
-"""Synthetic detector inputs and outputs for benchmarks: targets, and trained-looking score maps.
+"""Synthetic detector inputs and outputs: targets, and trained-looking score maps.
 
 A randomly initialised head is useless for timing post-processing: almost
 every location sits at the prior, so either nothing or everything passes the
@@ -48,6 +48,17 @@ def synthetic_targets(
         labels = torch.randint(0, num_classes, (boxes,), generator=gen)
         targets.append({"boxes": xyxy.to(device), "labels": labels.to(device)})
     return targets
+
+
+def toy_targets() -> list[dict[str, Tensor]]:
+    """Two images' targets, 3 objects and 1, for detectors of 3 classes (loss tests)."""
+    return [
+        {
+            "boxes": torch.tensor([[10.0, 20, 100, 120], [50, 60, 200, 230], [5, 5, 30, 40]]),
+            "labels": torch.tensor([0, 2, 1]),
+        },
+        {"boxes": torch.tensor([[30.0, 30, 180, 150]]), "labels": torch.tensor([1])},
+    ]
 
 
 def _logit(p: Tensor) -> Tensor:
