@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,50 @@ def tracking(mlflow_uri, monkeypatch, tmp_path) -> str:
 def tiny_overlay(tmp_path, shapes_root) -> Path:
     """write_tiny_overlay's file in this test's tmp folder, over the session's shapes."""
     return write_tiny_overlay(tmp_path / "tiny.yaml", shapes_root)
+
+
+# ----------------------------------------------------------------- golden files
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-goldens",
+        action="store_true",
+        help="write the golden files from the current output instead of comparing with them "
+        "(what `python -m tests.golden_update` runs)",
+    )
+
+
+_GOLDEN_STATES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def golden(request) -> Callable[[Path, str], None]:
+    """``golden(path, text)``: fail unless ``text`` is the golden file ``path``; under
+    ``--update-goldens``, write ``text`` there instead (the summary lists each file)."""
+    update = request.config.getoption("--update-goldens")
+
+    def check(path: Path, text: str) -> None:
+        old = path.read_text(encoding="utf-8") if path.is_file() else None
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            state = "unchanged" if old == text else "new" if old is None else "updated"
+            where = os.path.relpath(path, request.config.rootpath)
+            request.config.stash.setdefault(_GOLDEN_STATES, []).append(f"{state:9} {where}")
+            return
+        assert old is not None, f"missing {path}; create it with `python -m tests.golden_update`"
+        assert text == old, (
+            f"{path.name} differs from {path}; if the change is intended, regenerate the "
+            "goldens with `python -m tests.golden_update` and review the diff"
+        )
+
+    return check
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in config.stash.get(_GOLDEN_STATES, []):
+        terminalreporter.write_line(line)
 
 
 # ----------------------------------------------------------------- nothing left running

@@ -32,10 +32,12 @@ from mlflow.tracking import MlflowClient
 from test_report_stats import welch_p_closed_form
 
 from pss.report import latex, make_report
+from pss.report.cells import collect_cells
 from pss.report.cli import main
-from pss.report.collect import collect_cells, fetch_runs
+from pss.report.collect import fetch_runs
 from pss.report.figures import figure_panels, mlflow_history
-from pss.sweep.spec import expand, load_spec
+from pss.sweep.expand import expand
+from pss.sweep.schema import load_spec
 from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,14 +190,9 @@ def render_golden_tables(store: Store, name: str, with_paper: bool, out: Path) -
 
 @pytest.mark.parametrize("name", GOLDEN_TABLES)
 @pytest.mark.parametrize("with_paper", [False, True], ids=["ours", "paper"])
-def test_golden_tables(store: Store, tmp_path: Path, name: str, with_paper: bool):
+def test_golden_tables(store: Store, tmp_path: Path, name: str, with_paper: bool, golden):
     for file, text in render_golden_tables(store, name, with_paper, tmp_path / "out").items():
-        path = GOLDEN / file
-        assert path.is_file(), f"missing {path}; create it with `python -m tests.golden_update`"
-        assert text == path.read_text(encoding="utf-8"), (
-            f"{file} differs from {path}; if the change is intended, regenerate the goldens "
-            "with `python -m tests.golden_update` and review the diff"
-        )
+        golden(GOLDEN / file, text)  # tests/conftest.py: compares (or, --update-goldens, writes)
 
 
 # ------------------------------------------- the goldens' statistics, derived again
