@@ -13,8 +13,9 @@ evaluation on the smoke validation set (forward, post-processing of each mode,
 COCOeval), the shapes generator's time per image, a job's start-up, and the
 demo's expected time: the cells' work spread over ``--parallel`` single-thread jobs.
 
-Times are per-thread CPU seconds (``time.thread_time``), what a part costs on one
-core, less sensitive than wall time to what else runs; the load average is printed.
+Times are per-thread CPU seconds (side_by_side's ``Clock(cpu_time=True)``), what a part
+costs on one core, less sensitive than wall time to what else runs; the load average is
+printed. A job's start-up is wall time (a fresh process).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from pss.config import ExperimentConfig, load_config
 from pss.data import build_dataset, build_loader, render
 from pss.engine.evaluate import evaluate
 from pss.engine.train import build_model, build_optimizer
+from side_by_side import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "experiments" / "fcos_pss_r50_3x.yaml"
@@ -41,24 +41,6 @@ CELLS = {"fcos_pss": 3, "atss_pss": 3}  # Table 5: three PSS depths of each
 PARTS = ("data", "backbone", "head", "assignment", "losses", "backward", "optimizer")
 TARGET_DEMO_S = 600.0  # issue 13: the whole Table 5 smoke sweep, after set-up
 MIN_VAL_IMAGES = 100  # so that one image moves mAP by less than a point
-
-
-class Clock:
-    """CPU seconds of this thread per named part, accumulated."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def part(self, name: str):
-        start = time.thread_time()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.thread_time() - start
-
-    def take(self, name: str) -> float:
-        return self.seconds.pop(name, 0.0)
 
 
 class Stepper:
@@ -75,7 +57,7 @@ class Stepper:
             dataset, t.batch_size, 0, True, t.seed, False, cfg.data.size_divisibility, epoch=1
         )
         self.batches = iter(loader)
-        self.clock = Clock()
+        self.clock = Clock(cpu_time=True)
         for name in ("one_to_many", "select_one_to_one"):  # the assignment, inside the loss
             self._time_method(name)
 
@@ -132,9 +114,10 @@ def profile_eval(cfg: ExperimentConfig) -> tuple[dict[str, float], int]:
     )
     detector = build_model(cfg, torch.device("cpu"))
     modes = [m for m in cfg.eval.modes if m != "e2e" or cfg.model.has_pss]
-    start = time.thread_time()
-    metrics = evaluate(detector, loader, val_set, modes, torch.device("cpu"))
-    total = time.thread_time() - start
+    clock = Clock(cpu_time=True)
+    with clock.part("evaluation"):
+        metrics = evaluate(detector, loader, val_set, modes, torch.device("cpu"))
+    total = clock.take("evaluation")
     n = len(val_set)
     parts = {"forward": metrics["forward_ms"] * n / 1000}
     for mode in modes:
@@ -145,18 +128,15 @@ def profile_eval(cfg: ExperimentConfig) -> tuple[dict[str, float], int]:
 
 
 def render_seconds(size: int, images: int = 20) -> float:
-    start = time.thread_time()
-    for index in range(images):
-        render(0, "train", index, size)
-    return (time.thread_time() - start) / images
+    """CPU seconds the shapes generator takes per image of ``size`` px."""
+    seconds = Clock(cpu_time=True)(lambda: [render(0, "train", i, size) for i in range(images)])
+    return seconds / images
 
 
 def startup_seconds() -> float:
     """Wall seconds for a fresh process to import what a sweep job imports."""
-    start = time.perf_counter()
     code = "import pss.engine.train, pss.sweep.worker"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-    return time.perf_counter() - start
+    return Clock()(lambda: subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT))
 
 
 def evaluations(cfg: ExperimentConfig) -> int:

@@ -1,4 +1,4 @@
-"""Side-by-side timing for the benchmarks: interleaved rounds, medians, one line per ratio.
+"""The benchmarks' one clock, and side-by-side timing: interleaved rounds, medians, ratios.
 
     clock = Clock(device)
     times = interleaved(clock, {"a": run_a, "b": run_b}, repeats=5, warmup=1)
@@ -9,31 +9,60 @@
 Contenders run in turns (A, B, A, B, ...; the order reversed every other round
 so that drift cancels) and ratios are of medians; every line also prints the
 range of the per-round ratios, which says how noisy the machine was.
+
+:class:`Clock` times a call (``clock(fn)``) or named parts of a loop
+(``with clock.part("backward"): ...``, summed until ``clock.take("backward")``), in
+wall seconds (CUDA synchronised around what it times) or, with ``cpu_time=True``, in
+this thread's CPU seconds: what a part costs on one core, less sensitive than wall time
+to what else runs on a shared machine.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
+_CALL = "__call__"  # the part a single call is timed as
+
 
 class Clock:
-    """Wall time of a call, synchronising CUDA around it."""
+    """Seconds of a call or of named parts: wall time, or this thread's CPU time."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+    def __init__(self, device: torch.device | None = None, *, cpu_time: bool = False) -> None:
+        self.cuda = device is not None and device.type == "cuda"
+        if cpu_time and self.cuda:
+            raise ValueError("a thread's CPU time does not count a GPU's work: time CUDA by wall")
+        self.now = time.thread_time if cpu_time else time.perf_counter
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Add the seconds of the block to part ``name`` (parts of other names may nest)."""
+        self._sync()
+        start = self.now()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.now() - start
+
+    def take(self, name: str) -> float:
+        """The seconds part ``name`` has summed since it was last taken (0 if none)."""
+        return self.seconds.pop(name, 0.0)
 
     def __call__(self, fn: Callable[[], object]) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        """Seconds of one call of ``fn``."""
+        with self.part(_CALL):
+            fn()
+        return self.take(_CALL)
 
 
 def interleaved(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import io
 import json
 import pickle
@@ -25,24 +24,15 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+import bench_data  # benchmarks/, on pytest's pythonpath
 from pss.data import CocoDetection, build_loader
-
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "benchmarks" / "bench_data.py"
-
-
-def bench_data():
-    spec = importlib.util.spec_from_file_location("bench_data", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def coco_like(tmp_path_factory) -> tuple[Path, Path, dict]:
     """400 images, ~2,900 boxes, image files linked to real JPEGs."""
     root = tmp_path_factory.mktemp("coco_like")
-    ann, images, stats = bench_data().prepare(root, 400, 2900)
+    ann, images, stats = bench_data.prepare(root, 400, 2900)
     return ann, images, stats
 
 
@@ -114,8 +104,9 @@ def test_bench_data_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
-            sys.executable, str(BENCH), "--images", "300", "--samples", "40", "--rounds", "1",
-            "--workers", "2", "--no-step", "--workdir", str(tmp_path), "--json", str(out),
+            sys.executable, bench_data.__file__, "--images", "300", "--samples", "40",
+            "--rounds", "1", "--workers", "2", "--no-step", "--workdir", str(tmp_path),
+            "--json", str(out),
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
