@@ -1,9 +1,11 @@
-"""Data: COCO-format datasets and loaders, detection transforms, synthetic shapes.
+"""Data: the data check, COCO-format datasets and loaders, detection transforms, shapes.
 
-    from pss.data import build_dataset, build_loader, set_epoch
+    from pss.data import build_dataset, build_loader, check_data, set_epoch
 
 Names are imported on first use (PEP 562), so ``python -m pss.data.shapes``
-does not import its own module twice and ``import pss.data`` stays cheap.
+and ``python -m pss.data.check`` do not import their own module twice, and
+``import pss.data`` stays cheap (the check and the annotation readers need no
+torch).
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pss.data.check import (
+        DataReport,
+        check_data,
+        check_image_files,
+        read_annotations,
+        validate_annotations,
+    )
     from pss.data.coco import (
         CocoDetection,
         build_dataset,
         build_loader,
-        check_image_files,
         collate,
         load_coco,
-        read_annotations,
         set_epoch,
-        validate_annotations,
     )
     from pss.data.shapes import SHAPE_CATEGORIES, ensure_shapes, generate, render
     from pss.data.transforms import (
@@ -37,12 +43,14 @@ __all__ = [
     "SHAPE_CATEGORIES",
     "CocoDetection",
     "Compose",
+    "DataReport",
     "HorizontalFlip",
     "Normalize",
     "RandomResize",
     "build_dataset",
     "build_loader",
     "build_transforms",
+    "check_data",
     "check_image_files",
     "collate",
     "ensure_shapes",
@@ -55,7 +63,12 @@ __all__ = [
     "validate_annotations",
 ]
 
-_MODULES = ("pss.data.shapes", "pss.data.transforms", "pss.data.coco")  # cheapest first
+_MODULES = (  # cheapest first
+    "pss.data.check",
+    "pss.data.shapes",
+    "pss.data.transforms",
+    "pss.data.coco",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
-import os
 import random
 from collections.abc import Callable
 from functools import cached_property, partial
@@ -36,129 +33,21 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pss.config import DataConfig
+from pss.data.check import (
+    USABLE,
+    box_reasons,
+    check_image_files,
+    declared_size_differs,
+    in_unit_square,
+    read_annotations,
+    split_files,
+)
 from pss.data.sampler import ShardedBatches
 from pss.data.transforms import Compose, Normalize, Target, build_transforms
 from pss.errors import UserError
 
 # ----------------------------------------------------------------------------
-# Validation
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def read_annotations(ann_file: str | Path) -> dict[str, Any]:
-    """Read and validate a COCO annotation file; every problem is one UserError naming it."""
-    src = str(ann_file)
-    try:
-        text = Path(ann_file).read_bytes()
-    except FileNotFoundError:
-        raise UserError("annotation file not found", src) from None
-    except OSError as exc:
-        raise UserError(f"cannot read annotation file: {exc.strerror or exc}", src) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", src
-        ) from None
-    except UnicodeDecodeError:
-        raise UserError("not valid JSON (not UTF-8 text)", src) from None
-    validate_annotations(data, src)
-    return data
-
-
-def validate_annotations(data: Any, src: str) -> None:
-    """Check the structure pycocotools and the dataset rely on (fast for COCO-size files)."""
-    if not isinstance(data, dict):
-        raise UserError(
-            f"a COCO annotation file must be a JSON object, got {_type_name(data)}", src
-        )
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise UserError(f"missing top-level key '{key}'", src)
-        if not isinstance(data[key], list):
-            raise UserError(f"'{key}' must be a list, got {_type_name(data[key])}", src)
-    if not data["images"]:
-        raise UserError("'images' is empty: the dataset has no images", src)
-    if not data["categories"]:
-        raise UserError("'categories' is empty: the dataset has no classes", src)
-
-    image_ids: set[int] = set()
-    for i, img in enumerate(data["images"]):
-        if type(img) is not dict:
-            raise UserError(f"images[{i}] must be an object, got {_type_name(img)}", src)
-        if type(img.get("id")) is not int:
-            raise UserError(f"images[{i}]: 'id' must be an integer, got {img.get('id')!r}", src)
-        if type(img.get("file_name")) is not str:
-            raise UserError(f"images[{i}] (id {img['id']}): 'file_name' must be a string", src)
-        if img["id"] in image_ids:
-            raise UserError(f"duplicate image id {img['id']} (images[{i}])", src)
-        image_ids.add(img["id"])
-
-    cat_ids: set[int] = set()
-    for i, cat in enumerate(data["categories"]):
-        if type(cat) is not dict or type(cat.get("id")) is not int:
-            raise UserError(f"categories[{i}] must be an object with an integer 'id'", src)
-        if cat["id"] in cat_ids:
-            raise UserError(f"duplicate category id {cat['id']} (categories[{i}])", src)
-        cat_ids.add(cat["id"])
-
-    ann_ids: set[int] = set()
-    for i, ann in enumerate(data["annotations"]):
-        if type(ann) is not dict:
-            raise UserError(f"annotations[{i}] must be an object, got {_type_name(ann)}", src)
-        ann_id = ann.get("id")
-        where = f"annotations[{i}] (id {ann_id})"
-        if type(ann_id) is not int:
-            raise UserError(f"annotations[{i}]: 'id' must be an integer, got {ann_id!r}", src)
-        if ann_id in ann_ids:
-            raise UserError(f"duplicate annotation id {ann_id} (annotations[{i}])", src)
-        ann_ids.add(ann_id)
-        if ann.get("image_id") not in image_ids:
-            raise UserError(f"{where} references unknown image_id {ann.get('image_id')!r}", src)
-        if ann.get("category_id") not in cat_ids:
-            raise UserError(
-                f"{where} references unknown category_id {ann.get('category_id')!r}", src
-            )
-        box = ann.get("bbox")
-        if type(box) is not list or len(box) != 4 or any(type(v) not in (int, float) for v in box):
-            raise UserError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {box!r}", src)
-        if not all(map(math.isfinite, box)):
-            raise UserError(f"{where}: bbox {box} has non-finite values", src)
-        if box[2] < 0 or box[3] < 0:
-            raise UserError(f"{where}: bbox {box} has a negative width/height", src)
-        if ann.get("iscrowd", 0) not in (0, 1):
-            raise UserError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}", src)
-
-
-def check_image_files(data: dict[str, Any], image_dir: Path, src: str) -> None:
-    """Every listed image exists under ``image_dir`` (one directory listing, not a stat each)."""
-    if not image_dir.is_dir():
-        raise UserError(
-            f"image directory {image_dir} does not exist (needed by {src})", str(image_dir)
-        )
-    try:
-        present = {entry.name for entry in os.scandir(image_dir)}
-    except OSError as exc:
-        raise UserError(
-            f"cannot list image directory: {exc.strerror or exc}", str(image_dir)
-        ) from None
-    missing = [
-        img["file_name"]
-        for img in data["images"]
-        if img["file_name"] not in present and not (image_dir / img["file_name"]).is_file()
-    ]
-    if missing:
-        first = image_dir / missing[0]
-        raise UserError(
-            f"image file missing: {first} ({len(missing)} of {len(data['images'])} "
-            f"images listed in {src} are missing from {image_dir})",
-            src,
-        )
+# Dataset (the rules of a valid file, image and box live in pss.data.check)
 
 
 def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> COCO:
@@ -173,18 +62,16 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> COCO
     return coco
 
 
-# ----------------------------------------------------------------------------
-# Dataset
-
-
 class CocoDetection(Dataset):
     """Images and box targets of a COCO-format dataset.
 
     ``dataset[i]`` is ``(image [3, H, W] float32 normalised, target)``, see the
-    module docstring. With ``train=True`` crowd boxes and boxes under 1 px
-    wide or high are removed (images left without boxes stay: they are
-    valid negatives). Randomness comes from ``random.Random(f"{seed}-{epoch}-{i}")``,
-    so a sample is a pure function of (seed, epoch, index); call ``set_epoch``.
+    module docstring. With ``train=True`` crowd boxes and the boxes the data
+    check counts as unusable (:func:`~pss.data.check.box_reasons`: degenerate,
+    outside the image, normalised) are removed (images left without boxes
+    stay: they are valid negatives). Randomness comes from
+    ``random.Random(f"{seed}-{epoch}-{i}")``, so a sample is a pure function of
+    (seed, epoch, index); call ``set_epoch``.
     """
 
     def __init__(
@@ -239,6 +126,7 @@ class CocoDetection(Dataset):
         cat_of_box = np.fromiter((anns[k]["category_id"] for k in kept), np.int64, len(kept))
         self._labels = np.searchsorted(np.array(self.cat_ids), cat_of_box).astype(np.int64)
         self._crowd = np.fromiter((bool(anns[k].get("iscrowd", 0)) for k in kept), bool, len(kept))
+        self._relative = in_unit_square(self._boxes)  # the file holds 0-1 coordinates
 
     @cached_property
     def coco(self) -> COCO:
@@ -271,15 +159,16 @@ class CocoDetection(Dataset):
     def load_target(self, index: int, height: int, width: int) -> Target:
         """Target of item ``index`` in file pixels: boxes [M, 4] x1y1x2y2 clipped to the image."""
         lo, hi = self._offsets[index], self._offsets[index + 1]
-        boxes = torch.from_numpy(self._boxes[lo:hi].copy())
-        labels = torch.from_numpy(self._labels[lo:hi].copy())
-        crowd = torch.from_numpy(self._crowd[lo:hi].copy())
+        xywh, labels, crowd = self._boxes[lo:hi], self._labels[lo:hi], self._crowd[lo:hi]
+        if self.train:
+            keep = ~crowd & (box_reasons(xywh, (width, height), self._relative) == USABLE)
+            xywh, labels, crowd = xywh[keep], labels[keep], crowd[keep]
+        boxes = torch.from_numpy(xywh.copy())
+        labels = torch.from_numpy(labels.copy())
+        crowd = torch.from_numpy(crowd.copy())
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
         boxes[:, 1::2].clamp_(0, height)
-        if self.train:
-            keep = ~crowd & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-            boxes, labels, crowd = boxes[keep], labels[keep], crowd[keep]
         return {
             "boxes": boxes,
             "labels": labels,
@@ -300,7 +189,7 @@ class CocoDetection(Dataset):
             raise UserError(f"cannot read image: {exc}", str(path)) from None
         width, height = image.size
         declared_h, declared_w = (int(v) for v in self._declared[index])
-        if (declared_h, declared_w) != (height, width) and min(declared_h, declared_w) >= 0:
+        if declared_size_differs((declared_h, declared_w), (height, width)):
             raise UserError(
                 f"image is {width}x{height} but {self.ann_file} says {declared_w}x{declared_h}",
                 str(path),
@@ -410,23 +299,8 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "val"], seed: int = 0
     ``annotations/train.json``, ``annotations/val.json``). ``cfg.max_val_images``
     keeps the first N val images by id.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = Path(cfg.root)
-    if cfg.synthetic is not None:
-        from pss.data.shapes import ensure_shapes  # lazy: keeps `python -m pss.data.shapes` clean
-
-        ensure_shapes(root, cfg.synthetic)
+    images, ann_file = split_files(cfg, split)
     train = split == "train"
-    images = root / (cfg.train_images if train else cfg.val_images)
-    ann_file = root / (cfg.train_annotations if train else cfg.val_annotations)
-    if cfg.synthetic is not None and not ann_file.exists():
-        raise UserError(
-            f"data.synthetic is set but {ann_file} does not exist: the shapes layout is "
-            f"{split}/ and annotations/{split}.json, set data.{split}_images={split} and "
-            f"data.{split}_annotations=annotations/{split}.json",
-            str(root),
-        )
     return CocoDetection(
         images,
         ann_file,
