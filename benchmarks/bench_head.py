@@ -46,10 +46,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pss.config import load_config
+from pss.data.transforms import PIXEL_MEAN, PIXEL_STD
 from pss.engine.train import optimizer_step
 from pss.models import Detector
 from pss.models import decode as postprocess
-from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
 from pss.models.heads import HeadOutputs
 from pss.testing.score_maps import (
     SCORE_THRESH,
@@ -580,7 +580,7 @@ def train_parts(
         clock,
         {
             "losses": lambda: fcos.losses(out_f, targets),
-            "pss_losses": lambda: pss.models.losses(out_p, targets),
+            "pss_losses": lambda: pss.losses(out_p, targets),
             "assignment": lambda: pss.select_one_to_one(*select_args),
             "tv_losses": lambda: tv.compute_loss(tv_targets, tv_out, anchors, per_level),
             "tv_transform": lambda: tv.transform(raw_list, targets),

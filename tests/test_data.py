@@ -29,7 +29,6 @@ from pss.data import (
 )
 from pss.data.shapes import generate
 from pss.errors import UserError
-from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
 
 # ----------------------------------------------------------------------------
 # A tiny hand-written COCO dataset
@@ -114,8 +113,8 @@ def test_normalize_matches_imagenet_statistics(tiny: tuple[Path, Path]) -> None:
     pil = Image.open(images / "a.png").convert("RGB")
     tensor, _ = Normalize()(pil, {}, random.Random(0))
     raw = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255
-    mean = torch.tensor(PIXEL_MEAN)[:, None, None]
-    std = torch.tensor(PIXEL_STD)[:, None, None]
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]  # ImageNet's, RGB
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     assert tensor.shape == (3, 48, 64) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, (raw - mean) / std)
 
@@ -264,6 +263,9 @@ def test_sample_is_a_function_of_seed_epoch_index(shapes_cfg: DataConfig) -> Non
     assert any(not same_sample(before[i], a[i]) for i in range(len(a)))
     a.set_epoch(0)
     assert all(same_sample(before[i], a[i]) for i in range(len(a)))
+    other_seed = build_dataset(shapes_cfg, "train", seed=2)
+    assert any(not same_sample(before[i], other_seed[i]) for i in range(len(a)))
+    assert all(not same_sample(before[0], a[i]) for i in range(1, len(a)))  # and of the index
 
 
 def run_epoch(loader: torch.utils.data.DataLoader) -> list[tuple[list[int], torch.Tensor]]:

@@ -1,5 +1,7 @@
 """The repository keeps its own rules: one home for the shared names, no import cycles,
-and every document a docstring cites exists in the repository."""
+lower layers that import no upper ones, at most ten top-level modules in pss/, tests and
+benchmarks that share pss.testing (no sys.path edits, no imports of tests/ from
+benchmarks/), and every document a docstring cites exists in the repository."""
 
 from __future__ import annotations
 
@@ -139,6 +141,141 @@ def test_no_import_cycles_in_the_library():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# ------------------------------------------------------------------------- layers
+# Lower layers never import upper ones (at any depth: a function-level import counts).
+FORBIDDEN = {
+    "pss.data": ("pss.models", "pss.engine", "pss.sweep", "pss.report", "pss.deploy"),
+    "pss.models": ("pss.engine", "pss.sweep", "pss.report", "pss.deploy", "pss.tracking"),
+    "pss.engine": ("pss.sweep", "pss.report"),
+    "pss.sweep": ("pss.report",),  # but for the one place below
+}
+# A sweep that runs to its end builds its report: the module that defines run_sweep may
+# import pss.report's make_report, and it alone.
+SWEEP_REPORT = "make_report"
+
+
+def imported_names(path: Path, package: str) -> set[str]:
+    """'module.name' of every ``from package... import name`` in ``path`` (any depth)."""
+    return {
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package)
+        for alias in node.names
+    }
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    def within(module: str, package: str) -> bool:
+        return module == package or module.startswith(package + ".")
+
+    found = []
+    for module, imports in sorted(graph.items()):
+        for lower, uppers in FORBIDDEN.items():
+            if within(module, lower):
+                found += [f"{module} imports {i}" for i in sorted(imports)
+                          if any(within(i, u) for u in uppers)]  # fmt: skip
+    return found
+
+
+def test_lower_layers_import_no_upper_ones():
+    violations = layer_violations(import_graph())
+    sweep = {module_name(p): p for p in python_files("pss/sweep")}
+    reporting = {
+        name
+        for name, path in sweep.items()
+        if imported_names(path, "pss.report")
+        and imported_names(path, "pss.report") == {f"pss.report.{SWEEP_REPORT}"}
+        and re.search(r"^def run_sweep\(", path.read_text(), re.M)
+    }
+    assert len(reporting) <= 1, f"the sweep builds its report in several places: {reporting}"
+    violations = [v for v in violations if v.split()[0] not in reporting]
+    assert not violations, "lower layers import upper ones:\n" + "\n".join(violations)
+
+
+def test_the_layer_check_sees_an_upper_import():
+    graph = {"pss.models.boxes": {"pss.engine.train"}, "pss.engine.train": {"pss.models"}}
+    assert layer_violations(graph) == ["pss.models.boxes imports pss.engine.train"]
+
+
+MAX_TOP_LEVEL = 10  # issue 21: pss/ grouped by role (models, data, engine, sweep, ...)
+
+
+def test_pss_has_at_most_ten_top_level_modules():
+    modules = sorted(p.stem for p in PSS.glob("*.py"))
+    assert len(modules) <= MAX_TOP_LEVEL, f"{len(modules)} top-level modules: {modules}"
+
+
+# ----------------------------------------------------------- tests and benchmarks
+# They share the installed package pss.testing: no sys.path edits, no helpers imported
+# from tests/ (conftest.py holds fixtures; tests import pss.testing like benchmarks do).
+
+
+def sys_path_edits(tree: ast.AST) -> list[int]:
+    """Line numbers of sys.path.insert/append/extend calls and assignments to sys.path."""
+
+    def is_sys_path(node: ast.AST) -> bool:
+        if isinstance(node, ast.Subscript):
+            node = node.value
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        )
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("insert", "append", "extend") and is_sys_path(node.func.value):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            lines += [node.lineno for t in targets if is_sys_path(t)]
+    return sorted(lines)
+
+
+def top_level_imports(tree: ast.AST) -> set[str]:
+    """The first component of every absolute import."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_tests_and_benchmarks_edit_no_sys_path():
+    edits = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in python_files("tests", "benchmarks")
+        for line in sys_path_edits(ast.parse(path.read_text()))
+    ]
+    assert not edits, "sys.path edited (use pss.testing or pytest's pythonpath):\n" + "\n".join(
+        edits
+    )
+
+
+def test_the_sys_path_check_sees_each_kind_of_edit():
+    code = "import sys\nsys.path.insert(0, 'x')\nsys.path.append('y')\nsys.path[:0] = ['z']\n"
+    assert sys_path_edits(ast.parse(code)) == [2, 3, 4]
+
+
+def test_benchmarks_import_nothing_from_tests_and_tests_no_conftest():
+    test_modules = {"tests", "conftest"} | {p.stem for p in python_files("tests")}
+    found = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in python_files("benchmarks")
+        for name in sorted(top_level_imports(ast.parse(path.read_text())) & test_modules)
+    ]
+    found += [
+        f"{path.relative_to(REPO)} imports conftest"
+        for path in python_files("tests")
+        if "conftest" in top_level_imports(ast.parse(path.read_text()))
+    ]
+    assert not found, "shared helpers belong in pss.testing:\n" + "\n".join(found)
 
 
 DOC_REF = re.compile(r"\bdocs/[\w./-]+\.md\b")

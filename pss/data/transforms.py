@@ -23,7 +23,10 @@ from torch import Tensor
 
 from pss.config import DataConfig
 from pss.errors import UserError
-from pss.models.backbone import PIXEL_MEAN, PIXEL_STD
+
+# ImageNet statistics, RGB in [0, 1]; every supported backbone was trained with them.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
 
 Target = dict[str, Any]
 Transform = Callable[[Any, Target, random.Random], tuple[Any, Target]]

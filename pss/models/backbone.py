@@ -27,10 +27,6 @@ from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 from pss.config import BackboneConfig
 from pss.errors import UserError
 
-# ImageNet statistics, RGB in [0, 1]; every supported backbone was trained with them.
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
-
 TORCHVISION = {"resnet18", "resnet34", "resnet50", "resnet101"}
 TIMM = {"resnext101_32x4d", "res2net101_26w_4s"}
 HALF_RESNET18 = "resnet18_half"
