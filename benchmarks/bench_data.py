@@ -25,7 +25,11 @@ Then, each measurement in a fresh process (so peak memory is its own):
    no copy-on-read). With ``--with-dicts`` the same run with torchvision's
    ``CocoDetection`` (per-image lists of pycocotools dicts) is printed beside
    it for comparison.
-3. Loader throughput in images/s over those samples, beside the training
+3. The data check at the door (``pss.data.check``, what ``pss.train`` and each
+   sweep cell pay before the first step): image sizes from the headers,
+   uncached (the first cell) and cached (the others), and with every image
+   decoded (``--decode``; ``--no-decode`` skips it).
+4. Loader throughput in images/s over those samples, beside the training
    step of R50 FCOS_PSS at batch 2 on this CPU, on the loader's own batches
    (a batch mixing a landscape and a portrait image pads to 1088x1088).
 
@@ -286,6 +290,24 @@ def child_load(kind: str, ann: str, images: str) -> dict:
     }
 
 
+def child_check(ann: str, images: str, cache: str, decode: bool) -> dict:
+    """The data check of one split: uncached (writes the cache), cached, fully decoded."""
+    import shutil
+
+    from pss.data.check import check_split, reader_processes
+
+    shutil.rmtree(cache, ignore_errors=True)
+    runs = [("headers", False, Path(cache)), ("cached", False, Path(cache))]
+    result = {}
+    for name, full, where in runs + ([("decoded", True, False)] if decode else []):
+        start = time.perf_counter()
+        report = check_split("train", Path(ann), Path(images), decode=full, cache=where)
+        result[name] = {"seconds": time.perf_counter() - start, "cached": report.cached}
+        assert not report.problems, report.problems
+    result["processes"] = reader_processes(report.images)
+    return result
+
+
 def child_workers(kind: str, ann: str, images: str, samples: int, workers: int, step: bool):
     """Iterate a 4-worker loader; worker memory at the first batch and at the end."""
     import torch
@@ -393,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2, help="load rounds per side (median)")
     p.add_argument("--no-step", action="store_true", help="skip the R50 training step")
+    p.add_argument("--no-decode", action="store_true", help="skip the data check's full decode")
     p.add_argument(
         "--with-dicts",
         action="store_true",
@@ -406,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.child
         if kind == "load":
             print(json.dumps(child_load(*rest)))
+        elif kind == "check":
+            ann, images, cache, decode = rest
+            print(json.dumps(child_check(ann, images, cache, decode == "1")))
         else:
             what, ann, images, samples, workers, step = rest
             res = child_workers(what, ann, images, int(samples), int(workers), step == "1")
@@ -450,7 +476,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{med['pss']['kept_mib']:.0f} MiB vs {med['pycocotools']['kept_mib']:.0f} MiB"
     )
 
+    cache = str(args.workdir / "check-cache")
+    check = run_child("check", str(ann), str(images), cache, "0" if args.no_decode else "1")
+    n = stats["images"]
+    print(
+        f"data check ({check['processes']} process{'es' * (check['processes'] > 1)}): "
+        f"sizes from headers "
+        f"{check['headers']['seconds']:.2f} s ({n / check['headers']['seconds']:,.0f} images/s), "
+        f"cached {check['cached']['seconds'] * 1000:.1f} ms"
+        + (
+            f", every image decoded {check['decoded']['seconds']:.1f} s "
+            f"({n / check['decoded']['seconds']:,.0f} images/s)"
+            if "decoded" in check
+            else ""
+        )
+    )
+
     results = {"file": stats, "load": med, "load_ratio": ratio, "load_rounds": rounds}
+    results["check"] = check
     for kind in ("pss", "torchvision") if args.with_dicts else ("pss",):
         step = "0" if args.no_step or kind != "pss" else "1"
         res = run_child(
