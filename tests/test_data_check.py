@@ -161,7 +161,7 @@ def test_a_synthetic_config_is_generated_then_checked(tmp_path: Path) -> None:
         "  val_images: val\n  val_annotations: annotations/val.json\n"
     )
     out = passed(run_check(config, tmp_path / "cache"))
-    assert "train" in out and "2 images" in out and "1 images" in out
+    assert "annotations/train.json: 2 images" in out and "annotations/val.json: 1 image (" in out
 
 
 # ----------------------------------------------------------------------------
@@ -213,14 +213,14 @@ def test_degenerate_and_outside_boxes_leave_no_usable_box(data: Dataset) -> None
 
 def test_a_split_without_boxes_is_refused(data: Dataset) -> None:
     data.boxes("val", {})
-    refused(data.check(), data.ann("val"), "no usable box among its 0 boxes")
+    refused(data.check(), data.ann("val"), "no usable box: it has no boxes")
 
 
 def test_crowd_boxes_alone_are_no_usable_box(data: Dataset) -> None:
     crowd = split_json(data.names["val"], {"v0.png": [[2, 3, 10, 8]]})
     crowd["annotations"][0]["iscrowd"] = 1
     data.write("val", crowd)
-    refused(data.check(), data.ann("val"), "no usable box among its 1 boxes (1 crowd)")
+    refused(data.check(), data.ann("val"), "no usable box among its 1 box (1 crowd)")
 
 
 def test_every_problem_of_both_splits_in_one_message(data: Dataset) -> None:

@@ -5,8 +5,8 @@
     report = check_data(cfg.data)   # a UserError listing every problem found, or
     log.info("%s", report)          # one summary line per split
 
-Both splits of a config's dataset are checked (``pss.train`` and every sweep
-cell call :func:`check_data` before the first step). A split is refused when
+Both splits of a config's dataset are checked, before anything trains (one
+call, :func:`check_data`, before the first step). A split is refused when
 
 - its annotation file is missing or malformed (:func:`read_annotations`),
 - a listed image is missing from the image folder, cannot be read (Pillow
@@ -327,17 +327,23 @@ class SplitReport:
         how = "decoded" if self.decoded else "sizes from headers"
         when = "cached" if self.cached else f"checked in {self.seconds:.2f} s"
         return (
-            f"{self.split} {self.ann_file}: {self.images:,} images ({how}), {self.boxes:,} boxes: "
+            f"{self.split} {self.ann_file}: {_n(self.images, 'image')} ({how}), "
+            f"{_n(self.boxes, 'box')}: "
             f"{self.usable:,} usable, {self.crowd:,} crowd (ignored), {dropped:,} dropped"
             + (f" as unusable: {reasons}" if dropped else "")
             + f"; {when}"
         )
 
 
+def _n(count: int, noun: str) -> str:
+    """'1 image', '2,000 images'."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
+
+
 def _listed(names: list[str], total: int, what: str, where: str = "") -> str:
     shown = ", ".join(names[:FIRST])
     more = f" and {len(names) - FIRST:,} more" if len(names) > FIRST else ""
-    return f"{len(names):,} of {total:,} images {what}{where}: {shown}{more}"
+    return f"{len(names):,} of {_n(total, 'image')} {what}{where}: {shown}{more}"
 
 
 def inspect_split(split: str, ann_file: Path, image_dir: Path, decode: bool = False) -> SplitReport:
@@ -409,8 +415,10 @@ def _count_boxes(
             ]
     if report.usable == 0:
         counts = [f"{n:,} {reason}" for reason, n in report.dropped.items()]
-        text = f"no usable box among its {report.boxes:,} boxes"
-        text += f" ({', '.join([*counts, f'{report.crowd:,} crowd'])})" if report.boxes else ""
+        text = f"no usable box among its {_n(report.boxes, 'box')}"
+        text += f" ({', '.join([*counts, f'{report.crowd:,} crowd'])})"
+        if not report.boxes:
+            text = "no usable box: it has no boxes"
         if relative:
             text += (
                 ": every box lies within 0-1, relative coordinates; COCO's bbox is "
