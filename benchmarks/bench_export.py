@@ -10,7 +10,7 @@ thread count for ONNX Runtime and PyTorch; contenders interleaved, medians
    these graphs' NMS sees few candidates: this flatters nms.
 2. Post-processing alone, e2e / nms: <= 0.5 (the paper: 1.49 vs 2.91 ms). Two
    graphs exported from the head outputs (cls, reg, ctr, pss in; boxes, scores,
-   labels out), run on trained-looking score maps (tests/support/score_maps.py:
+   labels out), run on trained-looking score maps (pss/testing/score_maps.py:
    15 objects with their one-to-many duplicates, 30 false positives).
 3. Share of post-processing in each graph, on those maps: post / (network +
    post), the network timed as its own exported graph.
@@ -39,10 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from pss.config import load_config
-from pss.deploy.graph import Postprocess
 from pss.deploy.inference import Category, LoadedModel
 from pss.export import export_onnx, op_types
 from pss.models import Detector
+from pss.models.backbone import Backbone
+from pss.models.boxes import make_priors
+from pss.models.decode import detect
 from pss.models.heads import HeadOutputs
 from pss.testing.score_maps import realistic_outputs
 from side_by_side import Clock, Report, fmt_time, interleaved, med
@@ -88,15 +90,17 @@ class Network(nn.Module):
 
 
 class PostOnly(nn.Module):
-    """The deployed post-processing on head outputs of fixed level sizes."""
+    """The deployed post-processing (pss.deploy.graph's) on head outputs of fixed level sizes."""
 
     def __init__(self, detector: Detector, mode: str, sizes, hw: tuple[int, int]) -> None:
         super().__init__()
-        self.post = Postprocess(detector.cfg, mode)
+        self.cfg, self.mode = detector.cfg, mode
         self.sizes, self.hw = list(sizes), hw
 
     def forward(self, cls: Tensor, reg: Tensor, ctr: Tensor, pss: Tensor):
-        return self.post(HeadOutputs(cls, reg, ctr, pss, self.sizes), *self.hw)
+        out = HeadOutputs(cls, reg, ctr, pss, self.sizes)
+        priors = make_priors(out.sizes, Backbone.strides, out.cls.device)
+        return detect(self.cfg, out, priors, self.mode, [self.hw], exportable=True)
 
 
 def export_module(module: nn.Module, args: tuple, names: tuple[str, ...], path: Path) -> Path:

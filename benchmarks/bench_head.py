@@ -11,7 +11,7 @@ interleaved, medians (benchmarks/side_by_side.py). Printed, with targets:
 3. Training step (forward, losses, backward, clip, SGD) FCOS_PSS / FCOS:
    within 0.05 of the FLOP ratio.
 4. Post-processing e2e / nms (``model.predict``) on trained-looking score maps
-   (tests/support/score_maps.py): <= 0.5; again on a crowded image (info).
+   (pss/testing/score_maps.py): <= 0.5; again on a crowded image (info).
 5. Ours / torchvision's FCOS on the same backbone (forward: the network part;
    training step: torchvision's full step): <= 1.0 with the same frozen
    BatchNorm and frozen stages; torchvision as built (trainable BN) for info.
@@ -48,8 +48,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from pss.config import load_config
 from pss.data.transforms import PIXEL_MEAN, PIXEL_STD
 from pss.engine.train import optimizer_step
-from pss.models import Detector
-from pss.models import decode as postprocess
+from pss.models import Detector, decode
 from pss.models.heads import HeadOutputs
 from pss.testing.score_maps import (
     SCORE_THRESH,
@@ -178,31 +177,19 @@ def count_flops(fn: Callable[[], object]) -> int:
 # ------------------------------------------------------------ post-processing parts
 
 
-def postprocess_parts(
-    model: Detector, out: HeadOutputs, image_sizes: list[tuple[int, int]]
-) -> dict[str, Callable[[], object]]:
+def postprocess_parts(model: Detector, out: HeadOutputs) -> dict[str, Callable[[], object]]:
     """The nms mode's work in two parts: scoring and decoding every (location, class)
     pair, then selection (threshold, per-level top-k, class-aware NMS)."""
-    ic = model.cfg.inference
     counts = model.priors(out).counts
 
     def nms_scores():
-        base = out.cls.float().sigmoid() * out.ctr.float().sigmoid()[..., None]
-        return model.decode(out), base
+        factor = decode.score_factor("nms", out.cls, out.ctr, out.pss)
+        return model.decode(out), decode.pair_scores(out.cls, factor)
 
     boxes, base = nms_scores()
 
     def nms_select():
-        for b in range(len(image_sizes)):
-            postprocess.nms_detections(
-                base[b],
-                boxes[b],
-                counts,
-                ic.score_thresh,
-                ic.pre_nms_topk,
-                ic.nms_iou,
-                ic.max_per_image,
-            )
+        decode.nms_pairs(base, boxes, counts, model.cfg.inference)
 
     return {"nms_scores": nms_scores, "nms_select": nms_select}
 
@@ -486,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
         if key == "postprocess_ratio":
             print(
                 f"\n-- post-processing: model.predict(out, sizes, mode) on trained-looking "
-                f"score maps (tests/support/score_maps.py), {args.post_repeats} rounds"
+                f"score maps (pss/testing/score_maps.py), {args.post_repeats} rounds"
             )
         print(
             f"   {objects} objects + {clutter} false positives per image: (location, class) "
@@ -497,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         fns = {
             "nms": lambda out=out: pss.predict(out, image_sizes, "nms"),
             "e2e": lambda out=out: pss.predict(out, image_sizes, "e2e"),
-            **postprocess_parts(pss, out, image_sizes),
+            **postprocess_parts(pss, out),
         }
         t = interleaved(clock, fns, args.post_repeats, max(warmup, 2))
         crowded = key != "postprocess_ratio"

@@ -32,6 +32,7 @@ from pss.config import ExperimentConfig, load_config
 from pss.data import build_dataset, build_loader, render
 from pss.engine.evaluate import evaluate
 from pss.engine.train import build_model, build_optimizer
+from pss.models.decode import modes_for
 from side_by_side import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def profile_eval(cfg: ExperimentConfig) -> tuple[dict[str, float], int]:
         val_set, cfg.eval.batch_size, 0, False, 0, False, cfg.data.size_divisibility
     )
     detector = build_model(cfg, torch.device("cpu"))
-    modes = [m for m in cfg.eval.modes if m != "e2e" or cfg.model.has_pss]
+    modes = list(modes_for(cfg.model.has_pss, cfg.eval.modes))
     clock = Clock(cpu_time=True)
     with clock.part("evaluation"):
         metrics = evaluate(detector, loader, val_set, modes, torch.device("cpu"))

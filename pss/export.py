@@ -50,6 +50,7 @@ from pss.deploy.inference import (
     load_model,
 )
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.models.decode import modes_for
 
 EXPORT_MODES = ("e2e", "nms")
 INPUT_NAME = "images"
@@ -90,9 +91,9 @@ def export_onnx(
     """
     if mode not in EXPORT_MODES:
         raise UserError(f"--mode must be one of {', '.join(EXPORT_MODES)}, got '{mode}'")
-    if mode == "e2e" and not model.cfg.model.has_pss:
+    if mode not in modes_for(model.cfg.model.has_pss):
         raise UserError(
-            f"--mode e2e needs a model with a PSS head, but this checkpoint is "
+            f"--mode {mode} needs a model with a PSS head, but this checkpoint is "
             f"'{model.cfg.model.name}' (export it with --mode nms)",
             model.source,
         )

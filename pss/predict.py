@@ -33,17 +33,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pss.contract import MODES, primary_mode
 from pss.deploy.draw import SCORE_THRESH, draw_detections
-from pss.deploy.inference import (
-    OnnxRunner,
-    TorchRunner,
-    coco_results,
-    list_images,
-    load_model,
-    read_image,
-)
+from pss.deploy.inference import OnnxRunner, TorchRunner, list_images, load_model, read_image
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.models import MODES
+from pss.models.decode import check_mode, coco_rows
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
@@ -59,14 +53,8 @@ def make_runner(model_path: str, onnx: str | None, mode: str | None) -> TorchRun
             )
         return runner
     model = load_model(model_path)
-    has_pss = model.cfg.model.has_pss
-    mode = mode or ("e2e" if has_pss else "nms")
-    if mode == "e2e" and not has_pss:
-        raise UserError(
-            f"--mode e2e needs a PSS head; this checkpoint is '{model.cfg.model.name}' "
-            "(use --mode nms or raw)",
-            model_path,
-        )
+    mode = mode or primary_mode(model.cfg.model.name)
+    check_mode(mode, model.cfg.model.has_pss, model.cfg.model.name, model_path)
     return TorchRunner(model, mode)
 
 
@@ -89,11 +77,12 @@ def predict(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         results, entries, names = [], [], set()
+        category_ids = [c.id for c in runner.categories]
         bar = tqdm(images, desc=f"predict ({runner.mode})", unit="img", disable=not progress)
         for image_id, path in enumerate(bar, start=1):
             image = read_image(path)
             det = runner(image)
-            results += coco_results(det, image_id, runner.categories, score_thresh)
+            results += coco_rows(det, image_id, category_ids, score_thresh=score_thresh)
             entries.append(
                 {
                     "id": image_id,

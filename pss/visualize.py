@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pss.deploy.draw import SCORE_THRESH, draw_modes
+from pss.deploy.draw import MODE_TITLES, SCORE_THRESH, draw_modes
 from pss.deploy.inference import list_images, load_model
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.models.decode import modes_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    modes = "raw / nms / e2e" if model.cfg.model.has_pss else "raw / nms (no PSS head: no e2e)"
+    shown = modes_for(model.cfg.model.has_pss, MODE_TITLES)
+    modes = " / ".join(shown) + ("" if "e2e" in shown else " (no PSS head: no e2e)")
     print(f"wrote {args.out}: {len(images)} images x {modes}, {figure.width}x{figure.height} px")
     return EXIT_OK
 

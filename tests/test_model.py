@@ -70,8 +70,15 @@ def test_each_detector_trains_and_answers_in_its_modes(name: str):
 @pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])
 def test_e2e_and_raw_equal_the_top_k_over_every_pair(name: str):
     """predict() scores only the best locations; that must equal scoring all pairs."""
-    from pss.models.decode import topk_detections
-    from pss.models.detector import clip_boxes
+
+    def topk_detections(scores, boxes, k, thresh):  # every pair scored: the k best
+        top, idx = scores.reshape(-1).topk(k)
+        keep = top > thresh
+        loc, labels = (idx // scores.shape[1])[keep], (idx % scores.shape[1])[keep]
+        return {"boxes": boxes[loc], "scores": top[keep], "labels": labels}
+
+    def clip_boxes(boxes, h, w):
+        return torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h]))
 
     model = Detector(small_config(name).model).eval()
     with torch.no_grad():

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from pss.deploy.inference import Category, LoadedModel, TorchRunner, load_model, read_image
-from pss.models.decode import Detections
+from pss.models.decode import Detections, modes_for
 
 # Columns of draw_modes, left to right, and what each one shows.
 MODE_TITLES = {
@@ -139,8 +139,9 @@ def draw_modes(
     many boxes score above ``score_thresh``. Written to ``out`` (PNG) if given.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    modes = [m for m in modes if m != "e2e" or loaded.cfg.model.has_pss]
-    runners = {mode: TorchRunner(loaded, mode) for mode in modes}
+    runners = {
+        mode: TorchRunner(loaded, mode) for mode in modes_for(loaded.cfg.model.has_pss, modes)
+    }
     return draw_runners(runners, loaded.categories, images, out, score_thresh)
 
 

@@ -29,11 +29,11 @@ from torch import Tensor
 
 from pss.config import ExperimentConfig, config_from_dict
 from pss.data.transforms import Normalize, resized_shape
-from pss.deploy.graph import EMPTY_LABEL, DeployedDetector
+from pss.deploy.graph import DeployedDetector
 from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.errors import UserError
 from pss.models import Detector
-from pss.models.decode import Detections
+from pss.models.decode import Detections, unpad
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keys of the metadata an ONNX export carries (pss.export writes them, OnnxRunner reads them).
@@ -175,19 +175,13 @@ class Preprocess:
         return batch, scale
 
 
-def to_file_pixels(
-    boxes: Tensor, scores: Tensor, labels: Tensor, scale: float, file_size: tuple[int, int]
-) -> Detections:
-    """One image's graph outputs -> detections in the file's pixels, clipped to its (h, w).
-
-    Empty slots (label -1) are dropped.
-    """
-    keep = labels != EMPTY_LABEL
+def to_file_pixels(det: Detections, scale: float, file_size: tuple[int, int]) -> Detections:
+    """One image's detections in input pixels -> in the file's pixels, clipped to its (h, w)."""
     h, w = file_size
-    boxes = boxes[keep] / scale
+    boxes = det["boxes"] / scale
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    return {"boxes": boxes, "scores": scores[keep], "labels": labels[keep]}
+    return {**det, "boxes": boxes}
 
 
 # ----------------------------------------------------------------------------- runners
@@ -205,8 +199,7 @@ class TorchRunner:
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> Detections:
         batch, scale = self.preprocess(image)
-        boxes, scores, labels = self.graph(batch)
-        return to_file_pixels(boxes[0], scores[0], labels[0], scale, image.size[::-1])
+        return to_file_pixels(unpad(*self.graph(batch))[0], scale, image.size[::-1])
 
 
 class OnnxRunner:
@@ -244,25 +237,4 @@ class OnnxRunner:
 
     def __call__(self, image: Image.Image) -> Detections:
         batch, scale = self.preprocess(image)
-        boxes, scores, labels = self.run(batch)
-        return to_file_pixels(boxes[0], scores[0], labels[0], scale, image.size[::-1])
-
-
-def coco_results(
-    det: Detections, image_id: int, categories: list[Category], score_thresh: float = 0.0
-) -> list[dict[str, Any]]:
-    """COCO results entries (bbox [x, y, w, h], category id, score) above ``score_thresh``."""
-    rows = []
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"]):
-        if score <= score_thresh:
-            continue
-        x1, y1, x2, y2 = box
-        rows.append(
-            {
-                "image_id": image_id,
-                "category_id": categories[int(label)].id,
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
-            }
-        )
-    return rows
+        return to_file_pixels(unpad(*self.run(batch))[0], scale, image.size[::-1])

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from pss import dist
 from pss.contract import ACCURACY, FORWARD_MS, POSTPROCESS_MS, metric_name
 from pss.models import Detector
+from pss.models.decode import coco_rows
 
 # COCOeval.stats index of each metric we report.
 # Where each accuracy metric sits in COCOeval.stats (mAR is AR@100, all areas).
@@ -75,22 +75,6 @@ def evaluated_once(ids_per_rank: list[list[int]], num_images: int) -> list[int]:
     return all_ids
 
 
-def _to_coco(det: dict[str, torch.Tensor], image_id: int, scale: float, dataset) -> list[dict]:
-    boxes = (det["boxes"] / scale).cpu().numpy().astype(np.float64)
-    boxes[:, 2:] -= boxes[:, :2]
-    scores = det["scores"].cpu().tolist()
-    labels = det["labels"].cpu().tolist()
-    return [
-        {
-            "image_id": image_id,
-            "category_id": dataset.label_to_cat_id(label),
-            "bbox": [round(float(v), 2) for v in box],
-            "score": round(float(score), 5),
-        }
-        for box, score, label in zip(boxes, scores, labels)
-    ]
-
-
 @torch.no_grad()
 def evaluate(
     model: Detector,
@@ -130,7 +114,8 @@ def evaluate(
             if timed:
                 post_s[mode] += time.perf_counter() - start
             for det, t in zip(dets, targets):
-                detections[mode] += _to_coco(det, int(t["image_id"]), float(t["scale"]), dataset)
+                image_id, scale = int(t["image_id"]), float(t["scale"])
+                detections[mode] += coco_rows(det, image_id, dataset.cat_ids, scale)
         if timed:
             forward_s += forward
             timed_images += len(targets)

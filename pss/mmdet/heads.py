@@ -43,10 +43,10 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from pss import contract
-from pss.config import EVAL_MODES, AssignConfig, LossConfig, PSSConfig
+from pss.config import AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
-from pss.models import decode as postprocess
 from pss.models import selector
+from pss.models.decode import check_mode, score_factor, top_pairs, unpad
 
 ONE_TO_ONE_KEYS = ("match", "alpha", "solver")
 LOSS_KEYS = ("pss_weight", "rank_weight", "rank_margin", "rank_negatives")
@@ -200,8 +200,7 @@ class PSSHeadMixin:
         """Detections per image in the mode ``cfg.mode`` (default: test_cfg's, else e2e)."""
         cfg = self.test_cfg if cfg is None else cfg
         mode = cfg.get("mode", "e2e")
-        if mode not in EVAL_MODES:
-            raise UserError(f"test_cfg.mode: unknown mode '{mode}', expected one of {EVAL_MODES}")
+        check_mode(mode, True, type(self).__name__, "test_cfg.mode")
         if mode == "nms":
             return super().predict_by_feat(
                 cls_scores,
@@ -216,18 +215,19 @@ class PSSHeadMixin:
         priors = self.flat_priors(sizes, cls_scores[0].device)
         cls = _flatten(cls_scores).detach()
         reg = _flatten(bbox_preds).detach().float()
-        factor = _flatten(score_factors).detach().squeeze(-1).float().sigmoid()
-        if mode == "e2e":
-            factor = factor * _flatten(pss_logits).detach().squeeze(-1).float().sigmoid()
+        ctr = _flatten(score_factors).detach().squeeze(-1)
+        factor = score_factor(mode, cls, ctr, _flatten(pss_logits).detach().squeeze(-1))
+
+        def boxes_at(locs: Tensor) -> Tensor:  # [B, K] -> [B, K, 4], clipped to each image
+            metas = enumerate(zip(locs, batch_img_metas))
+            boxes = [
+                self.decode_boxes(priors[i], reg[b, i], m["img_shape"][:2]) for b, (i, m) in metas
+            ]
+            return torch.stack(boxes)
+
+        padded = top_pairs(cls, factor, boxes_at, cfg.max_per_img, cfg.get("e2e_score_thr", 0.0))
         results = []
-        for b, meta in enumerate(batch_img_metas):
-
-            def decode(locs: Tensor, b: int = b, meta: dict = meta) -> Tensor:
-                return self.decode_boxes(priors[locs], reg[b, locs], meta["img_shape"][:2])
-
-            det = postprocess.best_pair_detections(
-                cls[b], factor[b], decode, cfg.max_per_img, cfg.get("e2e_score_thr", 0.0)
-            )
+        for det, meta in zip(unpad(*padded), batch_img_metas):
             result = InstanceData(bboxes=det["boxes"], scores=det["scores"], labels=det["labels"])
             if rescale:
                 result.bboxes = scale_boxes(result.bboxes, [1 / s for s in meta["scale_factor"]])

@@ -1,5 +1,6 @@
 """Detectors: ``Detector(cfg.model)`` builds fcos, atss, fcos_pss or atss_pss."""
 
-from pss.models.detector import MODES, Detector
+from pss.contract import MODES
+from pss.models.detector import Detector
 
 __all__ = ["MODES", "Detector"]

@@ -25,26 +25,16 @@ as (1 - p_t)^2 underflow in a half type.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pss.config import ModelConfig
-from pss.contract import MODES
 from pss.dist import reduce_mean
 from pss.models import assign, losses, selector
-from pss.models import decode as postprocess
 from pss.models.backbone import Backbone
-from pss.models.boxes import (
-    Priors,
-    box_to_distance,
-    centerness_target,
-    decode_deltas,
-    distance_to_box,
-    make_priors,
-)
+from pss.models.boxes import Priors, box_to_distance, centerness_target, make_priors
+from pss.models.decode import Detections, decode_boxes, detect, unpad
 from pss.models.heads import DenseHead, HeadOutputs
 
 
@@ -70,14 +60,10 @@ class Detector(nn.Module):
             self._priors[key] = make_priors(out.sizes, Backbone.strides, out.cls.device)
         return self._priors[key]
 
-    def decode(self, out: HeadOutputs, image: int | None = None, locs: Tensor | None = None):
-        """Predicted boxes in input pixels: [B, N, 4], or [K, 4] for ``locs`` of one ``image``."""
+    def decode(self, out: HeadOutputs) -> Tensor:
+        """Predicted boxes [B, N, 4] in input pixels."""
         priors = self.priors(out)
-        reg = out.reg.float()
-        points, strides = priors.points, priors.strides
-        if image is not None:
-            reg, points, strides = reg[image, locs], points[locs], strides[locs]
-        return decode_boxes(self.cfg, reg, points, strides)
+        return decode_boxes(self.cfg, out.reg.float(), priors.points, priors.strides)
 
     def log_prob(self, out: HeadOutputs) -> Tensor:
         """log P_i(c) = log sigma(pss_i) + log sigma(s_i(c)) + log sigma(ctr_i), [B, N, C]."""
@@ -183,80 +169,10 @@ class Detector(nn.Module):
     @torch.no_grad()
     def predict(
         self, out: HeadOutputs, image_sizes: list[tuple[int, int]], mode: str = "e2e"
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image, boxes clipped to the (unpadded) image size (h, w).
-
-        e2e / raw: P_i(c) (resp. the base score) of the best (location, class) pairs.
-        Only the ``max_per_image`` locations whose best class scores highest can hold
-        them, so only those locations' pairs are scored and their boxes decoded.
-        nms: the base score of every pair, per-level top-k, class-aware NMS.
-        """
-        if mode not in MODES:
-            raise ValueError(f"unknown inference mode '{mode}', expected one of {MODES}")
-        if mode == "e2e" and out.pss is None:
-            raise ValueError(f"mode 'e2e' needs a PSS head; {self.cfg.name} has none")
-        ic = self.cfg.inference
-        # Per-location factor of the score: sigma(ctr) [* sigma(pss) for e2e], [B, N].
-        factor = torch.ones_like(out.cls[..., 0], dtype=torch.float32)
-        if out.ctr is not None:
-            factor = factor * out.ctr.float().sigmoid()
-        if mode == "e2e":
-            factor = factor * out.pss.float().sigmoid()
-        all_boxes = self.decode(out) if mode == "nms" else None
-        results = []
-        for b, (h, w) in enumerate(image_sizes):
-            if all_boxes is not None:
-                scores = out.cls[b].float().sigmoid() * factor[b, :, None]
-                boxes = clip_boxes(all_boxes[b], h, w)
-                det = postprocess.nms_detections(
-                    scores,
-                    boxes,
-                    self.priors(out).counts,
-                    ic.score_thresh,
-                    ic.pre_nms_topk,
-                    ic.nms_iou,
-                    ic.max_per_image,
-                )
-            else:
-                det = postprocess.best_pair_detections(
-                    out.cls[b],
-                    factor[b],
-                    partial(self._clipped_boxes, out, b, h, w),
-                    ic.max_per_image,
-                    ic.e2e_score_thresh,
-                )
-            results.append(det)
-        return results
-
-    def _clipped_boxes(self, out: HeadOutputs, image: int, h: int, w: int, locs: Tensor) -> Tensor:
-        """Decoded boxes [K, 4] of ``locs`` of one image, clipped to its h x w."""
-        return clip_boxes(self.decode(out, image, locs), h, w)
-
-
-def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor) -> Tensor:
-    """Boxes in input pixels [..., K, 4] from regression outputs [..., K, 4] at locations
-    with centres [..., K, 2] and strides [..., K] (leading dims broadcast).
-
-    FCOS: distances / stride (ReLU); ATSS: deltas from square anchors of side
-    ``anchor_scale * stride``.
-    """
-    if cfg.base == "fcos":
-        return distance_to_box(points, F.relu(reg) * strides[..., None])
-    half = (cfg.assign.anchor_scale * strides / 2)[..., None]
-    return decode_deltas(torch.cat((points - half, points + half), dim=-1), reg)
-
-
-def clip_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
-    """Clip boxes [..., 4] to an h x w image."""
-    return torch.stack(
-        (
-            boxes[..., 0].clamp(0, w),
-            boxes[..., 1].clamp(0, h),
-            boxes[..., 2].clamp(0, w),
-            boxes[..., 3].clamp(0, h),
-        ),
-        dim=-1,
-    )
+    ) -> list[Detections]:
+        """Detections per image in ``mode`` (:func:`pss.models.decode.detect`), boxes
+        clipped to the (unpadded) image size (h, w), sorted by score."""
+        return unpad(*detect(self.cfg, out, self.priors(out), mode, image_sizes))
 
 
 def _float32(out: HeadOutputs) -> HeadOutputs:
