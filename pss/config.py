@@ -242,20 +242,56 @@ class ExperimentConfig(_Section):
         return flatten(self.model_dump(mode="json"))
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the semantic settings, first 12 hex.
-
-        Where the data lives, how many loader workers and where outputs go do
-        not change what is trained, so they are left out: moving a dataset
-        does not make finished sweep cells look new.
-        """
-        flat = {k: v for k, v in self.flat().items() if k not in NON_SEMANTIC_KEYS}
-        blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """:func:`fingerprint` of this config: what it trains, wherever it runs."""
+        return fingerprint(self.flat())
 
 
-NON_SEMANTIC_KEYS = frozenset(
-    {"name", "data.root", "data.num_workers", "output_dir", "train.log_interval"}
+# ----------------------------------------------------------------------------
+# Fingerprint
+
+# The keys that do not change what is trained, left out of a fingerprint, so that
+# moving a dataset does not make finished sweep cells look new: what a run is called
+# and where it writes, where the data lives and how it is read, how often it logs, how
+# it is launched. Keys of our config and of mmdet's merged configs (pss.mmdet.train);
+# "*.key" is that key in any section.
+NOT_COUNTED = (
+    "name",
+    "output_dir",
+    "work_dir",
+    "data.root",
+    "*.data_root",
+    "*.ann_file",
+    "*.num_workers",
+    "*.persistent_workers",
+    "train.log_interval",
+    "default_hooks.logger",
+    "resume",
+    "load_from",
+    "launcher",
 )
+
+
+def counts(key: str) -> bool:
+    """Whether a dotted key counts in a fingerprint (no entry of NOT_COUNTED covers it)."""
+    for entry in NOT_COUNTED:
+        if entry.startswith("*."):
+            if key == entry[2:] or key.endswith(entry[1:]):
+                return False
+        elif key == entry or key.startswith(entry + "."):
+            return False
+    return True
+
+
+def fingerprint(flat: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a flat config's keys that :func:`counts`, 12 hex.
+
+    flat: {dotted key: JSON value}, our config's (:meth:`ExperimentConfig.flat`) or an
+    mmdet config's. A sweep job's fingerprint combines its config's with its parent
+    stages' and its engine (pss.sweep.expand).
+    """
+    kept = {k: v for k, v in flat.items() if counts(k)}
+    blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------

@@ -51,10 +51,9 @@ NOT_TRANSLATED = {
     "train.init_from": "two-step training (a stage started from another) runs on torch only",
     "train.trainable": "two-step training (only the PSS head trained) runs on torch only",
 }
-# The keys that are not settings of the training (where it runs, what it is called).
-NOT_SEMANTIC = ("name", "output_dir")
 # Every key of our config that becomes an mmdet setting (tests check that every key of
-# ExperimentConfig is here, in NOT_TRANSLATED or in NOT_SEMANTIC).
+# ExperimentConfig is here, in NOT_TRANSLATED or not a setting of the training: one that
+# a fingerprint does not count, pss.config.NOT_COUNTED).
 MMDET_KEYS = (
     "model.name",
     "model.num_classes",
