@@ -65,7 +65,8 @@ def proof_config(model: str, overrides: list[str], out: Path | None = None) -> E
 
 def train_one(cfg: ExperimentConfig, experiment: str = EXPERIMENT) -> Trained:
     """Train and evaluate one config from scratch; log it (and its training time) to MLflow."""
-    from pss.engine.train import RunInfo, train
+    from pss.engine.lifecycle import RunInfo
+    from pss.engine.train import train
     from pss.tracking.logger import Tracker
 
     tracker = Tracker.create(

@@ -16,7 +16,8 @@ import sys
 
 from pss.config import load_config
 from pss.engine.checkpoint import CheckpointNotSaved
-from pss.engine.train import RunInfo, TrainingDiverged, train
+from pss.engine.lifecycle import RunInfo
+from pss.engine.train import TrainingDiverged, train
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 
 

@@ -58,7 +58,7 @@ def test_a_job_killed_while_evaluating_resumes_and_evaluates_that_epoch(
     cfg = cfg_for(shapes_root, tmp_path / "run")
     evaluate = engine._evaluate
 
-    def killed_in_epoch_2(*args):  # (detector, loader, dataset, cfg, device, epoch)
+    def killed_in_epoch_2(*args):  # (loop, epoch)
         if args[-1] == 2:
             raise KeyboardInterrupt  # what a preemption does mid-evaluation
         return evaluate(*args)

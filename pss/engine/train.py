@@ -5,7 +5,8 @@
 One call trains one config to the end (or to ``stop_after_epoch``), resuming
 from ``<run_dir>/last.pth`` when asked. Everything that can be wrong with the
 input (config, data files, checkpoints, weights) is checked before the MLflow
-run is created, so bad input leaves no run behind.
+run is created (:func:`build_loop`), so bad input leaves no run behind. The run's
+life (open or re-attach, tags, status on exit) is :mod:`pss.engine.lifecycle`'s.
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ import logging
 import math
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pss import contract, dist
 from pss.config import ExperimentConfig
-from pss.data import build_dataset, build_loader
+from pss.data import CocoDetection, build_dataset, build_loader
 from pss.deploy.draw import draw_modes, showcase_images
 from pss.engine.checkpoint import (
     load_checkpoint,
@@ -36,30 +37,24 @@ from pss.engine.checkpoint import (
     set_rng_state,
 )
 from pss.engine.evaluate import evaluate
+from pss.engine.lifecycle import (
+    Opening,
+    RunInfo,
+    StopTraining,
+    check_fingerprint,
+    config_artifact,
+    evaluation_due,
+    open_run,
+)
 from pss.errors import UserError
 from pss.models import Detector
-from pss.tracking.logger import FINISHED, KILLED, NullTracker, Tracker, slurm_tags
+from pss.tracking.logger import KILLED, Tracker
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class StopTraining(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by an ``on_epoch`` callback to end a run early (e.g. a pruned trial)."""
-
-
-@dataclass
-class RunInfo:
-    """Where and how a training run is tracked."""
-
-    experiment: str = "pss"
-    run_name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    run_id: str | None = None  # continue this MLflow run instead of creating one
-    on_open: Callable[[str], None] | None = None  # told the run's id once it is open
 
 
 # --------------------------------------------------------------------------- set-up
@@ -151,6 +146,147 @@ def build_optimizer(cfg: ExperimentConfig, detector: Detector) -> torch.optim.Op
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Loop:
+    """One training's parts and where it stands (built by :func:`build_loop`)."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype (None: float32)
+    detector: Detector
+    model: nn.Module  # the detector, or DDP around it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None  # float16 only
+    iters: int  # optimizer steps an epoch
+    train_set: CocoDetection
+    val_set: CocoDetection
+    val_loader: DataLoader
+    epoch: int = 0  # the last finished epoch
+    iteration: int = 0  # optimizer steps so far
+    checkpoint_run: str | None = None  # the MLflow run of the checkpoint restored
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        """This process's batches of epoch ``epoch`` (an order of its own, augmentations too)."""
+        cfg = self.cfg
+        self.train_set.set_epoch(epoch)
+        return build_loader(
+            self.train_set,
+            cfg.train.batch_size // dist.world_size(),
+            cfg.data.num_workers,
+            True,
+            cfg.train.seed,
+            dist.is_distributed(),
+            cfg.data.size_divisibility,
+            epoch=epoch,
+        )
+
+    def checkpoint(self, run_id: str | None) -> dict[str, Any]:
+        """``last.pth`` after ``self.epoch`` (the fields: pss.engine.checkpoint)."""
+        names = zip(self.train_set.cat_ids, self.train_set.class_names)
+        return {
+            "model": self.detector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "fingerprint": self.cfg.fingerprint(),
+            "config": self.cfg.model_dump(mode="json"),
+            "categories": [{"id": i, "name": n} for i, n in names],
+            "run_id": run_id,
+        }
+
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG, counters."""
+        load_model_weights(self.detector, state["model"], source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.checkpoint_run = state.get("run_id")
+
+
+def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
+    """Check the input and build the training, restored from ``resume`` (a checkpoint)."""
+    device = dist.init_from_environment()
+    t = cfg.train
+    amp = autocast_dtype(t.amp, device)
+    if t.batch_size % dist.world_size():
+        raise UserError(
+            f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
+        )
+    state = load_checkpoint(resume) if resume else None
+    train_set, val_set = _datasets(cfg)
+    if state is not None:
+        check_fingerprint(state["fingerprint"], cfg.fingerprint(), str(resume))
+    torch.manual_seed(t.seed)
+    detector = build_model(cfg, device)
+    optimizer = build_optimizer(cfg, detector)
+    iters = _iters_per_epoch(cfg, train_set)
+    loop = Loop(
+        cfg=cfg,
+        device=device,
+        amp=amp,
+        detector=detector,
+        model=_parallel(detector, device),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, iters)),
+        scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
+        iters=iters,
+        train_set=train_set,
+        val_set=val_set,
+        val_loader=build_loader(
+            val_set,
+            cfg.eval.batch_size,
+            cfg.data.num_workers,
+            False,
+            t.seed,
+            dist.is_distributed(),
+            cfg.data.size_divisibility,
+        ),
+    )
+    if state is not None:
+        loop.restore(state, str(resume))
+        log.info("resumed from %s (epoch %d, iteration %d)", resume, loop.epoch, loop.iteration)
+    return loop
+
+
+def _parallel(detector: Detector, device: torch.device) -> nn.Module:
+    """The module a training step runs: DDP around the detector in a process group."""
+    if not dist.is_distributed():
+        return detector
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(detector, device_ids=ids)
+
+
+def _iters_per_epoch(cfg: ExperimentConfig, train_set: CocoDetection) -> int:
+    """Whole global batches of the training set, at most ``train.iters_per_epoch``."""
+    whole = max(len(train_set) // cfg.train.batch_size, 1)
+    return min(whole, cfg.train.iters_per_epoch) if cfg.train.iters_per_epoch else whole
+
+
+def _datasets(cfg: ExperimentConfig) -> tuple[CocoDetection, CocoDetection]:
+    """The train and val sets; ``model.num_classes`` follows the annotations unless set."""
+    train_set = build_dataset(cfg.data, "train", seed=cfg.train.seed)
+    val_set = build_dataset(cfg.data, "val", seed=cfg.train.seed)
+    if "num_classes" not in cfg.model.model_fields_set:  # not set: follow the annotations
+        cfg.model.num_classes = train_set.num_classes
+    if train_set.num_classes != cfg.model.num_classes:
+        raise UserError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset has "
+            f"{train_set.num_classes} categories",
+            str(Path(cfg.data.root) / cfg.data.train_annotations),
+        )
+    return train_set, val_set
+
+
 # --------------------------------------------------------------------------- loop
 
 
@@ -209,70 +345,65 @@ def optimizer_step(
         optimizer.step()
 
 
-def train_one_epoch(
-    model: nn.Module,
-    detector: Detector,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-    amp: torch.dtype | None,
-    cfg: ExperimentConfig,
-    epoch: int,
-    iteration: int,
-    iters: int,
-    tracker: Tracker,
-    device: torch.device,
-) -> int:
-    """One epoch of ``iters`` optimizer steps; returns the iteration count after it."""
-    t = cfg.train
-    model.train()
-    if t.trainable == "pss":  # frozen parts keep their BatchNorm statistics too
-        detector.eval()
-        detector.head.pss.train()
-    interactive = sys.stderr.isatty() and dist.is_main()
-    bar = tqdm(total=iters, desc=f"epoch {epoch}/{t.epochs}", disable=not interactive, leave=False)
-    window: dict[str, float] = {}
-    start = time.perf_counter()
-    for step, (images, targets) in enumerate(loader):
-        if step >= iters:
-            break
-        images = images.to(device, non_blocking=True)
-        targets = [
-            {"boxes": tg["boxes"].to(device), "labels": tg["labels"].to(device)} for tg in targets
-        ]
-        loss, losses = forward_losses(model, detector, images, targets, amp)
-        _check_finite(losses, epoch, iteration)
-        optimizer_step(loss, optimizer, scaler, t.grad_clip)
-        scheduler.step()
-        iteration += 1
+class _LossLog:
+    """Training losses averaged over ``train.log_interval`` steps (and at the end of an
+    epoch): to MLflow (step = iteration), to a progress bar on a terminal, else the log."""
+
+    def __init__(self, loop: Loop, epoch: int, tracker: Tracker) -> None:
+        self.loop, self.epoch, self.tracker = loop, epoch, tracker
+        self.interactive = sys.stderr.isatty() and dist.is_main()
+        desc = f"epoch {epoch}/{loop.cfg.train.epochs}"
+        self.bar = tqdm(total=loop.iters, desc=desc, disable=not self.interactive, leave=False)
+        self.window: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def add(self, step: int, losses: dict[str, float]) -> None:
+        """The losses of step ``step`` of this epoch (0-based), after its optimizer step."""
         for k, v in losses.items():
-            window[k] = window.get(k, 0.0) + v
-        window["_n"] = window.get("_n", 0.0) + 1
-        bar.update(1)
-        if interactive:
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2g}")
-        if iteration % t.log_interval == 0 or step == iters - 1:
-            n = window.pop("_n")
-            means = {k: v / n for k, v in window.items()}
-            means["lr"] = scheduler.get_last_lr()[0]
-            tracker.log_metrics(means, step=iteration)
-            if not interactive and dist.is_main():
-                rate = (time.perf_counter() - start) / (step + 1)
-                eta = rate * (iters - step - 1)
+            self.window[k] = self.window.get(k, 0.0) + v
+        self.window["_n"] = self.window.get("_n", 0.0) + 1
+        lr = self.loop.scheduler.get_last_lr()[0]
+        self.bar.update(1)
+        if self.interactive:
+            self.bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2g}")
+        iters = self.loop.iters
+        if self.loop.iteration % self.loop.cfg.train.log_interval == 0 or step == iters - 1:
+            n = self.window.pop("_n")
+            means = {k: v / n for k, v in self.window.items()}
+            means["lr"] = lr
+            self.tracker.log_metrics(means, step=self.loop.iteration)
+            if not self.interactive and dist.is_main():
+                eta = (time.perf_counter() - self.start) / (step + 1) * (iters - step - 1)
                 log.info(
                     "epoch %d/%d iter %d/%d loss %.4f lr %.3g eta %s",
-                    epoch,
-                    t.epochs,
-                    step + 1,
-                    iters,
-                    means["loss"],
-                    means["lr"],
-                    time.strftime("%H:%M:%S", time.gmtime(eta)),
+                    *(self.epoch, self.loop.cfg.train.epochs, step + 1, iters),
+                    *(means["loss"], lr, time.strftime("%H:%M:%S", time.gmtime(eta))),
                 )
-            window = {}
-    bar.close()
-    return iteration
+            self.window = {}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_one_epoch(loop: Loop, epoch: int, tracker: Tracker) -> None:
+    """Epoch ``epoch``: ``loop.iters`` optimizer steps (``loop.iteration`` counts them)."""
+    loop.model.train()
+    if loop.cfg.train.trainable == "pss":  # frozen parts keep their BatchNorm statistics too
+        loop.detector.eval()
+        loop.detector.head.pss.train()
+    losses_log = _LossLog(loop, epoch, tracker)
+    for step, (images, targets) in enumerate(loop.train_loader(epoch)):
+        if step >= loop.iters:
+            break
+        images = images.to(loop.device, non_blocking=True)
+        targets = [{k: tg[k].to(loop.device) for k in ("boxes", "labels")} for tg in targets]
+        loss, losses = forward_losses(loop.model, loop.detector, images, targets, loop.amp)
+        _check_finite(losses, epoch, loop.iteration)
+        optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip)
+        loop.scheduler.step()
+        loop.iteration += 1
+        losses_log.add(step, losses)
+    losses_log.close()
 
 
 def train(
@@ -289,146 +420,71 @@ def train(
     on_epoch: called on rank 0 as ``on_epoch(epoch, metrics)`` after each evaluation;
     it may raise :class:`StopTraining`.
     """
-    run = run or RunInfo()
-    device = dist.init_from_environment()
-    t = cfg.train
-    amp = autocast_dtype(t.amp, device)
-    if t.batch_size % dist.world_size():
-        raise UserError(
-            f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
-        )
-    ckpt_path = cfg.run_dir / contract.CHECKPOINT
     if resume == "auto":
-        resume = ckpt_path if ckpt_path.is_file() else None
-    state = load_checkpoint(resume) if resume else None
-
-    train_set = build_dataset(cfg.data, "train", seed=t.seed)
-    val_set = build_dataset(cfg.data, "val", seed=t.seed)
-    if "num_classes" not in cfg.model.model_fields_set:  # not set: follow the annotations
-        cfg.model.num_classes = train_set.num_classes
-    if train_set.num_classes != cfg.model.num_classes:
-        raise UserError(
-            f"model.num_classes={cfg.model.num_classes} but the dataset has "
-            f"{train_set.num_classes} categories",
-            str(Path(cfg.data.root) / cfg.data.train_annotations),
-        )
-    if state is not None and state["fingerprint"] != cfg.fingerprint():
-        raise UserError(
-            f"checkpoint was written for another config (fingerprint {state['fingerprint']}, "
-            f"this config {cfg.fingerprint()})",
-            str(resume),
-        )
-    torch.manual_seed(t.seed)
-    model = build_model(cfg, device)
-    detector = model
-    if dist.is_distributed():
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    per_process = t.batch_size // dist.world_size()
-    loader_len = max(len(train_set) // t.batch_size, 1)
-    iters = min(loader_len, t.iters_per_epoch) if t.iters_per_epoch else loader_len
-    optimizer = build_optimizer(cfg, detector)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, iters))
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    epoch0, iteration = 0, 0
-    if state is not None:
-        load_model_weights(detector, state["model"], str(resume))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        epoch0, iteration = state["epoch"], state["iteration"]
-
-    tracker = _open_tracker(cfg, run, state)
-    if state is not None:
-        log.info("resumed from %s (epoch %d, iteration %d)", resume, epoch0, iteration)
-        tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch0)})
-    val_loader = build_loader(
-        val_set,
-        cfg.eval.batch_size,
-        cfg.data.num_workers,
-        False,
-        t.seed,
-        dist.is_distributed(),
-        cfg.data.size_divisibility,
-    )
-    metrics: dict[str, float] = {}
-    try:
-        if epoch0 >= t.epochs:  # finished training, but the run did not end cleanly
-            metrics = _evaluate(detector, val_loader, val_set, cfg, device, t.epochs)
-            tracker.log_metrics(metrics, step=t.epochs)
-        for epoch in range(epoch0 + 1, t.epochs + 1):
-            train_set.set_epoch(epoch)
-            loader = build_loader(
-                train_set,
-                per_process,
-                cfg.data.num_workers,
-                True,
-                t.seed,
-                dist.is_distributed(),
-                cfg.data.size_divisibility,
-                epoch=epoch,
-            )
-            iteration = train_one_epoch(
-                model,
-                detector,
-                loader,
-                optimizer,
-                scheduler,
-                scaler,
-                amp,
-                cfg,
-                epoch,
-                iteration,
-                iters,
-                tracker,
-                device,
-            )
-            # Evaluate before the checkpoint: a job stopped in between resumes from the
-            # previous epoch and evaluates this one again, so no evaluation goes missing.
-            if epoch % cfg.eval.interval == 0 or epoch == t.epochs:
-                metrics = _evaluate(detector, val_loader, val_set, cfg, device, epoch)
-                tracker.log_metrics(metrics, step=epoch)
-                if on_epoch is not None:
-                    _call_on_every_rank(on_epoch, epoch, metrics)
-            if dist.is_main():
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "model": detector.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "rng": rng_state(),
-                        "epoch": epoch,
-                        "iteration": iteration,
-                        "fingerprint": cfg.fingerprint(),
-                        "config": cfg.model_dump(mode="json"),
-                        "categories": [
-                            {"id": i, "name": n}
-                            for i, n in zip(train_set.cat_ids, train_set.class_names)
-                        ],
-                        "run_id": tracker.run_id,
-                    },
-                )
-            dist.barrier()
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < t.epochs:
-                tracker.finish(KILLED)
-                return metrics
-        if dist.is_main():
-            _log_final_artifacts(tracker, cfg, epoch=t.epochs)
+        resume = cfg.run_dir / contract.CHECKPOINT
+        resume = resume if resume.is_file() else None
+    loop = build_loop(cfg, Path(resume) if resume else None)
+    with open_run(run or RunInfo(), _opening(loop, resume)) as opened:
+        if resume:
+            opened.resumed_from(loop.epoch)
+        metrics = _epochs(loop, opened.tracker, stop_after_epoch, on_epoch)
+        if loop.epoch < cfg.train.epochs:  # stopped after stop_after_epoch
+            opened.status = KILLED
+        elif dist.is_main():
+            _log_final_artifacts(opened.tracker, cfg, epoch=cfg.train.epochs)
             if cfg.model.has_pss:
-                tracker.log_artifact(draw_validation_modes(cfg, val_set))
-        tracker.finish(FINISHED)
-        return metrics
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit | StopTraining):
-            tracker.finish(KILLED)
-        else:
-            tracker.fail(traceback.format_exc())
-        raise
+                opened.tracker.log_artifact(draw_validation_modes(cfg, loop.val_set))
+    return metrics
+
+
+def _epochs(
+    loop: Loop,
+    tracker: Tracker,
+    stop_after_epoch: int | None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> dict[str, float]:
+    """Train the epochs after ``loop.epoch``: each evaluated when due, then saved."""
+    cfg, epochs = loop.cfg, loop.cfg.train.epochs
+    metrics: dict[str, float] = {}
+    if loop.epoch >= epochs:  # finished training, but the run did not end cleanly
+        metrics = _evaluate(loop, epochs)
+        tracker.log_metrics(metrics, step=epochs)
+    for epoch in range(loop.epoch + 1, epochs + 1):
+        train_one_epoch(loop, epoch, tracker)
+        # Evaluate before the checkpoint: a job stopped in between resumes from the
+        # previous epoch and evaluates this one again, so no evaluation goes missing.
+        if evaluation_due(epoch, cfg.eval.interval, epochs):
+            metrics = _evaluate(loop, epoch)
+            tracker.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                _call_on_every_rank(on_epoch, epoch, metrics)
+        loop.epoch = epoch
+        if dist.is_main():
+            save_checkpoint(cfg.run_dir / contract.CHECKPOINT, loop.checkpoint(tracker.run_id))
+        dist.barrier()
+        if stop_after_epoch is not None and stop_after_epoch <= epoch < epochs:
+            break
+    return metrics
+
+
+def _opening(loop: Loop, resume: str | Path | None) -> Opening:
+    """The run of a torch training: our config's params, its ``config.yaml`` (also in the
+    run's folder), the run of the checkpoint it resumes."""
+    cfg = loop.cfg
+    texts = config_artifact(cfg)
+    if dist.is_main():
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / contract.CONFIG_ARTIFACT).write_text(texts[contract.CONFIG_ARTIFACT])
+    return Opening(
+        name=cfg.name,
+        fingerprint=cfg.fingerprint(),
+        seed=cfg.train.seed,
+        engine=contract.TORCH,
+        params=cfg.flat(),
+        texts=texts,
+        resumes=str(resume) if resume else None,
+        checkpoint_run=loop.checkpoint_run,
+    )
 
 
 def _call_on_every_rank(
@@ -445,39 +501,18 @@ def _call_on_every_rank(
         raise stop or StopTraining(f"stopped by rank 0 after epoch {epoch}")
 
 
-def _open_tracker(cfg: ExperimentConfig, run: RunInfo, state: dict | None) -> Tracker:
-    if not dist.is_main():
-        return NullTracker()
-    run_id = run.run_id or (state or {}).get("run_id")
-    tags = {
-        contract.TAG_FINGERPRINT: cfg.fingerprint(),
-        contract.TAG_SEED: str(cfg.train.seed),
-        contract.TAG_ENGINE: contract.TORCH,
-        **slurm_tags(),
-        **run.tags,
-    }
-    if run_id:
-        tracker = Tracker.attach(run_id)
-        tracker.set_tags(tags)
-    else:  # created now: the run's start time is when training started
-        tracker = Tracker.create(run.experiment, run.run_name or cfg.name, tags)
-    if run.on_open is not None:
-        run.on_open(tracker.run_id)
-    tracker.log_params(cfg.flat())
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    saved = cfg.run_dir / contract.CONFIG_ARTIFACT
-    saved.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    tracker.log_artifact(saved)
-    return tracker
-
-
-def _evaluate(
-    detector: Detector, loader, dataset, cfg: ExperimentConfig, device: torch.device, epoch: int
-) -> dict[str, float]:
+def _evaluate(loop: Loop, epoch: int) -> dict[str, float]:
+    cfg = loop.cfg
     modes = [m for m in cfg.eval.modes if m != "e2e" or cfg.model.has_pss]
     out_dir = cfg.run_dir / "eval" / f"epoch_{epoch:03d}" if dist.is_main() else None
     metrics = evaluate(
-        detector, loader, dataset, modes, device, out_dir, progress=sys.stderr.isatty()
+        loop.detector,
+        loop.val_loader,
+        loop.val_set,
+        modes,
+        loop.device,
+        out_dir,
+        progress=sys.stderr.isatty(),
     )
     if dist.is_main():
         summary = ", ".join(f"{k}={v:.1f}" for k, v in metrics.items() if k.startswith("mAP"))

@@ -17,16 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
-from pss import contract, dist
+from pss import dist
 from pss.config import ExperimentConfig
 from pss.data import ensure_shapes, read_annotations
-from pss.engine.train import RunInfo
+from pss.engine.lifecycle import RunInfo
 from pss.errors import UserError
 from pss.mmdet.train import train
 from pss.mmdet.translate import mmdet_config
-from pss.tracking.logger import Tracker
 
 
 def class_names(cfg: ExperimentConfig) -> list[str]:
@@ -54,20 +52,12 @@ def train_cell(cfg: ExperimentConfig, run: RunInfo) -> dict[str, float]:
     files, options = mmdet_config(
         cfg, world_size=dist.world_size(), cuda=torch.cuda.is_available(), classes=names
     )
-    opened = run.on_open
-
-    def on_open(run_id: str) -> None:
-        config = yaml.safe_dump(cfg.model_dump(mode="json"))
-        Tracker(run_id).log_text(config, contract.CONFIG_ARTIFACT)
-        if opened is not None:
-            opened(run_id)
-
     return train(
         files,
         options,
         work_dir=cfg.run_dir,
-        run=RunInfo(run.experiment, run.run_name, run.tags, run.run_id, on_open),
+        run=run,
         resume="auto",
         log_interval=cfg.train.log_interval,
-        params=cfg.flat(),
+        config=cfg,
     )

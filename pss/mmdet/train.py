@@ -10,11 +10,12 @@
 What a sweep job calls to train a cell on mmdet's engine (through pss.mmdet.cell).
 Like ``pss.engine.train.train``:
 
-* one MLflow run, with the tags of the contract (``pss.fingerprint`` of the merged
-  config, ``pss.seed``, ``pss.git_commit``, ``pss.slurm_job_id`` on SLURM, the
-  caller's), plus ``pss.engine = mmdet``; params: the flattened merged config (or the
-  caller's ``params``), and the merged config as the artifact ``mmdet_config.py``;
-  one process logs (rank 0 of a distributed job);
+* one MLflow run, opened and ended by :func:`pss.engine.lifecycle.open_run` as our
+  engine's, with the tags of the contract (``pss.fingerprint`` of the merged config,
+  ``pss.seed``, ``pss.git_commit``, ``pss.slurm_job_id`` on SLURM, the caller's), plus
+  ``pss.engine = mmdet``; params: the flattened merged config (or the caller's
+  ``config``'s, with its ``config.yaml``), and the merged config as the artifact
+  ``mmdet_config.py``; one process logs (rank 0 of a distributed job);
 * every evaluation logs ``{mAP,mAR,AP50,AP75,APs,APm,APl}_{mode}`` in percent with
   step = epoch, for every mode the head has (PSS heads: e2e, nms, raw; the
   baselines: nms; ``val_cfg.modes`` may name fewer), each from mmdet's CocoMetric on
@@ -37,13 +38,11 @@ Not logged (yet): the ``eval/`` artifacts (detections per mode).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,22 @@ from mmengine.runner import Runner, ValLoop
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from pss import contract, dist
-from pss.config import SyntheticConfig, flatten
+from pss.config import ExperimentConfig, SyntheticConfig, fingerprint, flatten
 from pss.data import ensure_shapes
 from pss.engine.evaluate import untimed_batches
-from pss.engine.train import RunInfo
+from pss.engine.lifecycle import (
+    Opening,
+    OpenRun,
+    RunInfo,
+    config_artifact,
+    evaluation_due,
+    open_run,
+)
 from pss.errors import EXIT_INVALID, UserError
 from pss.mmdet.config import load_config, with_data_root
 from pss.mmdet.heads import inference_mode, modes_of
 from pss.mmdet.translate import EPOCH_SAMPLER
-from pss.tracking.logger import FINISHED, KILLED, NullTracker, Tracker, client, retry, slurm_tags
+from pss.tracking.logger import client, retry
 
 log = logging.getLogger("pss.mmdet.train")
 
@@ -78,23 +84,11 @@ COCO_ITEMS = dict(
 )
 # mmdet's loss names -> ours.
 LOSS_NAMES = {"loss_bbox": "loss_box", "loss_centerness": "loss_ctr"}
-# Settings that do not change what is trained (left out of the fingerprint).
-NON_SEMANTIC = ("work_dir", "resume", "load_from", "launcher", "data_root", "default_hooks.logger")
-
-
-def fingerprint(cfg: Config) -> str:
-    """sha256 of the merged config's canonical JSON (where it runs left out), first 12 hex."""
-    flat = {
-        k: v
-        for k, v in flat_config(cfg).items()
-        if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC)
-        and not k.endswith(("data_root", "num_workers", "persistent_workers", "ann_file"))
-    }
-    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
+    """The merged config as {dotted key: JSON value} (its params; its fingerprint is
+    :func:`pss.config.fingerprint` of this)."""
     return flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
 
 
@@ -201,14 +195,17 @@ class ModesValLoop(ValLoop):
 
 @HOOKS.register_module()
 class MLflowContractHook(Hook):
-    """Logs losses (step = iteration) and evaluations (step = epoch) to one MLflow run."""
+    """Logs losses (step = iteration) and evaluations (step = epoch) to the run
+    :func:`pss.engine.lifecycle.open_run` holds; evaluates an epoch saved but not
+    evaluated when it resumes; stops after ``stop_after_epoch``."""
 
     priority = "LOW"
 
     def __init__(
-        self, tracker: Tracker, log_interval: int = 20, stop_after_epoch: int | None = None
+        self, opened: OpenRun, log_interval: int = 20, stop_after_epoch: int | None = None
     ):
-        self.tracker = tracker
+        self.opened = opened
+        self.tracker = opened.tracker
         self.log_interval = log_interval
         self.stop_after_epoch = stop_after_epoch
         self.window: dict[str, float] = {}
@@ -218,9 +215,9 @@ class MLflowContractHook(Hook):
     def before_train(self, runner) -> None:
         epoch = runner.epoch
         if epoch > 0:
-            self.tracker.set_tags({contract.TAG_RESUMED_FROM_EPOCH: str(epoch)})
+            self.opened.resumed_from(epoch)
             loop = runner.train_loop
-            due = epoch % loop.val_interval == 0 or epoch == loop.max_epochs
+            due = evaluation_due(epoch, loop.val_interval, loop.max_epochs)
             if runner.val_loop is not None and due and not self._evaluated(runner, epoch):
                 log.info("epoch %d was saved but not evaluated: evaluating it now", epoch)
                 runner.val_loop.run()
@@ -272,21 +269,55 @@ def train(
     resume: str | None = "auto",
     log_interval: int = 20,
     stop_after_epoch: int | None = None,
-    params: dict[str, Any] | None = None,
+    config: ExperimentConfig | None = None,
 ) -> dict[str, float]:
     """Train the merged config to its last epoch (or ``stop_after_epoch``); the last
     evaluation's metrics. Bad input fails before an MLflow run is created.
 
     The run's fingerprint is the caller's (``run.tags``, a sweep job's) or that of the
-    merged config; ``params`` are logged instead of the flattened merged config.
+    merged config. ``config``: our config this one was translated from (a sweep cell's):
+    the run's params and ``config.yaml`` are its.
     """
-    run = run or RunInfo()
     cfg = load_config(config_files, options)
-    # Of what the files and options say, unless the caller (a sweep job) has its own.
-    fp = run.tags.get(contract.TAG_FINGERPRINT) or fingerprint(cfg)
-    if data_root is not None:
-        cfg = with_data_root(cfg, str(data_root))
+    fp = fingerprint(flat_config(cfg))  # of what the files and options say
     work = Path(work_dir)
+    _settle(cfg, work, data_root, log_interval)
+    latest = find_latest_checkpoint(str(work)) if resume == "auto" and work.is_dir() else None
+    cfg.resume = latest is not None
+    runner = Runner.from_cfg(cfg)  # builds the model and hooks: a bad config stops here
+    opening = Opening(
+        name=Path(config_files[0]).stem,
+        fingerprint=fp,
+        seed=cfg.randomness.seed,
+        engine=contract.MMDET,
+        params=flat_config(cfg) if config is None else config.flat(),
+        texts={MMDET_CONFIG: cfg.pretty_text, **(config_artifact(config) if config else {})},
+        resumes=latest,
+        checkpoint_run=_run_of(work) if latest else None,
+    )
+    with open_run(run or RunInfo(), opening) as opened:
+        if dist.is_main():
+            work.mkdir(parents=True, exist_ok=True)
+            (work / RUN_ID_FILE).write_text(opened.tracker.run_id)
+        hook = MLflowContractHook(opened, log_interval, stop_after_epoch)
+        runner.register_hook(hook)
+        with mmengine_checkpoint_globals():
+            runner.train()
+        if runner.epoch < runner.max_epochs:  # stopped after stop_after_epoch
+            opened.status = contract.KILLED
+        elif dist.is_main() and "e2e" in modes_of(runner.model):
+            # Imported here: mmdet's visualisation pipeline only where a picture is drawn.
+            from pss.mmdet.draw import draw_validation_modes
+
+            opened.tracker.log_artifact(draw_validation_modes(runner, work))
+    return hook.last_metrics
+
+
+def _settle(cfg: Config, work: Path, data_root: str | Path | None, log_interval: int) -> None:
+    """What this project sets in a merged config (evaluation loop and metrics, work dir,
+    log interval, a seed), its data generated or checked: bad data stops here."""
+    if data_root is not None:
+        with_data_root(cfg, str(data_root))
     cfg.work_dir = str(work)
     cfg.val_cfg = {"type": "ModesValLoop", "modes": (cfg.get("val_cfg") or {}).get("modes")}
     cfg.val_evaluator.metric_items = list(COCO_ITEMS)
@@ -297,62 +328,12 @@ def train(
     _check_annotations(cfg)
     seed = (cfg.get("randomness") or {}).get("seed")
     cfg.randomness = {**(cfg.get("randomness") or {}), "seed": 0 if seed is None else seed}
-    latest = find_latest_checkpoint(str(work)) if resume == "auto" and work.is_dir() else None
-    saved_run = work / RUN_ID_FILE
-    if run.run_id or not (latest and saved_run.is_file()):
-        run_id = run.run_id
-    else:
-        run_id = saved_run.read_text().strip()
-    cfg.resume = latest is not None
-    runner = Runner.from_cfg(cfg)  # builds the model and hooks: a bad config stops here
 
-    tags = {
-        contract.TAG_FINGERPRINT: fp,
-        contract.TAG_SEED: str(cfg.randomness.seed),
-        contract.TAG_ENGINE: contract.MMDET,
-        **slurm_tags(),
-        **run.tags,
-    }
-    if not dist.is_main():  # the other processes of a distributed job log nothing
-        tracker: Tracker = NullTracker()
-    elif run_id:
-        found = retry(client().get_run, run_id).data.tags.get(contract.TAG_FINGERPRINT)
-        if latest and found not in (None, fp):
-            raise UserError(
-                f"holds checkpoints of another config (fingerprint {found}, this one {fp})",
-                str(work),
-            )
-        tracker = Tracker.attach(run_id)
-        tracker.set_tags(tags)
-    else:
-        name = run.run_name or Path(config_files[0]).stem
-        tracker = Tracker.create(run.experiment, name, tags)
-    if dist.is_main():
-        tracker.log_params(flat_config(cfg) if params is None else params)  # new keys only
-        tracker.log_text(cfg.pretty_text, MMDET_CONFIG)
-        if run.on_open is not None:
-            run.on_open(tracker.run_id)
-        work.mkdir(parents=True, exist_ok=True)
-        saved_run.write_text(tracker.run_id)
-    hook = MLflowContractHook(tracker, log_interval, stop_after_epoch)
-    runner.register_hook(hook)
-    try:
-        with mmengine_checkpoint_globals():
-            runner.train()
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            tracker.finish(KILLED)
-        else:
-            tracker.fail(traceback.format_exc())
-        raise
-    done = runner.epoch >= runner.max_epochs
-    if done and dist.is_main() and "e2e" in modes_of(runner.model):
-        # Imported here: mmdet's visualisation pipeline only where a picture is drawn.
-        from pss.mmdet.draw import draw_validation_modes
 
-        tracker.log_artifact(draw_validation_modes(runner, work))
-    tracker.finish(FINISHED if done else KILLED)
-    return hook.last_metrics
+def _run_of(work: Path) -> str | None:
+    """The MLflow run of the checkpoints in ``work`` (written when it opened)."""
+    saved = work / RUN_ID_FILE
+    return saved.read_text().strip() if saved.is_file() else None
 
 
 def mmengine_checkpoint_globals():

@@ -176,6 +176,9 @@ class Tracker:
     def status(self) -> str:
         return retry(self.mlflow.get_run, self.run_id).info.status
 
+    def tags(self) -> dict[str, str]:
+        return retry(self.mlflow.get_run, self.run_id).data.tags
+
 
 class NullTracker(Tracker):
     """For processes other than rank 0: logs nothing."""

@@ -7,11 +7,12 @@ from mlflow.tracking import MlflowClient
 from twins import CONFIGS
 
 from pss import contract
-from pss.engine.train import RunInfo
+from pss.config import fingerprint
+from pss.engine.lifecycle import RunInfo
 from pss.errors import UserError
 from pss.mmdet.config import build_model, load_config
 from pss.mmdet.heads import inference_mode
-from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, fingerprint, train
+from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, flat_config, train
 
 FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 # The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
@@ -55,7 +56,7 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
     assert got.info.status == "FINISHED" and got.info.run_name == "fcos_pss"
     assert len(mlflow.search_runs([got.info.experiment_id])) == 1
     tags = got.data.tags
-    assert tags[contract.TAG_FINGERPRINT] == fingerprint(load_config(FILES, TINY))
+    assert tags[contract.TAG_FINGERPRINT] == fingerprint(flat_config(load_config(FILES, TINY)))
     assert tags[contract.TAG_SEED] == "0" and tags[contract.TAG_ENGINE] == contract.MMDET
     assert tags[contract.TAG_CELL] == "fcos_pss" and contract.TAG_GIT_COMMIT in tags
     assert tags[contract.TAG_RESUMED_FROM_EPOCH] == "1"
