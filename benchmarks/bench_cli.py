@@ -41,7 +41,7 @@ COMMANDS = {
 def seed(folder: Path) -> str:
     from mlflow.tracking import MlflowClient
 
-    from pss.sweep.spec import load_spec
+    from pss.sweep.schema import load_spec
     from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -70,7 +70,7 @@ def split(cwd: Path, env: dict[str, str]) -> str:
     """Where one `status` process spends its time (measured inside a fresh process)."""
     code = (
         "import time; t0 = time.perf_counter()\n"
-        "from pss.sweep.submit import plan, print_status\n"
+        "from pss.sweep.driver import plan, print_status\n"
         "t1 = time.perf_counter()\n"
         f"loaded, jobs = plan({str(SPEC)!r}, True)\n"
         "t2 = time.perf_counter()\n"

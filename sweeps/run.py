@@ -12,7 +12,7 @@ Exit status: 0 all cells finished (or submitted, with --no-wait); 1 some cell fa
 
 import sys
 
-from pss.sweep.cli import main
+from pss.sweep.driver import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pss.sweep.cli import main
+from pss.sweep.driver import main
 from pss.sweep.lock import SweepLock
-from pss.sweep.store import ensure_server, server_status, stop_server
+from pss.sweep.server import ensure_server, server_status, stop_server
 from pss.testing import REPO
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking import logger as tracking
@@ -288,7 +288,7 @@ cells:
 
 @pytest.mark.slurm
 def test_a_sweep_larger_than_max_array_size_is_split_into_arrays(workdir, monkeypatch):
-    from pss.sweep.executors import max_array_size
+    from pss.sweep.slurm import max_array_size
 
     limit = max_array_size()
     assert limit == 8, "slurm/dev sets MaxArraySize=8 (PSS_SLURM_MAX_ARRAY_SIZE)"

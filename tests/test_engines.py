@@ -15,7 +15,7 @@ from pss import contract
 from pss.config import ExperimentConfig, counts, load_config
 from pss.errors import UserError
 from pss.mmdet.translate import MMDET_KEYS, MMDET_PACKAGES, NOT_TRANSLATED, mmdet_config
-from pss.sweep.cli import main
+from pss.sweep.driver import main
 from pss.testing import REPO
 from pss.testing.configs import write_spec
 

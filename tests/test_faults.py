@@ -29,7 +29,7 @@ import pytest
 from pss.config import load_config
 from pss.engine.checkpoint import CheckpointNotSaved, load_checkpoint
 from pss.engine.train import RunInfo, train
-from pss.sweep.store import ensure_server, stop_server
+from pss.sweep.server import ensure_server, stop_server
 from pss.testing import REPO
 from pss.testing.configs import tiny_train_overrides, write_spec, write_tiny_overlay
 from pss.testing.waiting import wait_for

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pss.sweep.spec import load_spec
+from pss.sweep.schema import load_spec
 from pss.testing import REPO
 from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 from pss.tracking import ui as mlflow_ui

@@ -14,7 +14,7 @@ from pss.config import load_config
 from pss.deploy.draw import MIN_SIDE
 from pss.engine.train import RunInfo, train
 from pss.report import make_report
-from pss.sweep.spec import load_spec
+from pss.sweep.schema import load_spec
 from pss.testing import REPO
 from pss.testing.configs import tiny_train_overrides
 from pss.testing.mlflow_runs import seed_runs, synthetic_runs

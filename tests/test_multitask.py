@@ -17,8 +17,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pss.engine.checkpoint import load_checkpoint
-from pss.sweep.cli import main
-from pss.sweep.store import stop_server
+from pss.sweep.driver import main
+from pss.sweep.server import stop_server
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.testing.slurm import wait_for_requeue
 from pss.testing.waiting import wait_for

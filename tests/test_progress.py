@@ -6,8 +6,9 @@ import io
 from unittest.mock import patch
 
 from pss import contract
+from pss.sweep.expand import expand
 from pss.sweep.progress import Progress, describe
-from pss.sweep.spec import expand, load_spec
+from pss.sweep.schema import load_spec
 from pss.sweep.state import RUNNING_S, JobState
 from pss.testing import REPO
 from pss.tracking.store import StoredRun

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pss.report.collect import fetch_runs
-from pss.sweep.spec import load_spec
+from pss.sweep.schema import load_spec
 from pss.testing import REPO
 from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 from pss.tracking.store import current_uri, metric_history, read_runs
@@ -34,7 +34,7 @@ PROBE = textwrap.dedent(
         if {report!r}:
             from pss.report.cli import main
         else:
-            from pss.sweep.cli import main
+            from pss.sweep.driver import main
         code = main({argv!r})
     heavy = ["torch", "torchvision", "mlflow", "optuna", "scipy.stats", "matplotlib"]
     print(json.dumps({{"code": code, "loaded": [m for m in heavy if m in sys.modules],

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
-from pss.sweep.cli import main
+from pss.sweep.driver import main
 from pss.testing import REPO
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs

@@ -18,8 +18,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pss.engine.checkpoint import load_checkpoint
-from pss.sweep.cli import main
-from pss.sweep.store import ensure_server, stop_server
+from pss.sweep.driver import main
+from pss.sweep.server import ensure_server, stop_server
 from pss.testing import REPO
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.testing.slurm import (

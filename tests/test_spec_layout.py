@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pss.sweep.cli import main
+from pss.sweep.driver import main
 from pss.testing.configs import write_spec
 
 SPEC = """

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pss.sweep.cli import main
-from pss.sweep.store import stop_server
+from pss.sweep.driver import main
+from pss.sweep.server import stop_server
 from pss.testing import REPO
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs

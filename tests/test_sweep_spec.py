@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pss.sweep.cli import main
-from pss.sweep.spec import expand, load_spec
+from pss.sweep.driver import main
+from pss.sweep.expand import expand
+from pss.sweep.schema import load_spec
 from pss.testing import REPO
 from pss.testing.configs import write_spec
 

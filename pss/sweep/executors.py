@@ -1,29 +1,29 @@
-"""Where sweep and search jobs run: submitit executors, and the driver's local job queue.
+"""Where sweep and search jobs run: submitit's executors, and the order of local jobs.
 
     kind = resolve_executor("auto")            # "slurm" where sbatch exists, else "local"
-    executor = make_executor(kind, folder, resources, profile)
+    handles = submit(kind, folder, resources, profile, [job, ...])
 
-SLURM jobs are submitted and left to the cluster (the driver only polls their
-state). Local and debug jobs are children of the driver: a :class:`LocalQueue`
-starts them ``limit`` at a time, each once the jobs it waits for have
-finished, and collects their results. Both sweeps (:mod:`pss.sweep.submit`) and
-searches (:mod:`pss.sweep.search`) build their executors and report failed
-jobs through this module.
+SLURM jobs are submitted and left to the cluster (:mod:`pss.sweep.slurm`; the driver
+only polls their state). Local and debug jobs are children of the driver: a
+:class:`LocalQueue` says which may start (``limit`` at a time, each once the jobs it
+waits for have finished) and which never will. Both sweeps (:mod:`pss.sweep.driver`)
+and searches (:mod:`pss.sweep.search`) submit and report failed jobs through this
+module.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import submitit
 
+from pss.sweep import slurm
+from pss.sweep.expand import Job
 from pss.sweep.profile import ClusterProfile
-from pss.sweep.spec import Job, Resources
+from pss.sweep.schema import Resources
 
 log = logging.getLogger(__name__)
 KINDS = ("auto", "slurm", "local", "debug")
@@ -36,67 +36,19 @@ def resolve_executor(name: str) -> str:
     return name
 
 
-def make_executor(
-    kind: str, folder: Path, res: Resources, profile: ClusterProfile
-) -> submitit.Executor:
-    """A submitit executor for ``kind`` (slurm, local or debug) writing logs under ``folder``."""
+def submit(
+    kind: str, folder: Path, res: Resources, profile: ClusterProfile, jobs: list[Callable]
+) -> list[submitit.Job]:
+    """Start ``jobs`` now on ``kind`` (slurm, local or debug), logs under ``folder``;
+    their submitit handles. A debug job runs in this process, when its result is asked."""
     if kind == "slurm":
-        return slurm_executor(folder, res, profile)
+        return slurm.submit(folder, res, profile, jobs)
     if kind == "debug":
-        return submitit.DebugExecutor(folder=folder / "%j")
-    executor = submitit.LocalExecutor(folder=folder / "%j")
-    executor.update_parameters(timeout_min=res.timeout_min)
-    return executor
-
-
-def slurm_executor(folder: Path, res: Resources, profile: ClusterProfile) -> submitit.AutoExecutor:
-    """One task per GPU (or one on a CPU-only profile) unless the profile says how many,
-    the profile's partition, account and set-up lines."""
-    executor = submitit.AutoExecutor(
-        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=profile.max_requeues
-    )
-    params: dict[str, Any] = {
-        "timeout_min": res.timeout_min,
-        "nodes": res.nodes,
-        "tasks_per_node": profile.tasks_per_node or max(res.gpus_per_node, 1),
-        "cpus_per_task": res.cpus_per_task,
-        "mem_gb": res.mem_gb,
-        "slurm_array_parallelism": profile.array_parallelism,
-        "slurm_setup": list(profile.setup),
-    }
-    if res.gpus_per_node:
-        params["gpus_per_node"] = res.gpus_per_node
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(profile, key):
-            params[f"slurm_{key}"] = getattr(profile, key)
-    executor.update_parameters(**params)
-    return executor
-
-
-def cancel_slurm(job_ids: Iterable[str]) -> None:
-    """scancel jobs this driver submitted earlier (e.g. stuck behind a failed dependency)."""
-    ids = [str(i) for i in job_ids]
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
-
-
-def max_array_size() -> int | None:
-    """The most tasks one job array may have on this cluster (MaxArraySize), if known.
-
-    Array task indices run from 0 to MaxArraySize - 1; submitit does not split a
-    batch that is larger, so sweeps do (pss.sweep.launch).
-    """
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=60
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "MaxArraySize" and value.strip().isdigit():
-            return int(value.strip())
-    return None
+        executor: submitit.Executor = submitit.DebugExecutor(folder=folder / "%j")
+    else:
+        executor = submitit.LocalExecutor(folder=folder / "%j")
+        executor.update_parameters(timeout_min=res.timeout_min)
+    return [executor.submit(job) for job in jobs]
 
 
 def failure(handle: submitit.Job) -> str | None:
@@ -123,23 +75,16 @@ def report_failures(handles: Iterable[tuple[str, submitit.Job]]) -> list[str]:
 class LocalQueue:
     """Jobs that run on this machine as children of the driver, in dependency order.
 
-    ``submit(job)`` is called for each job when it may start (returns its
-    submitit handle); a job waits while a job it depends on (``job.parent_keys``)
-    is queued or running, and is dropped, like SLURM's ``afterok``, when one
-    of them failed: ``drop(job, reason)`` is then called instead.
+    The driver asks :meth:`next_job` for a job that may start (none while ``limit``
+    run, or while a job it depends on, ``job.parent_keys``, is queued or running),
+    starts it and hands its submitit handle to :meth:`started`; :meth:`dropped` takes
+    out the jobs that never will, like SLURM's ``afterok``, because a job they depend
+    on failed; :meth:`poll` collects the jobs that ended.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        jobs: list[Job],
-        submit: Callable[[Job], submitit.Job],
-        drop: Callable[[Job, str], None],
-    ) -> None:
+    def __init__(self, kind: str, jobs: list[Job]) -> None:
         self.kind = kind
         self.queue = list(jobs)
-        self.submit = submit
-        self.drop = drop
         self.running: dict[str, submitit.Job] = {}
         self.failed: set[str] = set()
 
@@ -147,27 +92,35 @@ class LocalQueue:
     def busy(self) -> bool:
         return bool(self.queue or self.running)
 
-    def start_ready(self, limit: int) -> None:
-        """Start queued jobs whose dependencies finished, up to ``limit`` running at once."""
-        for job in list(self.queue):
-            if len(self.running) >= limit:
-                return
-            parents = job.parent_keys
-            failed = [p for p in parents if p in self.failed]
+    def dropped(self) -> list[tuple[Job, str]]:
+        """The queued jobs that depend on a failed one, taken out (failed too), with why."""
+        out = []
+        for job in list(self.queue):  # in stage order: a dropped job's children come later
+            failed = [p for p in job.parent_keys if p in self.failed]
             if failed:
                 self.queue.remove(job)
                 self.failed.add(job.key)
                 reason = f"not started: {', '.join(failed)} failed"
                 log.error("%s %s", job.key, reason)
-                self.drop(job, reason)
-                continue
-            waiting = {j.key for j in self.queue} | set(self.running)
-            if any(p in waiting for p in parents):
-                continue
-            self.queue.remove(job)
-            self.running[job.key] = self.submit(job)
-            if self.kind == "debug":  # the debug executor runs the job here, on result()
-                self.poll()
+                out.append((job, reason))
+        return out
+
+    def next_job(self, limit: int) -> Job | None:
+        """The first queued job that may start now, taken out of the queue; None if none
+        may (``limit`` jobs run, or each waits for another)."""
+        if len(self.running) >= limit:
+            return None
+        waiting = {j.key for j in self.queue} | set(self.running)
+        for job in self.queue:
+            if not any(p in waiting for p in job.parent_keys):
+                self.queue.remove(job)
+                return job
+        return None
+
+    def started(self, job: Job, handle: submitit.Job) -> None:
+        self.running[job.key] = handle
+        if self.kind == "debug":  # the debug executor runs the job here, on result()
+            self.poll()
 
     def poll(self) -> None:
         """Collect the jobs that have ended; a failed one is logged and remembered."""

@@ -11,8 +11,9 @@ a tracking server's database), so of several drivers, on one host or many,
 exactly one creates it. Its tags say who holds it (host, pid, since when) and
 carry a heartbeat the holder refreshes; the others print who holds it and wait
 (``--no-wait`` drivers too: the holder is done submitting within seconds). A
-lock whose holder died (its pid is gone on this host, or its heartbeat is
-older than :data:`STALE_S`) is broken. Deleting the registered model releases
+lock whose holder died (its pid no longer runs on this host, a zombie included:
+:func:`pss.sweep.process.alive`; or its heartbeat is older than :data:`STALE_S`) is
+broken. Deleting the registered model releases
 it.
 """
 
@@ -31,12 +32,14 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
+from pss.sweep import process
 from pss.tracking.store import retry
 
 PREFIX = "pss-sweep-lock."
 HEARTBEAT_S = 10.0  # the holder refreshes its heartbeat this often
 STALE_S = 60.0  # a heartbeat older than this means the holder died
 POLL_S = 1.0
+RACE_ATTEMPTS = 3  # creates that met a release (see try_acquire) before giving up
 
 
 @dataclass(frozen=True)
@@ -52,19 +55,9 @@ class Holder:
         return f"{self.host} pid {self.pid} (since {started})"
 
     def dead(self, now: float) -> bool:
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+        if self.host == socket.gethostname() and not process.alive(self.pid):
             return True
         return now - self.heartbeat > STALE_S
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _exists(exc: MlflowException) -> bool:
@@ -118,12 +111,17 @@ class SweepLock:
             f"Lock of the sweep '{self.name.removeprefix(PREFIX)}': held by the driver that is "
             "submitting its jobs (sweeps/run.py). Not a model; it disappears when released."
         )
-        try:
-            retry(self.client.create_registered_model, self.name, tags, description)
-        except MlflowException as exc:
-            if _exists(exc):
-                return False
-            raise
+        for attempt in range(RACE_ATTEMPTS):
+            try:
+                retry(self.client.create_registered_model, self.name, tags, description)
+                break
+            except MlflowException as exc:
+                if _exists(exc):
+                    return False
+                # A create that finds the name taken looks the model up (MLflow's
+                # SQL store: is it a prompt?); released in between, it says "not found".
+                if not _missing(exc) or attempt == RACE_ATTEMPTS - 1:
+                    raise
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
         self._beat.start()

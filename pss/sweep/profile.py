@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pss.config import read_yaml
 from pss.errors import UserError, nearest
-from pss.sweep.spec import Resources
+from pss.sweep.schema import Resources
 
 # What a --smoke job asks for, whatever the spec says: one CPU task.
 SMOKE_RESOURCES = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, mem_gb=4, timeout_min=60)
@@ -40,7 +40,7 @@ class ClusterProfile(BaseModel):
     logs_folder: str | None = None  # default: outputs/sweeps/<experiment>/submitit
     array_parallelism: int = Field(64, ge=1)
     max_requeues: int = Field(3, ge=0)  # timeouts/preemptions before a job is given up
-    tracking_uri: str | None = None  # MLflow server for the jobs (default: see pss.sweep.store)
+    tracking_uri: str | None = None  # MLflow server for the jobs (default: see pss.sweep.server)
     # Address the tracking server a SLURM sweep starts listens on: one compute nodes
     # reach this host by (default: what this host's name resolves to). Never 0.0.0.0.
     server_host: str | None = None

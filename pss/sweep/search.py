@@ -23,10 +23,10 @@ import submitit
 from pss import contract
 from pss.config import load_config
 from pss.errors import EXIT_FAILED, EXIT_OK, UserError
-from pss.sweep.executors import make_executor, report_failures, resolve_executor
+from pss.sweep.executors import report_failures, resolve_executor, submit
 from pss.sweep.profile import ClusterProfile, effective_resources
-from pss.sweep.spec import LoadedSpec, SearchSpec
-from pss.sweep.store import uri_for_jobs
+from pss.sweep.schema import LoadedSpec, SearchSpec
+from pss.sweep.server import uri_for_jobs
 from pss.sweep.worker import Payload, prepare_process
 from pss.tracking.logger import experiment_id
 from pss.tracking.store import current_uri
@@ -193,8 +193,7 @@ def run_search(
             spec.name,
         )
         logs = Path(profile.logs_folder) if profile.logs_folder else folder / "submitit"
-        pool = make_executor(kind, logs, res, profile)
-        jobs = [pool.submit(SearchWorker(payload)) for _ in range(workers)]
+        jobs = submit(kind, logs, res, profile, [SearchWorker(payload) for _ in range(workers)])
         print(
             f"{workers} search workers submitted ({kind}): "
             + ", ".join(str(j.job_id) for j in jobs),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 from pss import contract
 from pss.contract import FAILED, FINISHED, KILLED, RUNNING
-from pss.sweep.spec import Job
+from pss.sweep import process, slurm
+from pss.sweep.expand import Job
 from pss.tracking.store import StoredRun, read_runs
 
 STATES = ("finished", "running", "pending", "failed", "missing")
@@ -92,44 +92,9 @@ class JobState:
     run: StoredRun | None = None  # the run the state was read from
 
 
-def _slurm_states(ids: list[str]) -> dict[str, tuple[str, str]] | None:
-    """(state, reason) of each of these job ids the controller still knows (squeue -r);
-    None when squeue did not answer (a busy controller), which proves nothing."""
-    if not ids:
-        return {}
-    try:  # all of this user's jobs: `-j` fails as a whole when one id has aged out
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "--me", "-o", "%i %T %r"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    wanted = set(ids)
-    states = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in wanted:
-            states[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
-    return states
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    try:  # a zombie is not alive
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return True
-
-
 def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobState]:
-    """One :class:`JobState` per job, from one read of the store and one squeue call."""
+    """One :class:`JobState` per job, from one read of the store and one squeue call
+    (:func:`pss.sweep.slurm.queue`)."""
     runs: dict[tuple[str, str, str, str], list[StoredRun]] = {}
     for run in read_runs(experiment):
         tags = run.tags
@@ -145,7 +110,7 @@ def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobSt
         for j in jobs
         if (e := ledger.get(j)) and e.get("executor") == "slurm" and e.get("job_id")
     ]
-    live = _slurm_states(slurm_ids)
+    live = slurm.queue() if slurm_ids else {}
     known = live or {}
     states = []
     for job in jobs:
@@ -171,15 +136,15 @@ def sweep_states(experiment: str, jobs: list[Job], ledger: Ledger) -> list[JobSt
         run = found[0]
         status = run.status
         alive = _job_alive(entry, live)
-        slurm, why = known.get(str(sched), ("", ""))
+        queued, why = known.get(str(sched), ("", ""))
         if alive and why == NEVER:
             states.append(
                 JobState(job, FAILED_S, run.run_id, sched, reason=DEPENDENCY_FAILED)
             )
         elif alive:
-            state = RUNNING_S if status == RUNNING and slurm in ("", "RUNNING") else PENDING_S
+            state = RUNNING_S if status == RUNNING and queued in ("", "RUNNING") else PENDING_S
             states.append(
-                JobState(job, state, run.run_id, sched, reason=slurm.lower(), run=run)
+                JobState(job, state, run.run_id, sched, reason=queued.lower(), run=run)
             )
         elif status == FAILED:
             states.append(JobState(job, FAILED_S, run.run_id, sched, reason="run failed"))
@@ -200,7 +165,7 @@ def _job_alive(entry: dict[str, Any], live: dict[str, tuple[str, str]] | None) -
     if entry.get("executor") == "slurm":
         return live is None or str(entry.get("job_id")) in live  # unknown: assume alive
     if entry.get("executor") == "local":
-        return _pid_alive(str(entry.get("job_id")))
+        return process.alive(str(entry.get("job_id")))
     return False
 
 

@@ -21,7 +21,6 @@ import submitit
 
 from pss.config import ExperimentConfig, load_config
 from pss.contract import MMDET, RUNNING, SCHEDULED, TORCH
-from pss.tracking.logger import Tracker
 
 
 @dataclass
@@ -72,8 +71,10 @@ class CellJob(submitit.helpers.Checkpointable):
         self.run_id: str | None = payload.run_id
 
     def __call__(self) -> dict[str, float]:
-        # Imported here, in the job: the driver that pickles this object never loads torch.
+        # Imported here, in the job: the driver that pickles this object never loads torch
+        # (nor MLflow's client, unless it submits).
         from pss.engine.train import RunInfo
+        from pss.tracking.logger import Tracker
 
         p = self.payload
         prepare_process(p)

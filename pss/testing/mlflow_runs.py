@@ -20,7 +20,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pss import contract
-from pss.sweep.spec import LoadedSpec, expand
+from pss.sweep.expand import expand
+from pss.sweep.schema import LoadedSpec
 
 T0 = 1_700_000_000_000  # start time (ms) of the first seeded run
 

@@ -80,7 +80,7 @@ CREDENTIALS_ENV = "PSS_TRACKING_CREDENTIALS"  # a file with the tracking server'
 
 def use_credentials() -> None:
     """Log in to a tracking server with the user name and password in the file named by
-    ``PSS_TRACKING_CREDENTIALS`` (mode 600, written by pss.sweep.store).
+    ``PSS_TRACKING_CREDENTIALS`` (mode 600, written by pss.sweep.server).
 
     The file wins over a ``MLFLOW_TRACKING_PASSWORD`` already in the environment: that
     one may be another server's, inherited from a driver that talked to it before.

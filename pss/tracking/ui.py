@@ -23,8 +23,8 @@ separate "Compare runs" page (tick runs, then Compare) cannot be configured from
 server: its parallel-coordinates plot starts with the first metric the runs share in
 the order they logged them.
 
-Importing this module loads neither MLflow nor torch (the sweep's quick commands print
-:func:`ui_hint`); :func:`publish_view` takes the caller's client. ``python -m
+Importing this module loads neither MLflow nor torch (a re-run of a finished sweep prints
+:func:`sweep_hint`); :func:`publish_view` takes the caller's client. ``python -m
 pss.tracking.ui SPEC [--smoke] [--screenshots DIR]`` publishes the view of an existing
 experiment, prints how to open it and, with ``--screenshots``, serves the store with
 ``mlflow ui`` and takes headless Chromium screenshots of the runs table, the chart view
@@ -49,8 +49,10 @@ from urllib.parse import urlencode
 
 from pss import contract
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
-from pss.sweep.spec import LoadedSpec, load_spec
-from pss.tracking.store import current_uri
+from pss.sweep import process
+from pss.sweep.schema import LoadedSpec, load_spec
+from pss.sweep.server import free_port, healthy
+from pss.tracking.store import current_uri, experiment_tags, retry
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 DEFAULT_PORT = 5000
@@ -184,8 +186,6 @@ def is_published(loaded: LoadedSpec, tags: dict[str, str]) -> bool:
 
 def publish_view(client: Any, experiment_id: str, loaded: LoadedSpec) -> str:
     """Set :func:`view_tags` on the experiment through ``client`` (an MlflowClient); its id."""
-    from pss.tracking.store import retry
-
     for key, value in view_tags(loaded).items():
         retry(client.set_experiment_tag, experiment_id, key, value)
     return view_id(loaded)
@@ -224,6 +224,23 @@ def ui_hint(uri: str, experiment_id: str | None, view: str | None, port: int = D
     return "\n".join([*lines, f"  open:   {url}"])
 
 
+def sweep_hint(loaded: LoadedSpec, experiment: str) -> str:
+    """:func:`ui_hint` for a sweep's experiment, with the spec's saved view published
+    (through MLflow's client only when it is not there yet: a re-run of a finished sweep
+    on a local store imports no MLflow)."""
+    uri = current_uri()
+    known = experiment_tags(experiment, uri)
+    if known is not None and is_published(loaded, known[1]):
+        return ui_hint(uri, known[0], view_id(loaded))
+    from pss.tracking.logger import client
+
+    mlflow = client(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return ui_hint(uri, None, None)
+    return ui_hint(uri, found.experiment_id, publish_view(mlflow, found.experiment_id, loaded))
+
+
 # --------------------------------------------------------------------------- in a browser
 
 BROWSER_FLAGS = (
@@ -252,8 +269,6 @@ def chromium() -> str:
 
 def _browse(url: str, action: list[str]) -> str:
     """Run headless Chromium on ``url`` with ``action`` flags, in a fresh profile; stdout."""
-    from pss.sweep import store  # process-group helpers (the module imports MLflow)
-
     with tempfile.TemporaryDirectory(prefix="pss-chromium-") as profile:
         command = [
             chromium(),
@@ -274,7 +289,7 @@ def _browse(url: str, action: list[str]) -> str:
         try:
             out, _ = proc.communicate(timeout=BROWSER_TIMEOUT_S)
         finally:
-            store._stop_group(proc.pid)
+            process.stop_group(proc.pid)
     if proc.returncode != 0:
         raise RuntimeError(f"chromium exited with status {proc.returncode} on {url}")
     return out
@@ -300,9 +315,7 @@ def served(uri: str, wait_s: float = 300.0) -> Iterator[str]:
 
     Started in its own session and stopped as a whole process group afterwards.
     """
-    from pss.sweep import store  # process-group and health helpers (it imports MLflow)
-
-    port = store._free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}"
     command = [str(mlflow_executable()), "ui", "--backend-store-uri", uri, "--port", str(port)]
     command += ["--workers", "1"]
@@ -313,7 +326,7 @@ def served(uri: str, wait_s: float = 300.0) -> Iterator[str]:
         )
         try:
             deadline = time.monotonic() + wait_s
-            while not store._healthy(url):
+            while not healthy(url):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     tail = log.read().decode(errors="replace")[-2000:]
@@ -321,7 +334,7 @@ def served(uri: str, wait_s: float = 300.0) -> Iterator[str]:
                 time.sleep(0.5)
             yield url
         finally:
-            store._stop_group(proc.pid)
+            process.stop_group(proc.pid)
             proc.wait()
 
 

@@ -126,7 +126,7 @@ def test_core_never_imports_mmdet():
     code = (
         "import sys\n"
         "import pss, pss.models, pss.models.selector, pss.engine.train, pss.mmdet.translate\n"
-        "import pss.sweep.cli, pss.report.cli\n"
+        "import pss.sweep.driver, pss.report.cli\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')]\n"
         "assert not loaded, loaded\n"
     )

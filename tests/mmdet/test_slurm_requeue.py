@@ -10,8 +10,8 @@ import submitit
 from twins import REPO
 
 from pss import contract
-from pss.sweep.cli import main
-from pss.sweep.store import stop_server
+from pss.sweep.driver import main
+from pss.sweep.server import stop_server
 from pss.testing.slurm import (
     cancel_jobs_submitted_from,
     require_cluster,

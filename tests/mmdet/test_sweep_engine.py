@@ -27,8 +27,7 @@ from pss.mmdet.config import load_config as load_mmdet_config
 from pss.mmdet.translate import mmdet_config
 from pss.models import Detector
 from pss.report import make_report
-from pss.sweep.cli import main
-from pss.sweep.submit import plan
+from pss.sweep.driver import main, plan
 from pss.tracking.logger import client, search_runs
 
 EXPERIMENT = "table5-smoke-mmdet"

@@ -1,12 +1,14 @@
-"""Sweep specs: the YAML schema, its validation, and expansion into jobs.
+"""Sweep specs: what a spec file may say (the schema), and loading one.
 
 A spec (``sweeps/table5.yaml``) names a base experiment, the cells it trains
 (a grid of axes and/or explicit cells, each a set of dotted config overrides),
 seeds, optional stages (two-step training), resources, the paper's reference
 values and the table the report builds. Paths in a spec are relative to the
-spec file. :func:`load_spec` validates everything before anything runs;
-:func:`expand` turns a spec into :class:`Job` objects, one per
-cell x stage x seed, each with its resolved config and fingerprint.
+spec file. :func:`load_spec` validates everything before anything runs: the
+schema, the files it names, and what only its cells tell (unique cell ids, stage
+dependencies, paper rows, the table's and figure's row keys), which is why the
+cells a spec names (:func:`all_cells`: the grid's product, then its explicit
+cells) are made here. :func:`pss.sweep.expand.expand` turns them into jobs.
 
 A bad spec raises :class:`~pss.errors.UserError` naming the file, the key and
 what was expected (exit status 2 in ``sweeps/run.py``).
@@ -20,20 +22,18 @@ counts as a finished torch job) and of the experiment's name.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pss import contract
-from pss.config import ExperimentConfig, load_config, read_yaml
+from pss.config import read_yaml
 from pss.contract import ENGINES, TORCH
 from pss.errors import UserError, nearest, validation_error
-from pss.mmdet.translate import check_translatable
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
 # The smoke overlay of this checkout (specs may name their own with `smoke:`).
@@ -190,54 +190,9 @@ class Spec(_Strict):
 
 
 @dataclass
-class Job:
-    """One training job: a cell (and stage) for one seed."""
-
-    cell: str
-    seed: int
-    stage: str | None
-    overrides: dict[str, Any]  # everything on top of the base (and smoke overlay)
-    config: ExperimentConfig
-    fingerprint: str
-    depends_on: list[str] = field(default_factory=list)  # cell ids (the dry-run JSON)
-    after: list[str] = field(default_factory=list)  # stages of this cell that must finish first
-    report: bool = True
-    engine: str = TORCH  # what trains it (contract.ENGINES)
-
-    @property
-    def key(self) -> str:
-        """Unique within a sweep: cell[@stage]/s<seed>."""
-        return contract.job_key(self.cell, self.stage, self.seed)
-
-    @property
-    def run_name(self) -> str:
-        return contract.run_name(self.cell, self.stage)
-
-    @property
-    def parent_keys(self) -> list[str]:
-        """Keys of the jobs (same cell and seed) that must finish before this one starts."""
-        return [contract.job_key(self.cell, stage, self.seed) for stage in self.after]
-
-    def tags(self, sweep: str) -> dict[str, str]:
-        """The MLflow tags of this job's run (docs/tracking.md)."""
-        return contract.job_tags(
-            sweep, self.cell, self.stage, self.seed, self.fingerprint, self.engine
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "cell": self.cell,
-            "seed": self.seed,
-            "overrides": self.overrides,
-            "fingerprint": self.fingerprint,
-            "stage": self.stage,
-            "depends_on": self.depends_on,
-            "engine": self.engine,
-        }
-
-
-@dataclass
 class LoadedSpec:
+    """A validated spec and the file it was read from (its paths are relative to it)."""
+
     spec: Spec
     path: Path
 
@@ -252,6 +207,8 @@ class LoadedSpec:
         return contract.experiment_name(self.spec.name, smoke, self.spec.engine)
 
     def config_files(self, smoke: bool, cell: CellSpec | None = None) -> list[Path]:
+        """The experiment files a cell's config is read from: its base (or the spec's),
+        then, with ``smoke``, the smoke overlay."""
         files = [self.resolve(cell.base if cell is not None and cell.base else self.spec.base)]
         if smoke:
             files.append(self.resolve(self.spec.smoke) if self.spec.smoke else DEFAULT_SMOKE)
@@ -263,8 +220,8 @@ def load_spec(path: str | Path, engine: str | None = None) -> LoadedSpec:
 
     Schema, experiment files, cells, stages and their dependencies, paper rows,
     and the table and figure layout (metrics, row keys, baseline): a spec that
-    loads can be expanded (:func:`expand` then checks every cell's config) and
-    reported. ``engine`` (``sweeps/run.py --engine``) trains every cell on that
+    loads can be expanded (:func:`pss.sweep.expand.expand` then checks every cell's
+    config) and reported. ``engine`` (``sweeps/run.py --engine``) trains every cell on that
     engine, whatever the spec and its cells say.
     """
     path = Path(path)
@@ -299,6 +256,9 @@ def load_spec(path: str | Path, engine: str | None = None) -> LoadedSpec:
     return loaded
 
 
+# ---------------------------------------------------------------- the cells of a spec
+
+
 def _grid_cells(spec: Spec) -> list[CellSpec]:
     if not spec.grid:
         return []
@@ -326,7 +286,28 @@ def _axis_value(overrides: dict[str, Any], key: str) -> str:
 
 
 def all_cells(spec: Spec) -> list[CellSpec]:
+    """The cells a spec names: every point of its grid (ids from ``grid_id``), then its
+    explicit cells."""
     return _grid_cells(spec) + list(spec.cells)
+
+
+def cell_overrides(spec: Spec, cell: CellSpec) -> dict[str, Any]:
+    """Spec-wide overrides, then the cell's own."""
+    return {**spec.overrides, **cell.overrides}
+
+
+def row_values(spec: Spec, cell: CellSpec) -> dict[str, Any]:
+    """What identifies a cell in tables: its id, overrides and labels (labels win)."""
+    return {"cell": cell.id, **cell_overrides(spec, cell), **cell.labels}
+
+
+def stage_needs(stage: StageSpec) -> list[str]:
+    """The stages that must finish before ``stage`` starts: depends_on and init_from."""
+    needs = [*stage.depends_on, *([stage.init_from] if stage.init_from else [])]
+    return list(dict.fromkeys(needs))
+
+
+# ---------------------------------------------------------------- checks
 
 
 def _check_cells(loaded: LoadedSpec) -> None:
@@ -344,7 +325,7 @@ def _check_cells(loaded: LoadedSpec) -> None:
         if len(set(names)) != len(names):
             raise UserError(f"cells.{cell.id}.stages: duplicate stage name", src)
         for stage in cell.stages:
-            for dep in _stage_needs(stage):
+            for dep in stage_needs(stage):
                 if dep not in names:
                     raise UserError(
                         f"cells.{cell.id}.stages.{stage.name}: unknown stage '{dep}'"
@@ -433,7 +414,7 @@ def _check_row_key(spec: Spec, cells: list[CellSpec], key: str, where: str, src:
 
 
 def _check_acyclic(cell: CellSpec, src: str) -> None:
-    deps = {s.name: set(_stage_needs(s)) for s in cell.stages}
+    deps = {s.name: set(stage_needs(s)) for s in cell.stages}
     state: dict[str, int] = {}
 
     def visit(name: str, trail: list[str]) -> None:
@@ -453,115 +434,3 @@ def _check_acyclic(cell: CellSpec, src: str) -> None:
 
 def _matches(overrides: dict[str, Any], where: dict[str, Any]) -> bool:
     return all(k in overrides and overrides[k] == v for k, v in where.items())
-
-
-def cell_overrides(spec: Spec, cell: CellSpec) -> dict[str, Any]:
-    """Spec-wide overrides, then the cell's own."""
-    return {**spec.overrides, **cell.overrides}
-
-
-def row_values(spec: Spec, cell: CellSpec) -> dict[str, Any]:
-    """What identifies a cell in tables: its id, overrides and labels (labels win)."""
-    return {"cell": cell.id, **cell_overrides(spec, cell), **cell.labels}
-
-
-def _stage_needs(stage: StageSpec) -> list[str]:
-    """The stages that must finish before ``stage`` starts: depends_on and init_from."""
-    needs = [*stage.depends_on, *([stage.init_from] if stage.init_from else [])]
-    return list(dict.fromkeys(needs))
-
-
-def _stage_order(cell: CellSpec) -> list[StageSpec]:
-    done: list[str] = []
-    ordered: list[StageSpec] = []
-    pending = list(cell.stages)
-    while pending:
-        for stage in pending:
-            if set(_stage_needs(stage)) <= set(done):
-                ordered.append(stage)
-                done.append(stage.name)
-                pending.remove(stage)
-                break
-    return ordered
-
-
-def _combine(*fingerprints: str) -> str:
-    return hashlib.sha256("+".join(fingerprints).encode()).hexdigest()[:12]
-
-
-def expand(
-    loaded: LoadedSpec,
-    smoke: bool = False,
-    output_root: Path | None = None,
-    extra_overrides: dict[str, Any] | None = None,
-) -> list[Job]:
-    """All jobs of a spec, configs resolved and validated (errors name the spec and cell).
-
-    Each job's ``train.init_from`` (for a stage started from another stage) points at
-    that stage's checkpoint under ``output_root``, and a stage's fingerprint
-    includes the fingerprints of the stages it starts from.
-    """
-    spec, src = loaded.spec, str(loaded.path)
-    output_root = output_root or contract.OUTPUT_ROOT
-    experiment = loaded.experiment(smoke)
-    jobs: list[Job] = []
-    for cell in all_cells(spec):
-        files = loaded.config_files(smoke, cell)
-        stages: list[StageSpec | None] = _stage_order(cell) if cell.stages else [None]
-        for seed in spec.seeds:
-            by_stage: dict[str, Job] = {}
-            for stage in stages:
-                overrides = {
-                    **(spec.smoke_overrides if smoke else {}),
-                    **cell_overrides(spec, cell),
-                    **(stage.overrides if stage else {}),
-                    **(stage.smoke_overrides if stage and smoke else {}),
-                    "train.seed": seed,
-                    **(extra_overrides or {}),
-                }
-                parents = []
-                if stage and stage.init_from:
-                    parent = by_stage[stage.init_from]
-                    overrides["train.init_from"] = str(
-                        Path(parent.config.run_dir) / contract.CHECKPOINT
-                    )
-                    parents.append(parent.fingerprint)
-                name = f"{spec.name}-{cell.id}" + (f"-{stage.name}" if stage else "")
-                engine = cell.engine or spec.engine
-                try:
-                    cfg = load_config(files, {"name": name, **overrides})
-                    if engine != TORCH:
-                        check_translatable(cfg)
-                except UserError as exc:
-                    where = f"cells.{cell.id}" + (f".stages.{stage.name}" if stage else "")
-                    on = f" (engine {engine})" if engine != TORCH else ""
-                    raise UserError(f"{where}{on}: {exc}", src) from None
-                if parents:
-                    # The parent's checkpoint path says where outputs go, not what is
-                    # trained: the parent's fingerprint stands for it.
-                    own = cfg.model_copy(
-                        update={"train": cfg.train.model_copy(update={"init_from": None})}
-                    )
-                    fp = _combine(own.fingerprint(), *parents)
-                else:
-                    fp = cfg.fingerprint()
-                if engine != TORCH:  # a torch run never counts as this job's
-                    fp = _combine(fp, engine)
-                after = _stage_needs(stage) if stage else []
-                stage_name = stage.name if stage else None
-                out = contract.run_dir(experiment, cell.id, stage_name, seed, fp, output_root)
-                job = Job(
-                    cell=cell.id,
-                    seed=seed,
-                    stage=stage_name,
-                    overrides={k: v for k, v in overrides.items() if k != "train.init_from"},
-                    config=cfg.model_copy(update={"output_dir": str(out)}),
-                    fingerprint=fp,
-                    depends_on=[cell.id] if after else [],
-                    after=after,
-                    report=cell.report and (stage is None or stage is stages[-1]),
-                    engine=engine,
-                )
-                by_stage[job.stage or ""] = job
-                jobs.append(job)
-    return jobs

@@ -32,7 +32,6 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -42,13 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss.errors import UserError
+from pss.sweep import process
 from pss.sweep.profile import ClusterProfile
-from pss.tracking.logger import ensure_store
 from pss.tracking.store import CREDENTIALS_ENV, current_uri, sqlite_path
 
 REMOTE = ("http://", "https://", "databricks")
 USER = "pss"
-STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL for what is left of the process group
 
 
 @dataclass(frozen=True)
@@ -101,24 +99,13 @@ def _private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
-def _healthy(url: str, timeout: float = 2.0) -> bool:
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether an MLflow server answers on ``url`` (its open ``/health``)."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies waiting to be reaped do not)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            return True
-    return False
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -132,7 +119,8 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A port of ``host`` no one listens on now."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -151,7 +139,7 @@ def server_status(backend_uri: str) -> Server | None:
         server = Server(state["url"], int(state["pid"]), state["backend"], files["credentials"])
     except (OSError, ValueError, KeyError):
         return None
-    if server.backend == backend_uri and _group_alive(server.pid) and _healthy(server.url):
+    if server.backend == backend_uri and process.group_alive(server.pid) and healthy(server.url):
         return server
     return None
 
@@ -169,8 +157,10 @@ def ensure_server(backend_uri: str, host: str | None = None, wait_s: float = 90.
 
 
 def _start(backend_uri: str, files: dict[str, Path], host: str, wait_s: float) -> Server:
+    from pss.tracking.logger import ensure_store  # MLflow: only to start a server
+
     ensure_store(backend_uri)  # the server must not migrate a new store itself
-    port = _previous_port(files, host) or _free_port(host)
+    port = _previous_port(files, host) or free_port(host)
     password = _credentials(files)
     _private(
         files["auth_ini"],
@@ -220,14 +210,14 @@ def _start(backend_uri: str, files: dict[str, Path], host: str, wait_s: float) -
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if _healthy(url):
+        if healthy(url):
             state = {"pid": proc.pid, "url": url, "backend": backend_uri, "started": time.time()}
             _private(files["state"], json.dumps(state))
             return Server(url, proc.pid, backend_uri, files["credentials"])
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    _stop_group(proc.pid)
+    process.stop_group(proc.pid)
     tail = files["log"].read_text(errors="replace")[-2000:] if files["log"].exists() else ""
     raise RuntimeError(f"the MLflow tracking server did not start ({files['log']}):\n{tail}")
 
@@ -258,22 +248,9 @@ def stop_server(backend_uri: str) -> bool:
         pid = int(json.loads(files["state"].read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return False
-    stopped = _stop_group(pid)
+    stopped = process.stop_group(pid)
     files["state"].unlink(missing_ok=True)
     return stopped
-
-
-def _stop_group(pid: int) -> bool:
-    """SIGTERM the process group, SIGKILL what is left after STOP_GRACE_S; True if it ran."""
-    if not _group_alive(pid):
-        return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline and _group_alive(pid):
-        time.sleep(0.1)
-    if _group_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    return True
 
 
 def uri_for_jobs(executor: str, profile: ClusterProfile) -> tuple[str, dict[str, str]]:
