@@ -62,7 +62,7 @@ table:
 
 
 def seed(client, spec: Path, artifacts: Path) -> int:
-    from pss.sweep.spec import load_spec
+    from pss.sweep.schema import load_spec
     from pss.testing.mlflow_runs import seed_runs, synthetic_runs
 
     loaded = load_spec(spec)

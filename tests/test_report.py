@@ -35,7 +35,8 @@ from pss.report import latex, make_report
 from pss.report.cli import main
 from pss.report.collect import collect_cells, fetch_runs
 from pss.report.figures import figure_panels, mlflow_history
-from pss.sweep.spec import expand, load_spec
+from pss.sweep.expand import expand
+from pss.sweep.schema import load_spec
 from pss.testing.mlflow_runs import FakeRun, seed_runs, synthetic_runs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from pss.report.collect import RunRecord, collect_cells, traceback_line
 from pss.report.layout import build_table
 from pss.report.stats import Summary, compare, summarize, welch_p
 from pss.report.table import NOISE, SIGNIFICANT, fmt, fmt_diff
-from pss.sweep.spec import expand, load_spec
+from pss.sweep.expand import expand
+from pss.sweep.schema import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,7 +37,8 @@ from pss.report.collect import (
 from pss.report.figures import figure_panels, plot, store_history
 from pss.report.layout import build_table
 from pss.report.table import Table
-from pss.sweep.spec import Job, LoadedSpec, load_spec
+from pss.sweep.expand import Job
+from pss.sweep.schema import LoadedSpec, load_spec
 from pss.tracking.store import current_uri
 
 FORMATS = ("md", "tex", "csv")

@@ -22,7 +22,8 @@ from typing import Any
 
 from pss import contract
 from pss.contract import NO_STAGE, TRACEBACK_FILE
-from pss.sweep.spec import CellSpec, Job, LoadedSpec, all_cells, expand, row_values
+from pss.sweep.expand import Job, expand
+from pss.sweep.schema import CellSpec, LoadedSpec, all_cells, row_values
 from pss.tracking.store import StoredRun, read_runs, retry
 
 SHORT_ID = 8  # run ids in notes are shortened to this many characters

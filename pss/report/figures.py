@@ -20,7 +20,7 @@ from typing import Any
 from pss.report import metrics
 from pss.report.collect import CellResult
 from pss.report.stats import summarize
-from pss.sweep.spec import FigureSpec, LoadedSpec
+from pss.sweep.schema import FigureSpec, LoadedSpec
 from pss.tracking.store import metric_history
 
 History = Callable[[str, str], list[tuple[int, float]]]  # (run id, metric) -> [(epoch, value)]

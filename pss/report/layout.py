@@ -32,7 +32,7 @@ from pss.report.table import (
     fmt,
     fmt_diff,
 )
-from pss.sweep.spec import (
+from pss.sweep.schema import (
     ColumnSpec,
     LoadedSpec,
     ReferenceRow,
