@@ -52,7 +52,7 @@ def test_the_smoke_cells_translate_to_mmdet_settings():
     smoke = [REPO / "experiments/fcos_pss_r50_3x.yaml", REPO / "experiments/smoke/overlay.yaml"]
     cfg = load_config(smoke, {"model.name": "atss_pss", "model.pss.num_convs": 3})
     files, options = mmdet_config(cfg, classes=["circle", "square", "triangle"])
-    assert [f.name for f in files] == ["atss_pss_r50_3x.py"]
+    assert [f.name for f in files] == ["atss_pss_r50_3x.py"] and files[0].is_file()
     backbone = [options[f"model.backbone.{k}"] for k in ("depth", "base_channels", "init_cfg")]
     assert backbone == [18, 32, None]  # resnet18_half
     # Initialised as ours: no zero-init of the residual BatchNorms, the FPN's convs Kaiming

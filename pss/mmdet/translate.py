@@ -34,7 +34,7 @@ from pss.contract import MMDET
 from pss.errors import UserError
 
 # The mmdet config each model starts from (in this checkout).
-MMDET_CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "mmdet"
+MMDET_CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "mmdet"
 # Our backbones that mmdet's ResNet builds: name -> (depth, base_channels).
 RESNETS = {
     "resnet18": (18, 64),
