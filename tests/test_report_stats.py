@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from scipy import special, stats
 
@@ -15,12 +17,18 @@ from pss.report import latex, markdown, metrics
 from pss.report.build import parse_formats
 from pss.report.collect import RunRecord, collect_cells, traceback_line
 from pss.report.layout import build_table
-from pss.report.stats import Summary, compare, summarize, welch_p
+from pss.report.stats import compare, seed_stats, welch_p
 from pss.report.table import NOISE, SIGNIFICANT, fmt, fmt_diff
 from pss.sweep.expand import expand
 from pss.sweep.schema import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def summaries(*samples: Sequence[float]) -> pd.DataFrame:
+    """mean, std and n of each sample, one row each, as a report groups seeds by cell."""
+    values = pd.DataFrame({"v": [v for s in samples for v in s]}, dtype=float)
+    return seed_stats(values, [i for i, s in enumerate(samples) for _ in s])["v"]
 
 
 def t_cdf_4(t: float) -> float:
@@ -44,14 +52,14 @@ def welch_p_closed_form(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def test_welch_known_p_value():
-    a, b = Summary((1.0, 2.0, 3.0)), Summary((4.0, 5.0, 6.0))
+    a, b = summaries((1.0, 2.0, 3.0)), summaries((4.0, 5.0, 6.0))
     # equal variances (1) and n (3): t = -3 / sqrt(2/3), Welch-Satterthwaite df = 4
     t = -3 / math.sqrt(2 / 3)
     expected = 2 * (1 - t_cdf_4(abs(t)))
     assert expected == pytest.approx(0.0213116, abs=1e-6)
-    assert welch_p(a, b) == pytest.approx(expected, rel=1e-9)
-    cmp = compare(a, b)
-    assert cmp.significant and not cmp.within_noise and cmp.diff == pytest.approx(-3.0)
+    assert welch_p(a, b)[0] == pytest.approx(expected, rel=1e-9)
+    cmp = compare(a, b).iloc[0]
+    assert cmp.significant and not cmp.within_noise and cmp["diff"] == pytest.approx(-3.0)
 
 
 def test_welch_closed_form_is_the_t_tail_at_four_degrees_of_freedom():
@@ -70,8 +78,8 @@ def test_welch_closed_form_is_the_t_tail_at_four_degrees_of_freedom():
 )
 def test_welch_with_unequal_n_matches_the_closed_form(a, b):
     expected = welch_p_closed_form(a, b)
-    assert welch_p(Summary(a), Summary(b)) == pytest.approx(expected, rel=1e-9)
-    assert welch_p(Summary(b), Summary(a)) == pytest.approx(expected, rel=1e-9)
+    # both orders in one call, as a table compares all its rows
+    assert welch_p(summaries(a, b), summaries(b, a)) == pytest.approx([expected] * 2, rel=1e-9)
     assert expected == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
     # Student's pooled-variance test, or equal-length samples, would give other p-values
     pooled = stats.ttest_ind(a, b, equal_var=True).pvalue
@@ -81,20 +89,20 @@ def test_welch_with_unequal_n_matches_the_closed_form(a, b):
 
 
 def test_welch_needs_two_seeds_and_noise_flag():
-    one, three = Summary((42.0,)), Summary((41.8, 42.3, 42.1))
-    assert welch_p(one, three) is None
-    cmp = compare(one, three)
-    assert cmp.p is None and not cmp.significant
-    assert cmp.noise == pytest.approx(three.std) and cmp.within_noise  # |-0.067| < 0.25
-    assert compare(Summary((40.0,)), Summary((42.0,))).noise is None  # no std on either side
-    assert welch_p(Summary((1.0, 1.0)), Summary((1.0, 1.0))) is None  # no variance: nan -> None
+    one, three = summaries((42.0,)), summaries((41.8, 42.3, 42.1))
+    assert np.isnan(welch_p(one, three)[0])
+    cmp = compare(one, three).iloc[0]
+    assert np.isnan(cmp.p) and not cmp.significant
+    assert cmp.noise == pytest.approx(three["std"][0]) and cmp.within_noise  # |-0.067| < 0.25
+    assert np.isnan(compare(summaries((40.0,)), summaries((42.0,)))["noise"][0])  # no std
+    assert np.isnan(welch_p(summaries((1.0, 1.0)), summaries((1.0, 1.0)))[0])  # no variance
 
 
 def test_summary():
-    s = summarize([41.5, 41.7, 41.6, float("nan")])
-    assert s is not None and s.n == 3
-    assert s.mean == pytest.approx(41.6) and s.std == pytest.approx(0.1)
-    assert summarize([]) is None and Summary((1.0,)).std is None
+    s = summaries([41.5, 41.7, 41.6, float("nan")], [float("inf"), float("nan")], [1.0])
+    assert s["n"].tolist() == [3, 0, 1]  # finite values only
+    assert s["mean"][0] == pytest.approx(41.6) and s["std"][0] == pytest.approx(0.1)
+    assert np.isnan(s["mean"][1]) and np.isnan(s["std"][2])  # no value; one seed: no std
 
 
 def test_number_formats():
@@ -161,7 +169,8 @@ def test_constructed_table_marks():
     fcos_false, fcos_true = table.groups[0].rows
     assert fcos_false.cells[0].text == "2.0 ± 1.0 (n=3)"
     assert fcos_false.cells[0].marks == (SIGNIFICANT,)
-    assert fcos_false.cells[0].data["p"] == pytest.approx(0.0213116, abs=1e-6)
+    p = table.frame["mAP (%) end-to-end pred. (w/o NMS) p"]
+    assert p[0] == pytest.approx(0.0213116, abs=1e-6) and np.isnan(p[1:]).all()
     assert fcos_true.cells[0].bold and not fcos_false.cells[0].bold
     assert fcos_true.cells[0].marks == ()  # the baseline itself
     atss_false = table.groups[1].rows[0]

@@ -12,8 +12,6 @@ Table files carry no timestamps, so they are reproducible from the same runs.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,13 +21,12 @@ from typing import Any
 
 from pss import contract
 from pss.errors import UserError
-from pss.report import csvfile, latex, markdown
+from pss.report import latex, markdown
 from pss.report.collect import (
     CellResult,
     RunRecord,
-    _local_artifacts,
     collect_cells,
-    download_artifact,
+    copy_artifact,
     failure_reason,
     fetch_runs,
     report_jobs,
@@ -143,7 +140,7 @@ def make_report(
     if table is not None:
         report.table, report.markdown = table, markdown.render(table)
         sections.append(_table_section(report.markdown, spec.name, chosen))
-        writers = {"md": markdown.render, "tex": latex.render, "csv": csvfile.render}
+        writers = {"md": markdown.render, "tex": latex.render, "csv": Table.csv}
         for fmt in chosen:
             report.files.append(write_text(out / f"{spec.name}.{fmt}", writers[fmt](table)))
     if spec.figure is not None:
@@ -192,7 +189,7 @@ def _modes_picture(results: list[CellResult], out: Path, client: Any) -> str | N
         for run in result.runs:
             if not (run.model_name and contract.has_pss(run.model_name)):
                 continue
-            if _fetch_artifact(run, contract.MODES_FIGURE, out / contract.MODES_FIGURE, client):
+            if copy_artifact(run, contract.MODES_FIGURE, out / contract.MODES_FIGURE, client):
                 return "\n".join(
                     [
                         "### What PSS removes",
@@ -207,26 +204,6 @@ def _modes_picture(results: list[CellResult], out: Path, client: Any) -> str | N
                     ]
                 )
     return None
-
-
-def _fetch_artifact(run: RunRecord, name: str, dest: Path, client: Any) -> bool:
-    """Copy artifact ``name`` of ``run`` to ``dest`` (via a temporary file); False if absent."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    local = _local_artifacts(run.artifact_uri)
-    try:
-        if local is not None:
-            if not (local / name).is_file():
-                return False
-            shutil.copyfile(local / name, tmp)
-        else:
-            with tempfile.TemporaryDirectory() as folder:
-                shutil.copyfile(download_artifact(run, name, folder, client), tmp)
-    except Exception:  # noqa: BLE001 - no such artifact, unreachable artifact store, ...
-        tmp.unlink(missing_ok=True)
-        return False
-    tmp.replace(dest)
-    return True
 
 
 def _header(

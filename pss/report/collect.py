@@ -1,24 +1,28 @@
-"""From MLflow runs to per-cell results.
+"""From MLflow runs to per-cell results: the runs as a frame, one finished run per seed.
 
 One read of the store (:func:`pss.tracking.store.read_runs`: one SQL snapshot of a local
-store, one paged ``search_runs`` of any other) gives every run of a sweep's
-experiment; runs are then matched to the spec's reported jobs by their
-tags (``pss.cell``, ``pss.stage``, ``pss.seed``). For each cell and seed the
-newest FINISHED run is used; every seed without one (not run yet, running,
-failed, killed) becomes an *issue* that the table shows as a footnote, so
-nothing is dropped silently.
+store, one paged ``search_runs`` of any other) gives every run of a sweep's experiment
+(:func:`fetch_runs`); they become a frame keyed by their tags (``pss.cell``,
+``pss.stage``, ``pss.seed``) and are matched to the spec's reported jobs. For each cell
+and seed the newest FINISHED run is used; every seed without one (not run yet, running,
+failed, killed) becomes an *issue* that the table shows as a footnote, so nothing is
+dropped silently. A failed run's reason (its ``traceback.txt``) and other artifacts are
+read from the artifact folder where it is local, else downloaded through MLflow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from pss import contract
 from pss.contract import NO_STAGE, TRACEBACK_FILE
@@ -29,6 +33,7 @@ from pss.tracking.store import StoredRun, read_runs, retry
 SHORT_ID = 8  # run ids in notes are shortened to this many characters
 MODEL_NAME = "model.name"  # the param that says which model a run trained
 MAX_REASON = 160
+KEY = ["cell", "stage", "seed"]  # a run is one seed of one stage of one cell
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,26 @@ def _local_artifacts(uri: str | None) -> Path | None:
     return Path(uri.removeprefix("file://"))
 
 
+def copy_artifact(run: RunRecord, name: str, dest: Path, client: Any = None) -> bool:
+    """Copy artifact ``name`` of ``run`` to ``dest`` (via a temporary file); False if absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    local = _local_artifacts(run.artifact_uri)
+    try:
+        if local is not None:
+            if not (local / name).is_file():
+                return False
+            shutil.copyfile(local / name, tmp)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                shutil.copyfile(download_artifact(run, name, folder, client), tmp)
+    except Exception:  # noqa: BLE001 - no such artifact, unreachable artifact store, ...
+        tmp.unlink(missing_ok=True)
+        return False
+    tmp.replace(dest)
+    return True
+
+
 def _download_text(run: RunRecord, name: str, client: Any) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         return download_artifact(run, name, tmp, client).read_text(errors="replace")
@@ -161,6 +186,9 @@ def traceback_line(text: str) -> str | None:
     return line if len(line) <= MAX_REASON else line[: MAX_REASON - 3] + "..."
 
 
+Reason = Callable[[RunRecord], str | None]  # why a failed run failed (its traceback)
+
+
 @dataclass
 class CellResult:
     """One table row: a cell, its finished runs (one per seed) and what is missing."""
@@ -175,9 +203,6 @@ class CellResult:
     @property
     def id(self) -> str:
         return self.cell.id
-
-    def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs if metric in r.metrics]
 
     def without(self, metric: str) -> list[RunRecord]:
         """Finished runs that did not log ``metric``."""
@@ -208,7 +233,7 @@ def report_jobs(loaded: LoadedSpec, smoke: bool = False) -> list[Job]:
     return expand(LoadedSpec(one_seed, loaded.path), smoke=smoke)
 
 
-def describe(run: RunRecord, reason: Callable[[RunRecord], str | None]) -> str:
+def describe(run: RunRecord, reason: Reason) -> str:
     """'running (run abc12345)', 'failed (run abc12345): ValueError: ...', ..."""
     where = f"(run {run.short_id})"
     status = run.status.upper()
@@ -220,75 +245,86 @@ def describe(run: RunRecord, reason: Callable[[RunRecord], str | None]) -> str:
     return f"{status.lower()} {where}"
 
 
+def runs_frame(runs: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run, in the given order: its key (cell, stage, seed), whether it
+    FINISHED, and the run."""
+    rows = [(r.cell, r.stage, r.seed, r.status.upper() == contract.FINISHED, r) for r in runs]
+    frame = pd.DataFrame(rows, columns=[*KEY, "finished", "run"], dtype=object)
+    return frame.astype({"seed": "int64", "finished": bool})
+
+
 def collect_cells(
     loaded: LoadedSpec,
     jobs: Iterable[Job],
     runs: Iterable[RunRecord],
-    reason: Callable[[RunRecord], str | None] = lambda run: None,
+    reason: Reason = lambda run: None,
 ) -> list[CellResult]:
     """One :class:`CellResult` per reported job cell, in spec order.
 
     ``runs`` must be newest first; ``reason`` explains a failed run (its traceback).
     """
     spec = loaded.spec
-    jobs = list(jobs)
-    cells = {c.id: c for c in all_cells(spec)}
-    by_key: dict[tuple[str, str], dict[int, list[RunRecord]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    for run in runs:
-        by_key[(run.cell, run.stage)][run.seed].append(run)
+    reported: dict[str, Job] = {}  # cell -> its reported job
     stages: dict[str, list[str]] = defaultdict(list)  # cell -> its stages, in order
     for job in jobs:
         if job.stage and job.stage not in stages[job.cell]:
             stages[job.cell].append(job.stage)
+        if job.report:
+            reported.setdefault(job.cell, job)
+    frame = runs_frame(runs)
+    # each seed's newest finished run, else its newest run (which says what became of it)
+    chosen = frame.sort_values("finished", ascending=False, kind="stable").drop_duplicates(KEY)
+    wanted = pd.DataFrame(
+        [(cell, job.stage or NO_STAGE) for cell, job in reported.items()],
+        columns=["cell", "stage"],
+        dtype=object,
+    )
+    seeds = pd.concat(
+        [
+            wanted.merge(pd.DataFrame({"seed": spec.seeds}, dtype="int64"), how="cross"),
+            chosen[KEY].merge(wanted),  # and the seeds that ran but the spec no longer has
+        ]
+    ).drop_duplicates()
+    seeds = seeds.sort_values("seed", kind="stable").merge(chosen, how="left", on=KEY)
+    seeds["finished"] = seeds["finished"].eq(True)  # no run at all: NaN
 
-    results: dict[str, CellResult] = {}
-    for job in jobs:
-        if not job.report or job.cell in results:
-            continue
-        cell = cells[job.cell]
-        seeds_runs = by_key.get((job.cell, job.stage or NO_STAGE), {})
-        seeds = sorted(set(spec.seeds) | set(seeds_runs))
-        finished, issues = [], []
-        for seed in seeds:
-            history = seeds_runs.get(seed, [])
-            done = [r for r in history if r.status.upper() == contract.FINISHED]
-            if done:
-                finished.append(done[0])
-            elif history:
-                issues.append((seed, describe(history[0], reason)))
-            else:
-                waiting = _earlier_stage(by_key, stages[job.cell], job, seed, reason)
-                issues.append((seed, "not run yet" + (f" ({waiting})" if waiting else "")))
-        names = [r.model_name for r in finished if r.model_name]
-        model_name = names[0] if names else job.config.model.name
-        results[job.cell] = CellResult(
-            cell=cell,
-            row=row_values(spec, cell),
-            mode=contract.primary_mode(model_name),
-            runs=finished,
-            issues=issues,
-            multi_seed=len(spec.seeds) > 1,
+    done: dict[str, list[RunRecord]] = defaultdict(list)
+    issues: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    chosen = chosen.set_index(KEY)  # a staged cell's earlier stages are looked up here
+    for cell, stage, seed, finished, run in seeds.itertuples(index=False, name=None):
+        if finished:
+            done[cell].append(run)
+        elif isinstance(run, RunRecord):
+            issues[cell].append((seed, describe(run, reason)))
+        else:
+            issues[cell].append((seed, _not_run((cell, stage, seed), stages[cell], chosen, reason)))
+    cells = {c.id: c for c in all_cells(spec)}
+    results = []
+    for cell, job in reported.items():
+        names = [r.model_name for r in done[cell] if r.model_name]
+        results.append(
+            CellResult(
+                cell=cells[cell],
+                row=row_values(spec, cells[cell]),
+                mode=contract.primary_mode(names[0] if names else job.config.model.name),
+                runs=done[cell],
+                issues=issues[cell],
+                multi_seed=len(spec.seeds) > 1,
+            )
         )
-    return list(results.values())
+    return results
 
 
-def _earlier_stage(
-    by_key: Mapping[tuple[str, str], Mapping[int, list[RunRecord]]],
-    stages: list[str],
-    job: Job,
-    seed: int,
-    reason: Callable[[RunRecord], str | None],
-) -> str | None:
-    """For a staged cell: the first earlier stage of ``seed`` that has not finished."""
-    if not job.stage or job.stage not in stages:
-        return None
-    for earlier in stages[: stages.index(job.stage)]:
-        history = by_key.get((job.cell, earlier), {}).get(seed, [])
-        if any(r.status.upper() == contract.FINISHED for r in history):
-            continue
-        if not history:
-            return f"{earlier} not run yet"
-        return f"{earlier} {describe(history[0], reason)}"
-    return None
+def _not_run(
+    key: tuple[str, str, int], stages: list[str], chosen: pd.DataFrame, reason: Reason
+) -> str:
+    """'not run yet' and, for a later stage of a staged cell, the first earlier stage that
+    has not finished; ``chosen``: each seed's newest finished run, else its newest run."""
+    cell, stage, seed = key
+    for earlier in stages[: stages.index(stage)] if stage in stages else []:
+        at = (cell, earlier, seed)
+        if at not in chosen.index:
+            return f"not run yet ({earlier} not run yet)"
+        if not chosen.at[at, "finished"]:
+            return f"not run yet ({earlier} {describe(chosen.at[at, 'run'], reason)})"
+    return "not run yet"

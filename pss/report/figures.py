@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pss.report import metrics
 from pss.report.collect import CellResult
-from pss.report.stats import summarize
+from pss.report.stats import seed_stats
 from pss.sweep.schema import FigureSpec, LoadedSpec
 from pss.tracking.store import metric_history
 
@@ -66,24 +68,21 @@ def store_history(
 
 
 def _curve(label: str, result: CellResult, metric: str, history: History) -> Curve | None:
-    by_epoch: dict[int, list[float]] = defaultdict(list)
-    seeds = 0
-    for run in result.runs:
-        points = history(run.run_id, metric)
-        seeds += bool(points)
-        for epoch, value in points:
-            if math.isfinite(value):
-                by_epoch[epoch].append(value)
-    if not by_epoch:
+    """The mean (± std) over the cell's seeds at each epoch; None without a finite value."""
+    points = pd.DataFrame(
+        [(run.run_id, e, v) for run in result.runs for e, v in history(run.run_id, metric)],
+        columns=["run", "epoch", "value"],
+    )
+    stats = seed_stats(points[["value"]].astype(float), points["epoch"])["value"].sort_index()
+    stats = stats[stats["n"] > 0]
+    if stats.empty:
         return None
-    epochs = tuple(sorted(by_epoch))
-    summaries = [summarize(by_epoch[e]) for e in epochs]
     return Curve(
         label=label,
-        epochs=epochs,
-        mean=tuple(s.mean for s in summaries if s),
-        std=tuple(s.std for s in summaries if s),
-        n=seeds,
+        epochs=tuple(stats.index.tolist()),
+        mean=tuple(stats["mean"].tolist()),
+        std=tuple(None if math.isnan(s) else s for s in stats["std"].tolist()),
+        n=points["run"].nunique(),  # the seeds with a history
     )
 
 

@@ -2,21 +2,29 @@
 
 Rows are grouped by the first row key (shown once per group), in spec order;
 reference rows from the paper (DeFCN in Table 1) go after their ``after``
-cell. Each value cell is the mean over seeds (with ± std and n where there are
-several), bold where it is the best of its group, marked where it differs
-significantly from the group's baseline row or lies within seed noise of it.
-Cells without a value show a dash and a footnote saying why.
+cell. The numbers are one frame (:func:`cell_stats`): each cell's finished runs
+grouped over seeds (mean, std, n), compared with its group's baseline row
+(Welch's p, seed noise), the best of each group, the paper's value. Each value
+cell shows the mean (with ± std and n where there are several seeds), bold where
+it is the best of its group, marked where it differs significantly from the
+group's baseline row or lies within seed noise of it. Cells without a value show
+a dash and a footnote saying why. The same numbers in the table's row order are
+the table's :attr:`~pss.report.table.Table.frame`, which the CSV holds.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from pss.errors import UserError
 from pss.report import metrics
 from pss.report.collect import CellResult
-from pss.report.stats import Summary, compare, summarize
+from pss.report.stats import compare, seed_stats
 from pss.report.table import (
     DASH,
     NOISE,
@@ -32,13 +40,7 @@ from pss.report.table import (
     fmt,
     fmt_diff,
 )
-from pss.sweep.schema import (
-    ColumnSpec,
-    LoadedSpec,
-    ReferenceRow,
-    RowKey,
-    Spec,
-)
+from pss.sweep.schema import ColumnSpec, LoadedSpec, ReferenceRow, RowKey, Spec
 
 
 def label(key: RowKey, value: Any) -> str:
@@ -139,62 +141,88 @@ def paper_value(spec: Spec, row: dict[str, Any], metric: str, mode: str | None) 
     return None
 
 
-def _summary_text(summary: Summary, decimals: int, multi_seed: bool) -> str:
-    text = fmt(summary.mean, decimals)
-    if summary.std is not None:
-        return f"{text} ± {fmt(summary.std, decimals)} (n={summary.n})"
+def _baseline(group: _Group, where: dict[str, Any] | None) -> str | None:
+    """The id of the group's baseline cell (the first that ``where`` matches), or None."""
+    results = (e.result for e in group.entries if e.result is not None)
+    return next((r.id for r in results if where and matches(r.row, where)), None)
+
+
+def cell_stats(spec: Spec, groups: list[_Group], specs: list[ColumnSpec]) -> pd.DataFrame:
+    """The numbers of the cells' rows: one row per cell (its id, in table order), columns
+    ``(k, field)`` for the k-th value column: ``mean``, ``std`` and ``n`` over the cell's
+    seeds, Welch's ``p`` against its group's baseline row, ``significant``,
+    ``within_noise``, ``best`` (of its group), the ``paper``'s value and ``diff`` (ours -
+    paper)."""
+    assert spec.table is not None
+    results = [e.result for g in groups for e in g.entries if e.result is not None]
+    ids = [r.id for r in results]
+    group = pd.Series([i for i, g in enumerate(groups) for e in g.entries if e.result], ids)
+    base = group.map({i: _baseline(g, spec.table.baseline) for i, g in enumerate(groups)})
+    compared = base.notna() & (base != base.index)  # not the baseline itself
+    runs = []  # one row per finished run: its cell and the metric of each column
+    for r in results:
+        names = [metrics.resolve(c.metric, r.mode) for c in specs]
+        runs += [(r.id, *(run.metrics.get(m, math.nan) for m in names)) for run in r.runs]
+    columns = list(range(len(specs)))
+    values = pd.DataFrame(runs, columns=["cell", *columns]).astype(dict.fromkeys(columns, float))
+    seeds = seed_stats(values[columns], values["cell"]).reindex(ids)
+    out = {}
+    for k, column in enumerate(specs):
+        ours = seeds[k].assign(n=seeds[k]["n"].fillna(0).astype(int))
+        cmp = compare(ours, ours.reindex(base).set_axis(ids))
+        rounded = ours["mean"].apply(round, args=(metrics.decimals(column.metric),))
+        in_group = rounded.groupby(group)
+        top = in_group.transform("min" if metrics.lower_is_better(column.metric) else "max")
+        paper = pd.Series(
+            [paper_value(spec, r.row, column.metric, r.mode) for r in results], ids, dtype=float
+        )
+        out[k] = ours.assign(
+            p=cmp["p"].where(compared),
+            significant=cmp["significant"] & compared,
+            within_noise=cmp["within_noise"] & compared,
+            best=(rounded == top) & (in_group.transform("count") >= 2),  # of two rows or more
+            paper=paper,
+            diff=ours["mean"] - paper,
+        )
+    return pd.concat(out, axis=1)
+
+
+def _summary_text(s: dict[str, Any], decimals: int, multi_seed: bool) -> str:
+    text = fmt(s["mean"], decimals)
+    if s["n"] > 1:
+        return f"{text} ± {fmt(s['std'], decimals)} (n={s['n']})"
     return f"{text} (n=1)" if multi_seed else text
 
 
-def _best(values: list[tuple[int, float]], metric: str) -> set[int]:
-    """Indices of the best (rounded) values; none when fewer than two rows have one."""
-    if len(values) < 2:
-        return set()
-    rounded = [(i, round(v, metrics.decimals(metric))) for i, v in values]
-    pick = min if metrics.lower_is_better(metric) else max
-    best = pick(v for _, v in rounded)
-    return {i for i, v in rounded if v == best}
+def _value_cell(s: dict[str, Any], decimals: int, notes: tuple[int, ...], multi_seed: bool) -> Cell:
+    """Our value: mean (± std, n), bold, marks; ``s`` is the cell's row of :func:`cell_stats`."""
+    if not s["n"]:
+        return Cell(DASH, notes=notes)
+    marks = [m for m, on in ((SIGNIFICANT, s["significant"]), (NOISE, s["within_noise"])) if on]
+    text = _summary_text(s, decimals, multi_seed)
+    return Cell(text, bold=bool(s["best"]), marks=tuple(marks), notes=notes)
 
 
-@dataclass
-class _GroupStats:
-    """Per group: the rows with results, their summaries (one per column), the baseline
-    row and the best row indices per column."""
-
-    rows: list[CellResult]
-    summaries: dict[str, list[Summary | None]]
-    base: CellResult | None
-    best: list[set[int]]
-
-
-def _group_stats(spec: Spec, group: _Group, specs: list[ColumnSpec]) -> _GroupStats:
-    baseline = spec.table.baseline if spec.table else None
-    rows = [e.result for e in group.entries if e.result is not None]
-    summaries = {
-        r.id: [summarize(r.values(metrics.resolve(c.metric, r.mode))) for c in specs] for r in rows
-    }
-    best = []
-    for k, c in enumerate(specs):
-        values = [(i, s.mean) for i, r in enumerate(rows) if (s := summaries[r.id][k])]
-        best.append(_best(values, c.metric))
-    base = next((r for r in rows if baseline and matches(r.row, baseline)), None)
-    return _GroupStats(rows, summaries, base, best)
+def _paper_cells(s: dict[str, Any], decimals: int) -> list[Cell]:
+    if math.isnan(s["paper"]):
+        return [Cell(), Cell()]
+    diff = Cell(DASH) if math.isnan(s["diff"]) else Cell(fmt_diff(s["diff"], decimals))
+    return [Cell(fmt(s["paper"], decimals)), diff]
 
 
 def _result_row(
     spec: Spec,
     result: CellResult,
-    stats: _GroupStats,
+    stats: list[dict[str, Any]],
     specs: list[ColumnSpec],
     notes: Notes,
     with_paper: bool,
 ) -> Row:
+    """A cell's row; ``stats``: its row of :func:`cell_stats`, one dict per column."""
     assert spec.table is not None
-    index = next(i for i, r in enumerate(stats.rows) if r is result)
     row_note = result.note()
     cells: list[Cell] = []
-    for k, column in enumerate(specs):
-        summary = stats.summaries[result.id][k]
+    for column, s in zip(specs, stats):
         metric = metrics.resolve(column.metric, result.mode)
         texts = [row_note] if row_note else []
         missing = result.without(metric)
@@ -203,16 +231,37 @@ def _result_row(
             what = "not logged" if len(missing) == len(result.runs) else "missing"
             texts.append(f"{result.id}: {metric} {what} (run {ids})")
         numbers = tuple(notes.add(t) for t in texts)
-        base = stats.summaries[stats.base.id][k] if stats.base is not None else None
-        cmp = None
-        if stats.base is not result and summary is not None and base is not None:
-            cmp = compare(summary, base)
-        bold = index in stats.best[k]
-        cells.append(_value_cell(summary, column, bold, cmp, numbers, result.multi_seed))
+        decimals = metrics.decimals(column.metric)
+        cells.append(_value_cell(s, decimals, numbers, result.multi_seed))
         if with_paper:
-            cells.extend(_paper_cells(spec, result, column, summary))
+            cells.extend(_paper_cells(s, decimals))
     keys = [Cell(label(key, result.row.get(key.key))) for key in spec.table.rows[1:]]
     return Row(keys=keys, cells=cells, cell_id=result.id)
+
+
+def _reference_row(
+    keys: list[RowKey],
+    ref: ReferenceRow,
+    specs: list[ColumnSpec],
+    notes: Notes,
+    with_paper: bool,
+) -> tuple[Row, list[float | None]]:
+    """A row of the paper's values (not trained here), and those values."""
+    note = notes.add(ref.note)
+    labels = [Cell(label(k, v)) for k, v in zip(keys[1:], ref.labels[1:])]
+    if labels:
+        labels[-1] = Cell(labels[-1].text, notes=(note,))
+    values = [
+        next((ref.values[k] for k in metrics.paper_keys(c.metric, None) if k in ref.values), None)
+        for c in specs
+    ]
+    cells: list[Cell] = []
+    for column, value in zip(specs, values):
+        text = fmt(value, metrics.decimals(column.metric)) if value is not None else ""
+        cells.append(Cell(text, notes=() if labels else (note,)))
+        if with_paper:
+            cells.extend([Cell(), Cell()])
+    return Row(keys=labels, cells=cells, cell_id=None), values
 
 
 def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool = False) -> Table:
@@ -222,98 +271,91 @@ def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool 
     if table is None:
         raise UserError("no table: block in the spec", str(loaded.path))
     specs = [c for g in table.columns for c in g.columns]
+    groups = _groups(spec, results)
+    stats = cell_stats(spec, groups, specs)
+    by_cell = [stats[k].to_dict("index") for k in range(len(specs))]
     notes = Notes()
-    groups: list[RowGroup] = []
-    for group in _groups(spec, results):
-        stats = _group_stats(spec, group, specs)
-        out = RowGroup(label=Cell(group.label))
+    out: list[RowGroup] = []
+    order: list[str] = []  # the rows' ids in stats: a cell's id, '(paper) i' for a reference
+    papers: dict[str, list[float | None]] = {}
+    for group in groups:
+        rows = RowGroup(label=Cell(group.label))
         for entry in group.entries:
             if entry.reference is not None:
-                row = _reference_row(table.rows, entry.reference, specs, notes, with_paper)
+                row, values = _reference_row(table.rows, entry.reference, specs, notes, with_paper)
+                order.append(f"(paper) {len(papers)}")
+                papers[order[-1]] = values
             else:
-                assert entry.result is not None
-                row = _result_row(spec, entry.result, stats, specs, notes, with_paper)
-            out.rows.append(row)
-        groups.append(out)
-    tested = any(c.data.get("p") is not None for g in groups for r in g.rows for c in r.cells)
-    return Table(
+                result = entry.result
+                assert result is not None
+                row = _result_row(
+                    spec, result, [s[result.id] for s in by_cell], specs, notes, with_paper
+                )
+                order.append(result.id)
+            rows.rows.append(row)
+        out.append(rows)
+    tested = bool(stats.xs("p", axis=1, level=1).notna().any(axis=None))
+    made = Table(
         name=spec.name,
         title=table.title,
         caption=table.caption,
         row_headers=[k.header for k in table.rows],
         header=_header(spec, with_paper),
-        groups=groups,
+        groups=out,
         notes=notes.texts,
         legend=_legend(spec, results, with_paper, tested),
     )
+    numbers = stats.reindex(order)
+    for ref, values in papers.items():  # the paper's values stand where our means do
+        numbers.loc[ref, [(k, "mean") for k in range(len(specs))]] = np.array(values, float)
+    made.frame = _frame(made, numbers, len(specs), with_paper)
+    return made
 
 
-def _value_cell(
-    summary: Summary | None,
-    column: ColumnSpec,
-    bold: bool,
-    cmp: Any,
-    notes: tuple[int, ...],
-    multi_seed: bool,
-) -> Cell:
-    if summary is None:
-        return Cell(DASH, notes=notes, data={"mean": None, "std": None, "n": 0, "p": None})
-    marks = []
-    if cmp is not None and cmp.significant:
-        marks.append(SIGNIFICANT)
-    if cmp is not None and cmp.within_noise:
-        marks.append(NOISE)
-    return Cell(
-        _summary_text(summary, metrics.decimals(column.metric), multi_seed),
-        bold=bold,
-        marks=tuple(marks),
-        notes=notes,
-        data={
-            "mean": summary.mean,
-            "std": summary.std,
-            "n": summary.n,
-            "p": cmp.p if cmp is not None else None,
-        },
+def _frame(table: Table, numbers: pd.DataFrame, count: int, with_paper: bool) -> pd.DataFrame:
+    """What the CSV holds (:mod:`pss.report.table`): ``numbers`` (one row per table row)
+    under CSV names, after the row's cell id and keys and before its notes."""
+    fields = ("mean", "std", "n", "p") + (("paper", "diff") if with_paper else ())
+    numbers = numbers[[(k, f) for k in range(count) for f in fields]]
+    numbers = numbers.astype({(k, "n"): "Int64" for k in range(count)})
+    numbers.columns = _csv_names(table.header)
+    rows = table.rows()
+    keys = [
+        [row.cell_id or "(paper)", group.label.text, *(k.text for k in row.keys)]
+        for group, _, row in rows
+    ]
+    notes = [
+        " | ".join(
+            table.notes[n - 1]
+            for n in sorted({n for c in (group.label, *row.keys, *row.cells) for n in c.notes})
+        )
+        for group, _, row in rows
+    ]
+    return pd.concat(
+        [
+            pd.DataFrame(keys, columns=["cell", *table.row_headers]),
+            numbers.reset_index(drop=True),
+            pd.DataFrame({"notes": notes}),
+        ],
+        axis=1,
     )
 
 
-def _paper_cells(
-    spec: Spec, result: CellResult, column: ColumnSpec, summary: Summary | None
-) -> list[Cell]:
-    decimals = metrics.decimals(column.metric)
-    paper = paper_value(spec, result.row, column.metric, result.mode)
-    if paper is None:
-        return [Cell(data={"value": None}), Cell(data={"value": None})]
-    diff = summary.mean - paper if summary is not None else None
-    return [
-        Cell(fmt(paper, decimals), data={"value": paper}),
-        Cell(fmt_diff(diff, decimals), data={"value": diff})
-        if diff is not None
-        else Cell(DASH, data={"value": None}),
-    ]
-
-
-def _reference_row(
-    keys: list[RowKey],
-    ref: ReferenceRow,
-    specs: list[ColumnSpec],
-    notes: Notes,
-    with_paper: bool,
-) -> Row:
-    note = notes.add(ref.note)
-    labels = [Cell(label(k, v)) for k, v in zip(keys[1:], ref.labels[1:])]
-    if labels:
-        labels[-1] = Cell(labels[-1].text, notes=(note,))
-    cells: list[Cell] = []
-    for column in specs:
-        keys_ = metrics.paper_keys(column.metric, None)
-        value = next((ref.values[k] for k in keys_ if k in ref.values), None)
-        text = fmt(value, metrics.decimals(column.metric)) if value is not None else ""
-        data = {"mean": value, "std": None, "n": None, "p": None}
-        cells.append(Cell(text, notes=() if labels else (note,), data=data))
-        if with_paper:
-            cells.extend([Cell(data={"value": None}), Cell(data={"value": None})])
-    return Row(keys=labels, cells=cells, cell_id=None)
+def _csv_names(header: list[HeaderGroup]) -> list[str]:
+    """'mAP (%) w/o NMS', its 'std', 'n' and 'p'; 'mAP (%) w/o NMS paper' and '... Δ'."""
+    names: list[str] = []
+    ours = ""
+    for group in header:
+        for column in group.columns:
+            if column.kind != "ours":
+                names.append(f"{ours} {column.label}")
+                continue
+            if not group.title:
+                ours = column.label
+            else:
+                ours = group.title if column.label == "ours" else f"{group.title} {column.label}"
+            names += [ours, f"{ours} std", f"{ours} n", f"{ours} p"]
+    return names
 
 
 def _baseline_text(spec: Spec, results: list[CellResult]) -> str:

@@ -1,91 +1,68 @@
-"""Seed statistics for report cells: mean, std, n, and comparisons with a baseline.
+"""Seed statistics as frames: mean, std and n over seeds, and comparisons with a baseline.
 
-A cell trained with several seeds is summarised by its mean and sample standard
-deviation (ddof=1). A row is compared with its group's baseline row by Welch's
-t-test (unequal variances), which needs at least two seeds on both sides; a
-difference smaller than the larger of the two standard deviations is flagged
-as within seed noise, whatever the test says.
+A cell trained with several seeds is summarised by the mean and sample standard deviation
+(ddof=1) of its finite values (:func:`seed_stats` groups a frame of per-run values by cell,
+or a curve's values by epoch). A row is compared with its group's baseline row by Welch's
+t-test (unequal variances), which needs at least two seeds on both sides; a difference
+smaller than the larger of the two standard deviations is flagged as within seed noise,
+whatever the test says. Every function takes whole columns: one call for a table.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 ALPHA = 0.05  # significance level of the comparison with the baseline
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Values of one metric over the seeds of one cell."""
+def seed_stats(values: pd.DataFrame, by: Any) -> pd.DataFrame:
+    """The ``mean``, sample ``std`` (ddof=1; NaN for one value) and ``n`` of the finite
+    values of each column, per group of ``by`` (groups in order of appearance).
 
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return math.fsum(self.values) / self.n
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation (ddof=1); None for a single seed."""
-        if self.n < 2:
-            return None
-        mean = self.mean
-        return math.sqrt(math.fsum((v - mean) ** 2 for v in self.values) / (self.n - 1))
+    values: (runs, columns) floats, one row per seed run; by: the group of each row.
+    Returns (groups, columns x [mean, std, n]).
+    """
+    finite = values.where(np.isfinite(values))
+    stats = finite.groupby(by, sort=False).agg(["mean", "std", "count"])
+    return stats.rename(columns={"count": "n"}, level=1)
 
 
-def summarize(values: Iterable[float]) -> Summary | None:
-    """A :class:`Summary` of the finite values, or None when there are none."""
-    kept = tuple(float(v) for v in values if v is not None and math.isfinite(v))
-    return Summary(kept) if kept else None
-
-
-def welch_p(a: Summary, b: Summary) -> float | None:
-    """Two-sided p-value of Welch's t-test, or None (n < 2 on a side, or no variance).
+def welch_p(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Two-sided p-values of Welch's t-test of each row of ``a`` against the same row of
+    ``b`` (frames with ``mean``, ``std`` and ``n``); NaN where a side has fewer than two
+    seeds or neither has variance.
 
     t = (mean_a - mean_b) / sqrt(s_a^2/n_a + s_b^2/n_b), with the Welch-Satterthwaite
-    degrees of freedom; the tail is Student's t CDF (``scipy.special.stdtr``). What
-    ``scipy.stats.ttest_ind(equal_var=False)`` computes, without its per-call overhead
-    (a 10,000-run report makes thousands of comparisons).
+    degrees of freedom; the tail is Student's t CDF (``scipy.special.stdtr``): what
+    ``scipy.stats.ttest_ind(equal_var=False)`` computes, for every row in one call.
     """
-    if a.n < 2 or b.n < 2:
-        return None
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    tested = np.asarray((a["n"] >= 2) & (b["n"] >= 2) & (va + vb > 0))
+    if not tested.any():
+        return np.full(tested.shape, np.nan)
     from scipy.special import stdtr  # only reports with several seeds pay for scipy
 
-    va, vb = a.std**2 / a.n, b.std**2 / b.n  # type: ignore[operator]
-    if va + vb == 0:
-        return None
-    t = (a.mean - b.mean) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
-    return float(2 * stdtr(dof, -abs(t)))
+    t = (a["mean"] - b["mean"]) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    return np.where(tested, 2 * stdtr(dof, -np.abs(t)), np.nan)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """A row against its group's baseline for one metric."""
-
-    diff: float  # mean(row) - mean(baseline)
-    p: float | None  # Welch's t-test; None where it cannot be run
-    noise: float | None  # the larger of the two seed stds; None with one seed on both sides
-
-    @property
-    def significant(self) -> bool:
-        return self.p is not None and self.p < ALPHA
-
-    @property
-    def within_noise(self) -> bool:
-        return self.noise is not None and abs(self.diff) < self.noise
-
-
-def compare(row: Summary, baseline: Summary) -> Comparison:
-    stds = [s for s in (row.std, baseline.std) if s is not None]
-    return Comparison(
-        diff=row.mean - baseline.mean,
-        p=welch_p(row, baseline),
-        noise=max(stds) if stds else None,
+def compare(rows: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Each row (``mean``, ``std``, ``n``) against the baseline row of the same index:
+    ``diff`` (mean - the baseline's), Welch's ``p``, ``noise`` (the larger of the two
+    stds), ``significant`` (p < ALPHA) and ``within_noise`` (|diff| < noise)."""
+    diff = rows["mean"] - baseline["mean"]
+    p = pd.Series(welch_p(rows, baseline), index=rows.index)
+    noise = np.fmax(rows["std"], baseline["std"])  # NaN only where both are
+    return pd.DataFrame(
+        {
+            "diff": diff,
+            "p": p,
+            "noise": noise,
+            "significant": p < ALPHA,
+            "within_noise": diff.abs() < noise,
+        }
     )

@@ -1,16 +1,25 @@
-"""A neutral table model that the Markdown, LaTeX and CSV writers render.
+"""A neutral table model that the Markdown and LaTeX writers render, and its numbers as CSV.
 
 A :class:`Table` has two-level column headers (:class:`HeaderGroup` titles
 over leaf :class:`Column` labels), row groups (the first row key is shown once
 per group, as in the paper), cells with display text, a bold flag, marks
 (significance, seed noise) and footnote numbers, and the notes and legend
 lines that go under the table. Writers decide only how things look.
+
+Its :attr:`Table.frame` holds the numbers for machines (pandas, spreadsheets), one line
+per table row, which :meth:`Table.csv` writes: the cell id, the row keys (the group label
+repeated on every line), four columns for each of our value columns (the mean, ``std``,
+``n`` and the Welch ``p`` against the group's baseline), one for a paper or difference
+column, and a ``notes`` column with the footnotes that apply to the row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIGNIFICANT = "†"  # differs from the group's baseline, Welch p < 0.05
 NOISE = "≈"  # difference from the baseline smaller than the seed noise
@@ -21,13 +30,12 @@ ColumnKind = Literal["ours", "paper", "diff"]
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell. ``data`` holds the raw numbers for machine-readable writers."""
+    """One table cell as displayed."""
 
     text: str = ""
     bold: bool = False
     marks: tuple[str, ...] = ()
     notes: tuple[int, ...] = ()  # footnote numbers (1-based)
-    data: dict[str, float | int | None] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Table:
     groups: list[RowGroup]
     notes: list[str] = field(default_factory=list)  # footnote i+1
     legend: list[str] = field(default_factory=list)
+    frame: pd.DataFrame | None = None  # the numbers, one line per row (see the module doc)
 
     @property
     def columns(self) -> list[Column]:
@@ -79,6 +88,12 @@ class Table:
     def rows(self) -> list[tuple[RowGroup, int, Row]]:
         """Every row with its group and its index in the group."""
         return [(g, i, r) for g in self.groups for i, r in enumerate(g.rows)]
+
+    def csv(self) -> str:
+        """:attr:`frame` as CSV: numbers unrounded (6 decimals at most, 6 significant
+        digits), empty where there is none."""
+        assert self.frame is not None, "a Table gets its frame from layout.build_table"
+        return self.frame.to_csv(index=False, lineterminator="\n", float_format=_number)
 
 
 class Notes:
@@ -101,3 +116,8 @@ def fmt(value: float, decimals: int) -> str:
 def fmt_diff(value: float, decimals: int) -> str:
     text = fmt(value, decimals)
     return text if text.startswith("-") or float(text) == 0 else "+" + text
+
+
+def _number(value: float) -> str:
+    text = f"{round(float(value), 6):.6g}"  # no float noise such as -7.1e-15
+    return "0" if text == "-0" else text
