@@ -80,10 +80,10 @@ def test_eager_and_exportable_nms_keep_the_same_detections(pre_nms_topk):
     priors = make_priors(sizes, Backbone.strides, "cpu")
     boxes = torch.rand(2, len(priors.points), 2) * 100
     boxes = torch.cat((boxes, boxes + torch.rand(2, len(priors.points), 2) * 60), dim=2)
-    scores = pair_scores(out.cls, score_factor("nms", out.cls, out.ctr, out.pss))
+    factor = score_factor("nms", out.cls, out.ctr, out.pss)
     ic = InferenceConfig(pre_nms_topk=pre_nms_topk)
-    eager = nms_pairs(scores, boxes, priors.counts, ic)
-    exported = nms_pairs(scores, boxes, priors.counts, ic, exportable=True)
+    eager = nms_pairs(out.cls, factor, boxes, priors.counts, ic)
+    exported = nms_pairs(out.cls, factor, boxes, priors.counts, ic, exportable=True)
     for a, b in zip(eager, exported):
         assert torch.equal(a, b)
     kept = eager[2] != EMPTY_LABEL

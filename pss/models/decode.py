@@ -126,8 +126,8 @@ def score_factor(mode: str, cls: Tensor, ctr: Tensor | None, pss: Tensor | None)
 
 
 def pair_scores(logits: Tensor, factor: Tensor) -> Tensor:
-    """Scores sigma(s_i(c)) * f_i [B, M, C] (float32) of class logits [B, M, C] at
-    locations whose factors are ``factor`` [B, M]."""
+    """Scores sigma(s_i(c)) * f_i [..., M, C] (float32) of class logits [..., M, C] at
+    locations whose factors are ``factor`` [..., M]."""
     return logits.float().sigmoid() * factor[..., None]
 
 
@@ -149,8 +149,7 @@ def detect(
     factor = score_factor(mode, out.cls, out.ctr, out.pss)
     if mode == "nms":
         boxes = decode_boxes(cfg, out.reg.float(), priors.points, priors.strides)
-        scores = pair_scores(out.cls, factor)
-        return nms_pairs(scores, clip_boxes(boxes, sizes), priors.counts, ic, exportable)
+        return nms_pairs(out.cls, factor, clip_boxes(boxes, sizes), priors.counts, ic, exportable)
 
     def boxes_at(locs: Tensor) -> Tensor:
         reg = out.reg.float().gather(1, locs[..., None].expand(-1, -1, 4))
@@ -175,7 +174,7 @@ def top_pairs(
     class scores highest can hold the k best pairs: only their pairs are scored.
     """
     num_classes = cls.shape[2]
-    best = pair_scores(cls.amax(dim=2, keepdim=True), factor)[..., 0]  # [B, N]
+    best = pair_scores(cls.amax(dim=2, keepdim=True), factor).squeeze(2)  # [B, N]
     locs = best.topk(torch.sym_min(k, best.shape[1]), dim=1).indices  # [B, k1]
     pair_logits = cls.gather(1, locs[..., None].expand(-1, -1, num_classes))
     scores = pair_scores(pair_logits, factor.gather(1, locs))  # [B, k1, C]
@@ -187,25 +186,29 @@ def top_pairs(
 
 
 def nms_pairs(
-    scores: Tensor,
+    cls: Tensor,
+    factor: Tensor,
     boxes: Tensor,
     counts: Sequence[int],
     ic: InferenceConfig,
     exportable: bool = False,
 ) -> Padded:
-    """nms: per image and level the ``ic.pre_nms_topk`` best pairs above
-    ``ic.score_thresh``, class-aware NMS at ``ic.nms_iou``, the ``ic.max_per_image`` best.
+    """nms: per image, the score of every pair; per level the ``ic.pre_nms_topk`` best
+    above ``ic.score_thresh``, class-aware NMS at ``ic.nms_iou``, the ``ic.max_per_image``
+    best.
 
-    scores [B, N, C] (:func:`pair_scores`), boxes [B, N, 4], counts: locations per level
-    (level-major order). ``exportable``: static shapes (see the module).
+    cls [B, N, C] class logits, factor [B, N] (:func:`score_factor`), boxes [B, N, 4],
+    counts: locations per level (level-major order). ``exportable``: static shapes (see
+    the module).
     """
-    num_classes = scores.shape[2]
+    num_classes = cls.shape[2]
     results = []
-    for b in range(scores.shape[0]):
+    for b in range(cls.shape[0]):
+        scores = pair_scores(cls[b], factor[b])  # [N, C]
         kept_scores, kept_idx = [], []
         start = 0
         for count in counts:
-            level = scores[b, start : start + count].reshape(-1)
+            level = scores[start : start + count].reshape(-1)
             top, idx = _best_above(level, ic.pre_nms_topk, ic.score_thresh, exportable)
             kept_scores.append(top)
             kept_idx.append(idx + start * num_classes)
