@@ -10,8 +10,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from pss.models.assign import atss_assign, fcos_assign, match_quality, one_to_one
+from pss.models.assign import atss_assign, fcos_assign
 from pss.models.boxes import make_priors
+from pss.models.selector import match_quality, one_to_one
 
 STRIDES = (8, 16, 32, 64, 128)
 RANGES = torch.tensor([[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, 1e8]])

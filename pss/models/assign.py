@@ -10,15 +10,13 @@ One-to-many (the base detectors):
 Both return ``gt_index`` [N]: the object each location is positive for, or -1.
 Omega_j of the paper is ``{i : gt_index[i] == j}``.
 
-One-to-one (the PSS target): :func:`match_quality` scores (location, object)
-pairs and :func:`one_to_one` picks one location per object.
+The one-to-one assignment of the PSS target (Q_ij and the Hungarian matching) is
+in :mod:`pss.models.selector`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou
 
@@ -90,59 +88,3 @@ def atss_assign(anchors: Tensor, counts: list[int], gt_boxes: Tensor, topk: int 
     best[cand[positive], cols[positive]] = cand_iou[positive]
     best_iou, gt_index = best.max(dim=1)
     return gt_index.masked_fill(best_iou < 0, -1)
-
-
-def match_quality(prob: Tensor, iou: Tensor, kind: str = "mul", alpha: float = 0.8) -> Tensor:
-    """Matching score Q of (location, object) pairs inside Omega (Eq. 3 of the paper).
-
-    mul: P^(1 - alpha) * IoU^alpha;  add: (1 - alpha) * P + alpha * IoU.
-    prob, iou: [P] -> [P].
-    """
-    if kind == "mul":
-        return prob.clamp(min=0) ** (1 - alpha) * iou.clamp(min=0) ** alpha
-    if kind == "add":
-        return (1 - alpha) * prob + alpha * iou
-    raise ValueError(f"unknown matching score '{kind}'")
-
-
-def one_to_one(
-    quality: Tensor, loc: Tensor, obj: Tensor, num_objects: int, solver: str = "hungarian"
-) -> Tensor:
-    """Pick one location per object among its Omega pairs.
-
-    The candidate pairs are (loc[p], obj[p]) with score quality[p], p < P:
-    exactly the memberships i in Omega_j. Returns selected [num_objects]
-    (long): the location chosen for each object, -1 where it gets none. No
-    location serves two objects.
-
-    'hungarian' maximises first the number of objects served, then the total
-    score (``scipy.optimize.linear_sum_assignment``); 'top1' takes pairs
-    greedily in descending score, which is the per-object argmax whenever the
-    Omega_j are disjoint (always so for FCOS and ATSS).
-    """
-    device = quality.device
-    selected = np.full(num_objects, -1, dtype=np.int64)
-    if quality.numel() == 0 or num_objects == 0:
-        return torch.from_numpy(selected).to(device)
-    q = quality.detach().float().cpu().numpy()
-    locs = loc.cpu().numpy()
-    objs = obj.cpu().numpy()
-    if solver == "hungarian":
-        uniq, col = np.unique(locs, return_inverse=True)
-        member = np.zeros((num_objects, len(uniq)), dtype=bool)
-        member[objs, col] = True
-        # A served object is worth more than any total of scores in [0, 1].
-        gain = np.zeros(member.shape)
-        gain[objs, col] = q + num_objects + 1.0
-        rows, cols = linear_sum_assignment(gain, maximize=True)
-        keep = member[rows, cols]
-        selected[rows[keep]] = uniq[cols[keep]]
-    elif solver == "top1":
-        taken: set[int] = set()
-        for p in np.argsort(-q, kind="stable"):
-            if selected[objs[p]] < 0 and locs[p] not in taken:
-                selected[objs[p]] = locs[p]
-                taken.add(int(locs[p]))
-    else:
-        raise ValueError(f"unknown one-to-one solver '{solver}'")
-    return torch.from_numpy(selected).to(device)

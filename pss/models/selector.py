@@ -8,6 +8,10 @@ own one-to-many positives):
     chosen = one_to_one_targets(log_p, boxes, targets, omega, assign_cfg)
     losses = pss_losses(log_p, chosen, targets, loss_cfg)   # loss_pss, loss_rank
 
+The one-to-one assignment itself: :func:`match_quality` scores each (location,
+object) pair of Omega, Q_ij, and :func:`one_to_one` picks one location per object
+(Hungarian matching, or greedy ``top1``).
+
 Shapes: B images, N locations (level-major, row-major), C classes. ``targets`` is
 one dict per image with ``boxes`` [M, 4] (x1, y1, x2, y2) and ``labels`` [M].
 ``omega`` = (pos_b, pos_i, pos_j), each [P]: location pos_i of image pos_b is a
@@ -16,13 +20,15 @@ one-to-many positive of object pos_j (that image's index), i.e. Omega of the pap
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from pss.config import AssignConfig, LossConfig
 from pss.dist import reduce_mean
-from pss.models import assign, losses
+from pss.models import losses
 from pss.models.boxes import aligned_iou
 
 Omega = tuple[Tensor, Tensor, Tensor]
@@ -61,8 +67,8 @@ def one_to_one_targets(
         locs, objs = pos_i[mask], pos_j[mask]
         prob = log_p[b, locs, t["labels"][objs]].exp()
         iou = aligned_iou(boxes[b, locs], t["boxes"][objs])
-        quality = assign.match_quality(prob, iou, cfg.match, cfg.alpha)
-        selected.append(assign.one_to_one(quality, locs, objs, len(t["labels"]), cfg.solver))
+        quality = match_quality(prob, iou, cfg.match, cfg.alpha)
+        selected.append(one_to_one(quality, locs, objs, len(t["labels"]), cfg.solver))
     return selected
 
 
@@ -100,3 +106,59 @@ def pss_losses(
         images = reduce_mean(log_p.new_tensor(float(len(ranks)))).clamp(min=1.0)
         result["loss_rank"] = cfg.rank_weight * rank / images
     return result
+
+
+def match_quality(prob: Tensor, iou: Tensor, kind: str = "mul", alpha: float = 0.8) -> Tensor:
+    """Matching score Q of (location, object) pairs inside Omega (Eq. 3 of the paper).
+
+    mul: P^(1 - alpha) * IoU^alpha;  add: (1 - alpha) * P + alpha * IoU.
+    prob, iou: [P] -> [P].
+    """
+    if kind == "mul":
+        return prob.clamp(min=0) ** (1 - alpha) * iou.clamp(min=0) ** alpha
+    if kind == "add":
+        return (1 - alpha) * prob + alpha * iou
+    raise ValueError(f"unknown matching score '{kind}'")
+
+
+def one_to_one(
+    quality: Tensor, loc: Tensor, obj: Tensor, num_objects: int, solver: str = "hungarian"
+) -> Tensor:
+    """Pick one location per object among its Omega pairs.
+
+    The candidate pairs are (loc[p], obj[p]) with score quality[p], p < P:
+    exactly the memberships i in Omega_j. Returns selected [num_objects]
+    (long): the location chosen for each object, -1 where it gets none. No
+    location serves two objects.
+
+    'hungarian' maximises first the number of objects served, then the total
+    score (``scipy.optimize.linear_sum_assignment``); 'top1' takes pairs
+    greedily in descending score, which is the per-object argmax whenever the
+    Omega_j are disjoint (always so for FCOS and ATSS).
+    """
+    device = quality.device
+    selected = np.full(num_objects, -1, dtype=np.int64)
+    if quality.numel() == 0 or num_objects == 0:
+        return torch.from_numpy(selected).to(device)
+    q = quality.detach().float().cpu().numpy()
+    locs = loc.cpu().numpy()
+    objs = obj.cpu().numpy()
+    if solver == "hungarian":
+        uniq, col = np.unique(locs, return_inverse=True)
+        member = np.zeros((num_objects, len(uniq)), dtype=bool)
+        member[objs, col] = True
+        # A served object is worth more than any total of scores in [0, 1].
+        gain = np.zeros(member.shape)
+        gain[objs, col] = q + num_objects + 1.0
+        rows, cols = linear_sum_assignment(gain, maximize=True)
+        keep = member[rows, cols]
+        selected[rows[keep]] = uniq[cols[keep]]
+    elif solver == "top1":
+        taken: set[int] = set()
+        for p in np.argsort(-q, kind="stable"):
+            if selected[objs[p]] < 0 and locs[p] not in taken:
+                selected[objs[p]] = locs[p]
+                taken.add(int(locs[p]))
+    else:
+        raise ValueError(f"unknown one-to-one solver '{solver}'")
+    return torch.from_numpy(selected).to(device)
