@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,87 @@ def test_readme_and_docs_links_resolve():
             if not (md.parent / ref).exists():
                 missing.append(f"{md.relative_to(REPO)}: {ref}")
     assert not missing, "\n".join(missing)
+
+
+# Docs follow the code: every module, file or name of ours that README.md, docs/ or the
+# architecture picture points at exists (read statically: no import, no mmdet needed).
+CODE_REF = re.compile(
+    r"(?<![\w./-])pss(?:\.[A-Za-z_]\w*)+|\b(?:pss|sweeps|reports|benchmarks)/[\w/]+\.py\b"
+)
+
+
+def contract_names() -> set[str]:
+    """The 'pss.*' strings of pss/contract.py: tag names such as pss.stage, not code."""
+    tree = ast.parse(CONTRACT.read_text())
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("pss.")
+    }
+
+
+def defined_names(path: Path) -> set[str]:
+    """Top-level names a module defines: functions, classes, assignments, imports."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def unresolved(ref: str) -> str | None:
+    """Why ``ref`` (``pss.a.b.name`` or ``pss/a/b.py``) names nothing in the repository."""
+    if "/" in ref:
+        return None if (REPO / ref).is_file() else "no such file"
+    folder, rest = REPO, ref.split(".")
+    while rest and (folder / rest[0]).is_dir():
+        folder = folder / rest.pop(0)
+    if rest and (folder / f"{rest[0]}.py").is_file():
+        module = folder / f"{rest.pop(0)}.py"
+    elif folder != PSS:
+        module = folder / "__init__.py"
+    else:
+        module = None
+    if module is not None and (not rest or rest[0] in defined_names(module)):
+        return None
+    if ref in contract_names():
+        return None  # a tag name (pss.stage, pss.seed ...): docs/tracking.md
+    if module is None:
+        return "no such module"
+    return f"{module.relative_to(REPO)} defines no '{rest[0]}'"
+
+
+def test_docs_name_only_code_that_exists():
+    pages = [REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "reports" / "README.md"]
+    pages.append(REPO / "docs" / "images" / "architecture.py")
+    wrong = [
+        f"{page.relative_to(REPO)}: {ref} ({why})"
+        for page in pages
+        if page.is_file()
+        for ref in sorted(set(CODE_REF.findall(page.read_text())))
+        if (why := unresolved(ref.rstrip(".")))
+    ]
+    assert not wrong, "docs point at code that is not there:\n" + "\n".join(wrong)
+
+
+def test_the_docs_check_sees_a_moved_module_and_a_renamed_name():
+    assert unresolved("pss.postprocess") == "no such module"
+    assert unresolved("pss/postprocess.py") == "no such file"
+    assert unresolved("pss.models.assign.no_such_function") == (
+        "pss/models/assign.py defines no 'no_such_function'"
+    )
+    assert unresolved("pss.models.assign") is None
+    assert unresolved("pss.stage") is None  # a tag, not code
+
+
+def test_the_architecture_picture_names_modules_that_exist():
+    drawing = runpy.run_path(str(REPO / "docs" / "images" / "architecture.py"))
+    named = [m for _, _, modules in drawing["LAYERS"] for m in modules]
+    named += [module for _, module in drawing["PATH"]]
+    assert len(named) > 40
+    assert not [m for m in named if not (REPO / m).is_file()]
