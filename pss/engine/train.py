@@ -48,6 +48,7 @@ from pss.engine.lifecycle import (
 )
 from pss.errors import UserError
 from pss.models import Detector
+from pss.models.decode import modes_for
 from pss.tracking.logger import KILLED, Tracker
 
 log = logging.getLogger(__name__)
@@ -503,7 +504,7 @@ def _call_on_every_rank(
 
 def _evaluate(loop: Loop, epoch: int) -> dict[str, float]:
     cfg = loop.cfg
-    modes = [m for m in cfg.eval.modes if m != "e2e" or cfg.model.has_pss]
+    modes = list(modes_for(cfg.model.has_pss, cfg.eval.modes))
     out_dir = cfg.run_dir / "eval" / f"epoch_{epoch:03d}" if dist.is_main() else None
     metrics = evaluate(
         loop.detector,
