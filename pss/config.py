@@ -12,6 +12,7 @@ file, the dotted key and the nearest valid key.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import hashlib
@@ -475,6 +476,23 @@ def config_from_dict(tree: dict[str, Any], source: str) -> ExperimentConfig:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
         raise validation_error(exc, ExperimentConfig, source) from None
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, configs: bool = True, what: str = "a config value"
+) -> None:
+    """The command-line form of :func:`load_config`: ``CONFIG...`` (when ``configs``) and
+    ``--set KEY=VALUE`` (repeatable), parsed into ``args.config`` and ``args.overrides``."""
+    if configs:
+        parser.add_argument("config", nargs="+", help="experiment YAML file(s), merged in order")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what} by its dotted key (YAML value); repeatable",
+    )
 
 
 def load_config(

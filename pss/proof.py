@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pss.config import ExperimentConfig, load_config
+from pss.config import ExperimentConfig, add_config_arguments, load_config
 from pss.contract import AP50, MAP, MAR, TAG_PROOF, TAG_SEED, metric_name
 from pss.data import ensure_shapes
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
@@ -147,14 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("outputs/proof"), help="run folders (default: %(default)s)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value of both trainings (YAML value); repeatable",
-    )
+    add_config_arguments(parser, configs=False, what="a config value of both trainings")
     parser.add_argument(
         "--threads",
         type=int,

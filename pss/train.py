@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from pss.config import load_config
+from pss.config import add_config_arguments, load_config
 from pss.engine.checkpoint import CheckpointNotSaved
 from pss.engine.lifecycle import RunInfo
 from pss.engine.train import TrainingDiverged, train
@@ -23,15 +23,7 @@ from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pss.train", description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="+", help="experiment YAML file(s), merged in order")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by its dotted key (YAML value); repeatable",
-    )
+    add_config_arguments(parser)
     parser.add_argument("--resume", metavar="PATH", help="checkpoint to resume, or 'auto'")
     parser.add_argument("--experiment", default="pss", help="MLflow experiment (default: pss)")
     parser.add_argument("--run-name", help="MLflow run name (default: the config's name)")

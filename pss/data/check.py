@@ -58,7 +58,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pss.config import DataConfig, load_config
+from pss.config import DataConfig, add_config_arguments, load_config
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 
 # ----------------------------------------------------------------------------
@@ -576,15 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pss.data.check", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("config", nargs="+", help="experiment YAML file(s), merged in order")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by its dotted key (YAML value); repeatable",
-    )
+    add_config_arguments(parser)
     parser.add_argument("--decode", action="store_true", help="decode every image, not its header")
     parser.add_argument("--no-cache", action="store_true", help="check again, even if cached")
     args = parser.parse_args(argv)
