@@ -42,7 +42,11 @@ EVAL_MODES = MODES
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan=False: no setting of ours means anything at .inf or .nan (learning
+    # rates, weight decay, loss weights, momentum, clipping, ranges: 1e8 is the open end).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class BackboneConfig(_Section):
@@ -326,11 +330,22 @@ MAX_YAML_NODES = 100_000
 
 
 class _GuardedLoader(yaml.SafeLoader):
-    """A SafeLoader (no Python tags) that also refuses alias bombs (billion laughs)."""
+    """A SafeLoader (no Python tags) that also refuses alias bombs (billion laughs), and
+    reads numbers as people write them: ``1e-4`` and ``5E-3`` are floats (YAML 1.2's
+    rule; YAML 1.1, PyYAML's, wants a dot and a signed exponent, ``1.0e-4``)."""
 
     def construct_document(self, node):  # type: ignore[override]
         _check_size(node)
         return super().construct_document(node)
+
+
+# YAML 1.2's floats (1e-4, -.5), after YAML 1.1's own resolvers: what those read as an int,
+# a float (1.5, .inf, .nan) or a date stays so.
+_GuardedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+.0123456789"),
+)
 
 
 def _check_size(root: yaml.Node) -> None:
@@ -363,6 +378,12 @@ def _parse(raw: bytes) -> Any:
     return yaml.load(raw, Loader=_GuardedLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def load_yaml(raw: str | bytes) -> Any:
+    """YAML text as Python values, by the one loader of every config, spec, profile and
+    ``--set`` value (:class:`_GuardedLoader`)."""
+    return copy.deepcopy(_parse(raw.encode() if isinstance(raw, str) else raw))
+
+
 def read_yaml(path: str | Path, what: str = "") -> Any:
     """Safe-load a YAML file (every config, spec and profile); problems name the file.
 
@@ -377,7 +398,7 @@ def read_yaml(path: str | Path, what: str = "") -> Any:
     if len(raw) > MAX_YAML_BYTES:
         raise UserError(f"{what or 'file'} is larger than {MAX_YAML_BYTES} bytes", str(path))
     try:
-        return copy.deepcopy(_parse(raw))  # a copy: callers may change what they get
+        return load_yaml(raw)  # a copy: callers may change what they get
     except yaml.YAMLError as exc:
         text = str(exc).replace("\n", " ")
         if "could not determine a constructor" in text:
@@ -391,7 +412,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"override '{text}' is not of the form key=value", "--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise UserError(f"override '{text}': value is not valid YAML ({exc})", "--set") from None
     return key.strip(), value

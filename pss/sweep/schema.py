@@ -41,7 +41,8 @@ DEFAULT_SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke" / 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # No float of a spec (search ranges, the paper's values) means anything at .inf or .nan.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StageSpec(_Strict):
