@@ -19,6 +19,7 @@ from pss.engine.checkpoint import CheckpointNotSaved
 from pss.engine.lifecycle import RunInfo
 from pss.engine.train import TrainingDiverged, train
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+from pss.tracking.store import check_store, current_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = load_config(args.config, args.overrides)
+        check_store(current_uri())  # before any model, data or run
         metrics = train(
             cfg, resume=args.resume, run=RunInfo(experiment=args.experiment, run_name=args.run_name)
         )

@@ -43,7 +43,7 @@ from pathlib import Path
 from pss.errors import UserError
 from pss.sweep import process
 from pss.sweep.profile import ClusterProfile
-from pss.tracking.store import CREDENTIALS_ENV, current_uri, sqlite_path
+from pss.tracking.store import CREDENTIALS_ENV, check_store, current_uri, sqlite_path
 
 REMOTE = ("http://", "https://", "databricks")
 USER = "pss"
@@ -147,6 +147,7 @@ def server_status(backend_uri: str) -> Server | None:
 def ensure_server(backend_uri: str, host: str | None = None, wait_s: float = 90.0) -> Server:
     """The tracking server on ``backend_uri``, started (detached) if it is not up."""
     files = _files(backend_uri)
+    check_store(backend_uri)  # not an MLflow store: refused before any file is made beside it
     files["store"].parent.mkdir(parents=True, exist_ok=True)
     with open(files["lock"], "w") as lock:  # one server per store, whoever asks at once
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -33,7 +33,7 @@ from pss.contract import (
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
 )
-from pss.tracking.store import current_uri, retry, search, sqlite_path, use_credentials
+from pss.tracking.store import check_store, current_uri, retry, search, sqlite_path, use_credentials
 
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 
@@ -72,6 +72,7 @@ def ensure_store(uri: str) -> None:
     path = sqlite_path(uri)
     if path is None or uri in _READY:
         return
+    check_store(uri)  # another application's database, a newer MLflow's store...: refused
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.init.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import sqlite3
 import time
 from collections import defaultdict
@@ -133,6 +134,7 @@ def read_runs(
     if client is None and path is not None:
         if not path.is_file():
             return []  # reading never creates a store
+        check_store(uri)
         found = _read_sqlite(path, experiment, tuple(params))
         if found is not None:
             return found
@@ -208,6 +210,99 @@ def _active_experiment(db: sqlite3.Connection, name: str) -> tuple[str] | None:
     ).fetchone()
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+
+
+def check_store(uri: str) -> None:
+    """Refuse a local SQLite store that MLflow would break or fail on, before anything opens it.
+
+    A missing or empty file, or an SQLite database without tables, becomes a new
+    store; a store of the schema this code reads (:data:`KNOWN_SCHEMA`) or of the
+    installed MLflow's newest one is used. Anything else raises a :class:`UserError`
+    naming the file, and nothing is created, migrated or written in it: a file that
+    is not an SQLite database, another application's database (MLflow would add its
+    tables to it), a store of a newer MLflow (a schema revision the installed MLflow
+    does not know) or of an older one (MLflow refuses it until ``mlflow db upgrade``).
+    Costs a stat and one read-only query; imports no MLflow.
+    """
+    path = sqlite_path(uri)
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        raise UserError("is a folder, not an MLflow store (an SQLite file)", str(path))
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise UserError(f"cannot read the MLflow store ({exc.strerror})", str(path)) from None
+    if not header:
+        return  # an empty file: MLflow makes it a store
+    if header != SQLITE_HEADER:
+        raise UserError(
+            "is not an SQLite database, so not an MLflow store; "
+            "point MLFLOW_TRACKING_URI at a store or at a new file",
+            str(path),
+        )
+    try:
+        with _snapshot(path) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            row = None
+            if "alembic_version" in tables:
+                row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot read it as an SQLite database ({exc})", str(path)) from None
+    if not tables:
+        return
+    if row is None or not MLFLOW_TABLES.issubset(tables):
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserError(
+            f"is an SQLite database of another application (tables: {shown}), not an MLflow "
+            "store; point MLFLOW_TRACKING_URI at a store or at a new file",
+            str(path),
+        )
+    if row[0] == KNOWN_SCHEMA:
+        return
+    version, revisions, head = _mlflow_schema()
+    if row[0] not in revisions:
+        raise UserError(
+            f"is an MLflow store of a newer MLflow (schema revision {row[0]}, unknown to the "
+            f"installed MLflow {version}); use that MLflow's environment or another store",
+            str(path),
+        )
+    if row[0] != head:
+        raise UserError(
+            f"is an MLflow store of an older MLflow (schema revision {row[0]}, MLflow {version} "
+            f"uses {head}); back it up and run: mlflow db upgrade {uri}",
+            str(path),
+        )
+
+
+def _mlflow_schema() -> tuple[str, set[str], str]:
+    """The installed MLflow's version, every alembic revision of its SQL schema, and the
+    newest one, read from its migration scripts (no import of MLflow)."""
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    spec = find_spec("mlflow")
+    folder = Path(next(iter(spec.submodule_search_locations or [])) if spec else ".")
+    down: set[str] = set()
+    revisions: set[str] = set()
+    for script in (folder / "store" / "db_migrations" / "versions").glob("*.py"):
+        text = script.read_text()
+        found = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.M)
+        if found:
+            revisions.add(found.group(1))
+            down.update(re.findall(r"['\"](\w+)['\"]", _line(text, "down_revision")))
+    heads = sorted(revisions - down)
+    return version("mlflow"), revisions, heads[0] if len(heads) == 1 else KNOWN_SCHEMA
+
+
+def _line(text: str, name: str) -> str:
+    found = re.search(rf"^{name}\s*=\s*(.*)$", text, re.M)
+    return found.group(1) if found else ""
+
+
 def _known_schema(path: Path) -> bool:
     try:
         with _snapshot(path) as db:
@@ -281,6 +376,7 @@ def _read_sqlite(path: Path, experiment: str, params: tuple[str, ...]) -> list[S
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient  # only for stores SQL cannot read
 
+    check_store(uri)
     use_credentials()
     return MlflowClient(uri)
 
