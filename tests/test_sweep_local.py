@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pss.sweep.driver import main
+from pss.testing import REPO
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.tracking.logger import search_runs
 
@@ -134,3 +137,22 @@ def test_debug_executor_runs_in_process_and_reports(sweep, capsys):
     url = next(line for line in out.splitlines() if line.strip().startswith("open:"))
     assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in url
     assert "viewStateShareKey=" in url
+
+
+def test_debug_executor_reports_a_failure_without_a_debugger(sweep):
+    """A failing cell on the debug executor: the run FAILED, the summary, exit 1; no (Pdb)
+    prompt (stdin closed, where pdb would read EOF and go on), no traceback."""
+    spec, broken, _ = sweep
+    only_broken = spec.read_text().replace("  - id: pss\n", "").split("  - id: two_step")[0]
+    spec.write_text(only_broken)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "run.py"), str(spec), "--smoke",
+         "--executor", "debug", "--no-report"],
+        cwd=spec.parent, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "(Pdb)" not in out and "Traceback" not in out, out[-3000:]
+    assert "broken/s0 failed: " in proc.stderr and str(broken) in proc.stderr, out[-3000:]
+    assert "1 failed" in proc.stdout or "failed" in proc.stdout.splitlines()[-1], out[-3000:]
+    assert [r.info.status for r in search_runs("local-smoke")] == ["FAILED"]

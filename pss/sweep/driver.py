@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="expand only; submit nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run: JSON on stdout")
     parser.add_argument(
+        "--check-data",
+        action="store_true",
+        help="check every cell's dataset (both splits) and exit: 0 fine, 2 problems",
+    )
+    parser.add_argument(
         "--max-parallel",
         type=int,
         default=None,
@@ -114,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         help="local/debug executors: jobs at a time (default 1)",
     )
     parser.add_argument("--no-report", action="store_true", help="do not build the report")
+    parser.add_argument(
+        "--pdb",
+        action="store_true",
+        help="with --executor debug: open a post-mortem debugger on a failing job "
+        "(else it is reported like any other executor's)",
+    )
     return parser
 
 
@@ -129,6 +140,8 @@ def main(argv: list[str]) -> int:
             return print_status(args.spec, args.smoke, args.engine)
         loaded, jobs = plan(args.spec, args.smoke, args.engine)
         profile = load_profile(args.cluster)  # a bad profile fails a dry run too
+        if args.check_data:
+            return check_datasets(jobs)
         if args.dry_run:
             if args.json:
                 print(json.dumps([j.as_json() for j in jobs], indent=1))
@@ -140,6 +153,8 @@ def main(argv: list[str]) -> int:
             from pss.sweep.search import run_search  # Optuna and MLflow: searches only
 
             return run_search(loaded, profile, args.smoke, args.executor, not args.no_wait)
+        if args.pdb and args.executor != "debug":
+            raise UserError("--pdb needs --executor debug (jobs that run in this process)")
         options = SweepOptions(
             smoke=args.smoke,
             executor=args.executor,
@@ -147,6 +162,7 @@ def main(argv: list[str]) -> int:
             wait=not args.no_wait,
             max_parallel=args.max_parallel,
             report=not args.no_report,
+            pdb=args.pdb,
         )
         return run_sweep(loaded, jobs, options)
     except UserError as exc:
@@ -196,6 +212,7 @@ class SweepOptions:
     wait: bool = True
     max_parallel: int | None = None  # local/debug: jobs at a time (default 1)
     report: bool = True
+    pdb: bool = False  # debug executor: a debugger on a failing job
 
 
 def plan(
@@ -205,6 +222,21 @@ def plan(
     trains every cell on that engine (``--engine``)."""
     loaded = load_spec(path, engine)
     return loaded, expand(loaded, smoke=smoke)
+
+
+def check_datasets(jobs: list[Job]) -> int:
+    """``--check-data``: the data check of each distinct dataset of the jobs (one summary
+    per split); a problem is a UserError listing them all."""
+    from pss.data.check import check_data  # Pillow and the annotation files: this path only
+
+    seen = set()
+    for job in jobs:
+        data = job.config.data
+        key = data.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            print(check_data(data))
+    return EXIT_OK
 
 
 def print_status(path: str | Path, smoke: bool, engine: str | None = None) -> int:
@@ -243,6 +275,7 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
             kind=kind,
             profile=profile,
             res=effective_resources(loaded.spec.resources, profile, options.smoke),
+            pdb=options.pdb,
         )
         local = submit_sweep(jobs, ledger, target)
     if not options.wait:
@@ -326,6 +359,7 @@ class Target:
     res: Resources
     uri: str = ""  # the store jobs log to (uri_for_jobs)
     env: dict[str, str] = field(default_factory=dict)  # what jobs need to reach it
+    pdb: bool = False  # debug executor: a debugger on a failing job
 
     @property
     def folder(self) -> Path:
@@ -446,7 +480,7 @@ class LocalJobs:
     def _start(self, job: Job):
         t = self.target
         payload = self.payloads[job.key]
-        [handle] = submit(t.kind, t.folder, t.res, t.profile, [CellJob(payload)])
+        [handle] = submit(t.kind, t.folder, t.res, t.profile, [CellJob(payload)], t.pdb)
         job_id, when = str(handle.job_id), time.time()
         self.ledger.record(
             job, executor=t.kind, job_id=job_id, run_id=payload.run_id, submitted=when

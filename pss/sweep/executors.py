@@ -4,7 +4,10 @@
     handles = submit(kind, folder, resources, profile, [job, ...])
 
 SLURM jobs are submitted and left to the cluster (:mod:`pss.sweep.slurm`; the driver
-only polls their state). Local and debug jobs are children of the driver: a
+only polls their state). Debug jobs run in the driver's own process, one at a time, a
+failure reported like any other job's (its traceback in the job's log file); only with
+``post_mortem`` (``--pdb``) does submitit's debugger open on it. Local and debug jobs
+are children of the driver: a
 :class:`LocalQueue` says which may start (``limit`` at a time, each once the jobs it
 waits for have finished) and which never will. Both sweeps (:mod:`pss.sweep.driver`)
 and searches (:mod:`pss.sweep.search`) submit and report failed jobs through this
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import submitit
 
@@ -37,28 +43,71 @@ def resolve_executor(name: str) -> str:
 
 
 def submit(
-    kind: str, folder: Path, res: Resources, profile: ClusterProfile, jobs: list[Callable]
+    kind: str,
+    folder: Path,
+    res: Resources,
+    profile: ClusterProfile,
+    jobs: list[Callable],
+    post_mortem: bool = False,
 ) -> list[submitit.Job]:
     """Start ``jobs`` now on ``kind`` (slurm, local or debug), logs under ``folder``;
-    their submitit handles. A debug job runs in this process, when its result is asked."""
+    their submitit handles. A debug job runs in this process, when its result is asked;
+    ``post_mortem``: a failing one opens a debugger there (else it is reported)."""
     if kind == "slurm":
         return slurm.submit(folder, res, profile, jobs)
-    if kind == "debug":
-        executor: submitit.Executor = submitit.DebugExecutor(folder=folder / "%j")
-    else:
+    if kind != "debug":
         executor = submitit.LocalExecutor(folder=folder / "%j")
         executor.update_parameters(timeout_min=res.timeout_min)
-    return [executor.submit(job) for job in jobs]
+        return [executor.submit(job) for job in jobs]
+    debug = submitit.DebugExecutor(folder=folder / "%j")
+    if post_mortem:
+        return [debug.submit(job) for job in jobs]
+    handles = []
+    for job in jobs:
+        caught = Caught(job)
+        handles.append(debug.submit(caught))
+        caught.log = Path(handles[-1].paths.stderr)
+    return handles
+
+
+@dataclass
+class Failed:
+    """What a debug job raised, returned instead: submitit's DebugJob opens pdb on a raise."""
+
+    error: str  # the exception's last line
+
+
+class Caught:
+    """A debug job whose exception is returned as :class:`Failed`, its traceback written
+    to the job's log file (``log``, set once submitted)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.log: Path | None = None
+
+    def __call__(self) -> Any:
+        try:
+            return self.fn()
+        except Exception as exc:  # noqa: BLE001 - reported by failure(), as other jobs'
+            if self.log is not None:
+                self.log.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.log, "a") as handle:
+                    handle.write(traceback.format_exc())
+            return Failed(_last_line(exc))
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
 
 
 def failure(handle: submitit.Job) -> str | None:
     """None if a finished job succeeded, else the last line of its error."""
     try:
-        handle.result()
+        result = handle.result()
     except Exception as exc:  # noqa: BLE001 - whatever the job raised, as one line
-        lines = str(exc).strip().splitlines()
-        return lines[-1] if lines else type(exc).__name__
-    return None
+        return _last_line(exc)
+    return result.error if isinstance(result, Failed) else None
 
 
 def report_failures(handles: Iterable[tuple[str, submitit.Job]]) -> list[str]:
