@@ -22,7 +22,10 @@ counts as a finished torch job) and of the experiment's name.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,8 @@ from pss.contract import ENGINES, TORCH
 from pss.errors import UserError, nearest, validation_error
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$"
+MAX_CELLS = 5000  # a spec's default limit on its cells (its `max_cells` raises it)
+MAX_ID_LENGTH = 100  # a grid cell's id, longer ones are cut and end in a hash
 # The smoke overlay of this checkout (specs may name their own with `smoke:`).
 DEFAULT_SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "smoke" / "overlay.yaml"
 
@@ -170,6 +175,9 @@ class Spec(_Strict):
     grid: dict[str, list[Any]] = {}
     grid_id: str | None = None  # e.g. "{model.name}-c{model.pss.num_convs}"
     cells: list[CellSpec] = []
+    # The most cells (grid points and explicit cells) the spec may name: a guard against
+    # a grid that multiplies out to millions; raise it here to run more.
+    max_cells: int = Field(MAX_CELLS, ge=1)
     resources: Resources = Resources()
     paper: list[PaperRow] = []
     table: TableSpec | None = None
@@ -238,6 +246,15 @@ def load_spec(path: str | Path, engine: str | None = None) -> LoadedSpec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, Spec, str(path)) from None
+    size = cell_count(spec)
+    if size > spec.max_cells:
+        axes = " x ".join(str(len(v)) for v in spec.grid.values()) or "0"
+        listed = f" + {len(spec.cells)} listed" if spec.cells else ""
+        raise UserError(
+            f"grid: {size} cells ({axes}{listed}) are over the limit of {spec.max_cells}; "
+            f"set max_cells: {size} in the spec to run them",
+            str(path),
+        )
     loaded = LoadedSpec(spec, path)
     for i, file in enumerate(loaded.config_files(smoke=True)):
         key = "base" if i == 0 else "smoke"
@@ -261,10 +278,15 @@ def load_spec(path: str | Path, engine: str | None = None) -> LoadedSpec:
 
 
 def _grid_cells(spec: Spec) -> list[CellSpec]:
+    """A cell per point of the grid; its id from ``grid_id``, or by default the axes' names
+    and values, ``num_convs=1+stop_grad=true`` (:func:`_axis_names`, :func:`id_text`).
+    Raises ValueError (one line) for an id that is not valid or that two points share."""
     if not spec.grid:
         return []
     keys = list(spec.grid)
-    cells = []
+    names = _axis_names(keys)
+    cells: list[CellSpec] = []
+    made: dict[str, dict[str, Any]] = {}
     for values in itertools.product(*(spec.grid[k] for k in keys)):
         overrides = dict(zip(keys, values))
         if spec.grid_id:
@@ -274,16 +296,70 @@ def _grid_cells(spec: Spec) -> list[CellSpec]:
                 spec.grid_id,
             )
         else:
-            cell_id = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items())
+            cell_id = "+".join(f"{names[k]}={id_text(v)}" for k, v in overrides.items())
+        cell_id = _short(cell_id)
+        if not re.match(ID_PATTERN, cell_id):
+            raise ValueError(
+                f"cell id '{cell_id}' of {overrides} is not valid: it must start with a "
+                "letter or digit and hold only letters, digits and _ . = + -"
+            )
+        if cell_id in made:
+            hint = "put every axis in grid_id" if spec.grid_id else "set grid_id"
+            raise ValueError(
+                f"cells {made[cell_id]} and {overrides} both get the id '{cell_id}' "
+                f"({hint} to tell them apart)"
+            )
+        made[cell_id] = overrides
         cells.append(CellSpec(id=cell_id, overrides=overrides))
     return cells
+
+
+def _axis_names(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest ending that no other key shares: ``num_convs`` for
+    ``model.pss.num_convs``, ``train.seed`` beside ``data.synthetic.seed``."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if not any(other != key and other.split(".")[-n:] == parts[-n:] for other in keys):
+                break
+        names[key] = name
+    return names
+
+
+def id_text(value: Any) -> str:
+    """A grid value as it reads in a cell id: ``true``, ``0.0001``, ``-1``, ``fcos_pss``.
+    A value with characters an id cannot hold (spaces, slashes, brackets) has each run of
+    them made '-' and ends in 6 hex digits of its hash, so that ids stay distinct."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    text = "null" if value is None else text
+    parts = [p for p in re.split(r"[^A-Za-z0-9_.=+-]+", text) if p]
+    if "-".join(parts) == text:
+        return text
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    return "-".join([*parts, digest[:6]])
+
+
+def _short(cell_id: str) -> str:
+    """A cell id of at most MAX_ID_LENGTH characters: a longer one is cut and ends in a
+    hash of the whole (ids name folders and runs)."""
+    if len(cell_id) <= MAX_ID_LENGTH:
+        return cell_id
+    digest = hashlib.sha256(cell_id.encode()).hexdigest()[:8]
+    return f"{cell_id[: MAX_ID_LENGTH - 9]}-{digest}"
 
 
 def _axis_value(overrides: dict[str, Any], key: str) -> str:
     if key not in overrides:
         raise ValueError(f"'{{{key}}}' is not a grid axis (axes: {list(overrides)})")
-    value = overrides[key]
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return id_text(overrides[key])
+
+
+def cell_count(spec: Spec) -> int:
+    """How many cells a spec names (its grid's product and its listed cells), without
+    making them."""
+    return (math.prod(len(v) for v in spec.grid.values()) if spec.grid else 0) + len(spec.cells)
 
 
 def all_cells(spec: Spec) -> list[CellSpec]:
@@ -316,7 +392,7 @@ def _check_cells(loaded: LoadedSpec) -> None:
     try:
         cells = all_cells(spec)
     except ValueError as exc:
-        raise UserError(f"grid_id: {exc}", src) from None
+        raise UserError(f"{'grid_id' if spec.grid_id else 'grid'}: {exc}", src) from None
     ids = [c.id for c in cells]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
