@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from pss.data.check import (
     in_unit_square,
     inspect_split,
 )
+from pss.testing import REPO
 
 W, H = 24, 16  # every image, unless a case says otherwise
 
@@ -347,3 +349,57 @@ def test_training_keeps_exactly_the_boxes_the_check_counts_usable(
     dataset = CocoDetection(data.root / "train", data.ann("train"), None, train=True)
     kept = sum(len(dataset[i][1]["boxes"]) for i in range(len(dataset)))
     assert kept == report.usable == (0 if normalised else 3)
+
+
+# ----------------------------------------------------------------------------
+# At the door of training and of a sweep
+
+
+def test_training_refuses_bad_data_before_anything_is_written(data: Dataset, tmp_path: Path):
+    """``pss.train`` runs the check before its first step: a broken validation image (met
+    only at the first evaluation without it) stops it with nothing trained or logged."""
+    data.image("val", "v1.png").write_bytes(b"not an image")
+    store = tmp_path / "mlflow.db"
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pss.train", str(data.config),
+         "--set", "model.backbone.name=resnet18", "--set", "train.epochs=1",
+         "--set", f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+             "MLFLOW_TRACKING_URI": f"sqlite:///{store}"},
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "v1.png" in proc.stderr and str(data.ann("val")) in proc.stderr
+    assert not out.exists()  # no run folder, no checkpoint
+    runs = []
+    if store.exists():
+        with sqlite3.connect(store) as db:
+            tables = {r[0] for r in db.execute("select name from sqlite_master")}
+            if "runs" in tables:
+                runs = db.execute("select run_uuid from runs").fetchall()
+    assert runs == []  # no run logged
+
+
+def test_a_sweep_checks_its_cells_data_on_request(data: Dataset, tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: checked\nbase: {data.config}\nseeds: [0, 1]\n"
+        "grid:\n  model.name: [fcos_pss, atss_pss]\n"
+        "grid_id: '{model.name}'\n"
+    )
+    run = [sys.executable, str(REPO / "sweeps" / "run.py"), str(spec), "--check-data"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2  # four jobs, one dataset: checked once, one line a split
+    assert lines[0].startswith(f"data check: train {data.ann('train')}")
+    data.image("train", "t2.png").unlink()  # the folder changes: the cache does not answer
+    proc = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{data.ann('train')}: 1 of 4 images missing" in proc.stderr and "t2.png" in proc.stderr

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.data import CocoDetection, build_dataset, build_loader
+from pss.data.check import check_data
 from pss.deploy.draw import draw_modes, showcase_images
 from pss.engine.checkpoint import (
     load_checkpoint,
@@ -216,6 +217,7 @@ class Loop:
 
 def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
     """Check the input and build the training, restored from ``resume`` (a checkpoint)."""
+    log.info("%s", check_data(cfg.data))  # both splits, before anything trains (cached)
     device = dist.init_from_environment()
     t = cfg.train
     amp = autocast_dtype(t.amp, device)

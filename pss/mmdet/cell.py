@@ -14,6 +14,7 @@ same keys as a torch run's) and ``config.yaml`` is our resolved config.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -21,10 +22,13 @@ import torch
 from pss import dist
 from pss.config import ExperimentConfig
 from pss.data import ensure_shapes, read_annotations
+from pss.data.check import check_data
 from pss.engine.lifecycle import RunInfo
 from pss.errors import UserError
 from pss.mmdet.train import train
 from pss.mmdet.translate import mmdet_config
+
+log = logging.getLogger(__name__)
 
 
 def class_names(cfg: ExperimentConfig) -> list[str]:
@@ -47,6 +51,7 @@ def class_names(cfg: ExperimentConfig) -> list[str]:
 
 def train_cell(cfg: ExperimentConfig, run: RunInfo) -> dict[str, float]:
     """Train ``cfg`` on mmdet's engine to the end (resuming), logging to ``run``."""
+    log.info("%s", check_data(cfg.data))  # both splits, before anything trains (cached)
     dist.init_from_environment()  # before the Runner, which then finds the group joined
     names = class_names(cfg)
     files, options = mmdet_config(
