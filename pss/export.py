@@ -22,6 +22,10 @@ carries the mode, the category names and ids and the preprocessing, so
 Uses the torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``);
 exporting a ResNet-18 model takes tens of seconds on a CPU.
 
+``--out`` is checked before the checkpoint is loaded: it names a ``.onnx`` file (an
+earlier export there is replaced) or an existing folder (``model.onnx`` in it); another
+kind of file, or a folder that cannot be written, is refused.
+
 Exit status: 0 written, 2 bad input (one message on stderr; nothing written).
 """
 
@@ -48,6 +52,7 @@ from pss.deploy.inference import (
     LoadedModel,
     Preprocess,
     load_model,
+    output_file,
 )
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 from pss.models.decode import modes_for
@@ -157,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pss.export", description=__doc__.split("\n")[1]
     )
     parser.add_argument("checkpoint", help="a checkpoint written by pss.train (last.pth)")
-    parser.add_argument("--out", required=True, help="the ONNX file to write")
+    parser.add_argument(
+        "--out", required=True, help="the ONNX file to write (a folder: model.onnx in it)"
+    )
     parser.add_argument("--mode", default="e2e", choices=EXPORT_MODES)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--size", help="fixed input size HxW (default: the config's test size)")
@@ -165,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         size = parse_size(args.size) if args.size else None
+        target = output_file(args.out, "model.onnx", (".onnx",))  # before any work
         model = load_model(args.checkpoint)
-        out = export_onnx(model, args.out, args.mode, size, args.dynamic)
+        out = export_onnx(model, target, args.mode, size, args.dynamic)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -9,7 +9,13 @@ INPUT: image files and folders (their images, sorted; not recursive). DIR gets
   the file's pixels, score) of every detection scoring above T;
 * ``images.json``: ``{"images": [{id, file_name, width, height}], "categories":
   [{id, name}]}``, what the image and category ids of the results refer to;
-* ``<image name>.png``: the image with its boxes, class names and scores.
+* ``<image name>.png``: the image with its boxes, class names and scores (the name
+  without its suffix; where two images would share one, e.g. ``x.jpg`` and ``x.png``,
+  the later gets ``x_<id>.png``; ``images.json`` gives each image's ``drawing``).
+
+DIR is checked before any work: a file there, or a folder that cannot be written,
+is refused; DIR is made if missing, and files of an earlier call in it are replaced.
+An image over Pillow's size limit is skipped with one line on stderr.
 
 ``--mode``: ``e2e`` (default for *_pss models; PSS score, no NMS), ``nms`` (default
 otherwise) or ``raw`` (no NMS on the base score: the duplicates). Class names
@@ -35,7 +41,15 @@ from tqdm import tqdm
 
 from pss.contract import MODES, primary_mode
 from pss.deploy.draw import SCORE_THRESH, draw_detections
-from pss.deploy.inference import OnnxRunner, TorchRunner, list_images, load_model, read_image
+from pss.deploy.inference import (
+    ImageTooLarge,
+    OnnxRunner,
+    TorchRunner,
+    list_images,
+    load_model,
+    output_folder,
+    read_image,
+)
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 from pss.models.decode import check_mode, coco_rows
 
@@ -72,31 +86,37 @@ def predict(
     the end, so a bad image half-way leaves ``out`` untouched.
     """
     images = list_images(inputs)
-    out = Path(out)
+    out = output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         results, entries, names = [], [], set()
         category_ids = [c.id for c in runner.categories]
         bar = tqdm(images, desc=f"predict ({runner.mode})", unit="img", disable=not progress)
-        for image_id, path in enumerate(bar, start=1):
-            image = read_image(path)
+        image_id = 0
+        for path in bar:
+            try:
+                image = read_image(path)
+            except ImageTooLarge as exc:
+                print(f"warning: {exc}", file=sys.stderr)
+                continue
+            image_id += 1
             det = runner(image)
             results += coco_rows(det, image_id, category_ids, score_thresh=score_thresh)
-            entries.append(
-                {
-                    "id": image_id,
-                    "file_name": str(path),
-                    "width": image.width,
-                    "height": image.height,
-                }
-            )
+            entry = {
+                "id": image_id,
+                "file_name": str(path),
+                "width": image.width,
+                "height": image.height,
+            }
             if draw:
-                name = (
-                    f"{path.stem}.png" if path.stem not in names else f"{path.stem}_{image_id}.png"
+                entry["drawing"] = drawing_name(path, image_id, names)
+                draw_detections(image, det, runner.categories, score_thresh).save(
+                    tmp / entry["drawing"]
                 )
-                names.add(path.stem)
-                draw_detections(image, det, runner.categories, score_thresh).save(tmp / name)
+            entries.append(entry)
+        if not entries:
+            raise UserError("no image could be read (every one was skipped)", str(inputs[0]))
         categories = [{"id": c.id, "name": c.name} for c in runner.categories]
         (tmp / "detections.json").write_text(json.dumps(results))
         (tmp / "images.json").write_text(
@@ -107,7 +127,18 @@ def predict(
             os.replace(file, out / file.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"images": len(images), "detections": len(results)}
+    return {"images": len(entries), "detections": len(results)}
+
+
+def drawing_name(path: Path, image_id: int, taken: set[str]) -> str:
+    """``<stem>.png``, or ``<stem>_<image_id>.png`` (then ``_2``...) where that name is
+    ``taken`` (``x.jpg`` and ``x.png``, or two folders' ``x.jpg``); added to ``taken``."""
+    name, n = f"{path.stem}.png", 1
+    while name in taken:
+        name = f"{path.stem}_{image_id}{'' if n == 1 else f'_{n}'}.png"
+        n += 1
+    taken.add(name)
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error("give at least one image file or folder after the checkpoint")
     try:
+        output_folder(args.out)  # before the model is loaded
         runner = make_runner(checkpoint, args.onnx, args.mode)
         counts = predict(
             runner, paths, args.out, args.score_thresh, not args.no_draw, sys.stderr.isatty()

@@ -12,13 +12,22 @@ score. ``pss.predict`` draws its PNGs with :func:`draw_detections`,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pss.deploy.inference import Category, LoadedModel, TorchRunner, load_model, read_image
+from pss.deploy.inference import (
+    Category,
+    ImageTooLarge,
+    LoadedModel,
+    TorchRunner,
+    load_model,
+    read_image,
+)
+from pss.errors import UserError
 from pss.models.decode import Detections, modes_for
 
 # Columns of draw_modes, left to right, and what each one shows.
@@ -156,7 +165,11 @@ def draw_runners(
     image to its detections in the image's pixels (labels index ``categories``)."""
     rows = []
     for item in images:
-        image = item if isinstance(item, Image.Image) else read_image(item)
+        try:
+            image = item if isinstance(item, Image.Image) else read_image(item)
+        except ImageTooLarge as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
         name = "" if isinstance(item, Image.Image) else f"{Path(item).name}  "
         panels = []
         for mode, runner in runners.items():
@@ -166,6 +179,8 @@ def draw_runners(
             header = _header(f"{name}{MODE_TITLES[mode]} ({count} > {score_thresh:g})", panel.width)
             panels.append((header, panel))
         rows.append(panels)
+    if not rows:
+        raise UserError("no image could be read (every one was skipped)", str(images[0]))
     gap = 6
     width = max(sum(p.width for _, p in row) + gap * (len(row) - 1) for row in rows)
     height = sum(max(h.height + p.height for h, p in row) for row in rows) + gap * (len(rows) - 1)

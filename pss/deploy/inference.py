@@ -17,7 +17,9 @@ they give the same detections. Every problem with an input is one
 from __future__ import annotations
 
 import json
+import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,13 +122,69 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
     return found
 
 
+class ImageTooLarge(UserError):
+    """An image over Pillow's size limit (``Image.MAX_IMAGE_PIXELS``): commands skip it."""
+
+
 def read_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; an unreadable or corrupt file is a UserError naming it."""
+    """An RGB PIL image; an unreadable or corrupt file is a UserError naming it, one over
+    Pillow's size limit (a possible decompression bomb) an :class:`ImageTooLarge`."""
     try:
-        with Image.open(path) as file:
-            return file.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as file:
+                return file.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(
+            f"larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; skipped", str(path)
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UserError(f"cannot read image: {exc}", str(path)) from None
+
+
+def output_folder(out: str | Path) -> Path:
+    """``--out DIR`` checked before any work: not a file, and DIR (or the folder it will be
+    made in) and its parent writable. Files an earlier call wrote in DIR are replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError("is a file; --out names a folder (made if missing)", str(out))
+    _writable(out.parent, out)
+    if out.is_dir():
+        _writable(out, out)
+    return out
+
+
+def output_file(out: str | Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
+    """``--out FILE`` checked before any work; an existing folder means ``folder/default_name``.
+
+    The file's folder (or where it will be made) must be writable; an existing file is
+    replaced only if it is of the kind written (``suffixes``, e.g. an earlier call's
+    output): anything else is refused rather than overwritten.
+    """
+    out = Path(out)
+    if out.is_dir():
+        out = out / default_name
+    if out.suffix.lower() not in suffixes:
+        what = "an existing file that is not" if out.exists() else "not"
+        raise UserError(
+            f"{what} a {'/'.join(suffixes)} file; --out names one (or a folder)", str(out)
+        )
+    if out.exists() and not out.is_file():
+        raise UserError("exists and is not a file; --out names a file or a folder", str(out))
+    _writable(out.parent, out)
+    return out
+
+
+def _writable(folder: Path, out: Path) -> None:
+    """UserError naming ``out`` unless files can be made in ``folder`` (or, where it does
+    not exist yet, in its nearest existing parent, which must be a folder)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot be made: {existing} is a file, not a folder", str(out))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot be written: no permission to write in {existing}", str(out))
 
 
 @dataclass
