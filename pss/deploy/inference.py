@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,8 +184,13 @@ def _writable(folder: Path, out: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot be made: {existing} is a file, not a folder", str(out))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot be written: no permission to write in {existing}", str(out))
+    try:  # a file made and removed: permissions, read-only mounts, root included
+        fd, probe = tempfile.mkstemp(prefix=".pss-probe-", dir=existing)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot be written: {why} in {existing}", str(out)) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @dataclass
