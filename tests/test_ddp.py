@@ -15,8 +15,12 @@ alone changes a 4-step run's weights by up to 2.4e-5 here (oneDNN sums in
 another order), 50 times what two ranks change. Tolerances (float32; the two
 sides differ only in summation order): gradients and weights after one step
 ``rtol=1e-4, atol=1e-6``; the loss curve of a 4-iteration run 1e-4 relative;
-weights after it ``rtol=1e-3, atol=1e-5``. Evaluation (detections and COCO
-metrics) and resume must match exactly.
+weights after it ``rtol=1e-3, atol=1e-4`` and, each weight tensor as a whole,
+|b - a| / |a| <= 1e-3. (On an AMD EPYC with AVX-512 the two sides' summation
+orders leave up to 2.1e-5 between single weights after 4 steps, 1.7e-4 of a tensor's
+norm at most, with loss curves 1.5e-6 apart: the earlier ``atol=1e-5``, set on
+another CPU, failed there.) Evaluation (detections and COCO metrics) and resume
+must match exactly.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from pss.tracking.logger import search_runs
 
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}
 CURVE_RTOL = 1e-4
-WEIGHT_TOL = {"rtol": 1e-3, "atol": 1e-5}
+WEIGHT_TOL = {"rtol": 1e-3, "atol": 1e-4}
+WEIGHT_NORM_RTOL = 1e-3  # |b - a| / |a| of a whole tensor
 COCO_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "mAR")
 
 
@@ -285,6 +290,9 @@ def test_a_two_rank_run_has_one_process_loss_curve_and_weights(single, two_ranks
     b = load_checkpoint(two_ranks[0] / "last.pth")["model"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], **WEIGHT_TOL, msg=key)
+        if a[key].is_floating_point() and a[key].dim() >= 2:  # conv and linear weights
+            gap = (b[key] - a[key]).norm() / a[key].norm().clamp(min=1e-12)
+            assert gap <= WEIGHT_NORM_RTOL, (key, float(gap))
 
 
 def test_only_rank_0_logs_and_writes_checkpoints(two_ranks):
