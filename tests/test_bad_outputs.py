@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
-from pss.errors import EXIT_INVALID, EXIT_OK
+from pss.errors import EXIT_OK
+from pss.testing.commands import assert_refused as refused
+from pss.testing.commands import run_command
 from pss.testing.deploy import write_checkpoint, write_images
 
 
@@ -28,22 +29,12 @@ def images(tmp_path_factory):
 
 
 def run(module: str, *argv: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, argv)],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_command(["-m", module, *argv], cwd)
 
 
 def assert_refused(proc: subprocess.CompletedProcess, named: Path, said: str) -> None:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == EXIT_INVALID, out[-3000:]
-    assert "Traceback" not in out and proc.stderr.count("\n") == 1, out[-3000:]
-    assert proc.stderr.startswith("error: ") and str(named) in proc.stderr, out
-    assert said in proc.stderr, out
+    refused(proc, named, said)
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def notes(path: Path) -> Path:

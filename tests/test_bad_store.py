@@ -8,16 +8,16 @@ still becomes a store.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pss.errors import EXIT_INVALID, UserError
+from pss.errors import UserError
 from pss.testing import REPO
+from pss.testing.commands import assert_refused as refused
+from pss.testing.commands import run_command
 from pss.testing.configs import tiny_train_overrides
 from pss.tracking.store import KNOWN_SCHEMA, check_store
 
@@ -59,24 +59,11 @@ BROKEN = {
 
 
 def run(argv: list[str], store: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-    return subprocess.run(
-        [sys.executable, *argv],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_command(argv, cwd, {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
 
 
 def assert_refused(proc: subprocess.CompletedProcess, store: Path, said: str) -> None:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == EXIT_INVALID, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(store) in errors[0] and said in errors[0], out[-3000:]
+    refused(proc, store, said)
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
