@@ -217,7 +217,6 @@ class Loop:
 
 def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
     """Check the input and build the training, restored from ``resume`` (a checkpoint)."""
-    log.info("%s", check_data(cfg.data))  # both splits, before anything trains (cached)
     device = dist.init_from_environment()
     t = cfg.train
     amp = autocast_dtype(t.amp, device)
@@ -226,6 +225,7 @@ def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
             f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
         )
     state = load_checkpoint(resume) if resume else None
+    log.info("%s", check_data(cfg.data))  # both splits, before anything trains (cached)
     train_set, val_set = _datasets(cfg)
     if state is not None:
         check_fingerprint(state["fingerprint"], cfg.fingerprint(), str(resume))
