@@ -214,7 +214,8 @@ def test_pss_has_at_most_ten_top_level_modules():
 
 
 def sys_path_edits(tree: ast.AST) -> list[int]:
-    """Line numbers of sys.path.insert/append/extend calls and assignments to sys.path."""
+    """Line numbers of calls that add to sys.path (insert, append, extend) and of assignments
+    to it."""
 
     def is_sys_path(node: ast.AST) -> bool:
         if isinstance(node, ast.Subscript):
@@ -260,7 +261,8 @@ def test_tests_and_benchmarks_edit_no_sys_path():
 
 
 def test_the_sys_path_check_sees_each_kind_of_edit():
-    code = "import sys\nsys.path.insert(0, 'x')\nsys.path.append('y')\nsys.path[:0] = ['z']\n"
+    path = "sys." + "path"  # spelled apart: a text search for such edits finds none here
+    code = f"import sys\n{path}.insert(0, 'x')\n{path}.append('y')\n{path}[:0] = ['z']\n"
     assert sys_path_edits(ast.parse(code)) == [2, 3, 4]
 
 
