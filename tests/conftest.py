@@ -19,6 +19,7 @@ import torch
 
 from pss.data import ensure_shapes
 from pss.testing.configs import TINY_SHAPES, write_tiny_overlay
+from pss.testing.deploy import write_checkpoint, write_images
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +162,14 @@ def pytest_sessionfinish(session, exitstatus):
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+
+# A small trained-looking checkpoint and a folder of photos, for the predict / export /
+# visualize tests (one of each per test module).
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.pth")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images") / "photos")

@@ -15,17 +15,6 @@ import pytest
 from pss.errors import EXIT_OK
 from pss.testing.commands import assert_refused as refused
 from pss.testing.commands import run_command
-from pss.testing.deploy import write_checkpoint, write_images
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.pth")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_images(tmp_path_factory.mktemp("images") / "photos")
 
 
 def run(module: str, *argv: str | Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -21,18 +21,7 @@ from pss.testing.deploy import (
     lively,
     small_deploy_config,
     write_checkpoint,
-    write_images,
 )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.pth")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_images(tmp_path_factory.mktemp("images") / "photos")
 
 
 @pytest.mark.parametrize("name", ["fcos", "atss", "fcos_pss", "atss_pss"])
