@@ -1,9 +1,13 @@
-"""The one exception type users see for bad input.
+"""The two exception types a person sees: bad input, and a run that could not go on.
 
 Every user-facing input (config, override, spec, dataset file, checkpoint,
 cluster profile) that is wrong raises :class:`UserError` with a message that
 names the file and the problem. Command-line entry points catch it, print the
 message alone (no traceback) and exit with :data:`EXIT_INVALID` (see docs/cli.md).
+
+A run that started and then cannot go on (the training diverged, an image changed
+on disk after the data check, a checkpoint could not be written) raises a
+:class:`RunFailed`: one line, the run marked FAILED, exit :data:`EXIT_FAILED`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ class UserError(Exception):
     def __init__(self, message: str, source: str | None = None) -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
+
+
+class RunFailed(RuntimeError):
+    """A run that started could not go on: one line for a person (exit :data:`EXIT_FAILED`).
+
+    The message stays one line even when raised in a DataLoader worker: torch re-raises
+    a worker's exception in the main process as ``type(exc)(text)``, the text being
+    "Caught X in DataLoader worker process N" and the worker's whole traceback, whose
+    last line is ``module.X: <the message>``; that message is what is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
 
 
 def nearest(name: str, candidates: Iterable[str]) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from pss.config import ExperimentConfig, add_config_arguments, load_config
 from pss.contract import AP50, MAP, MAR, TAG_PROOF, TAG_SEED, metric_name
 from pss.data import ensure_shapes
-from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, RunFailed, UserError
 
 PROOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "proof"
 MODELS = ("fcos", "fcos_pss")
@@ -165,15 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     import torch
 
-    from pss.engine.train import TrainingDiverged
-
     torch.set_num_threads(args.threads)
     try:
         results = run_proof(args.overrides, args.out, args.experiment)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except TrainingDiverged as exc:
+    except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     holds, why = verdict(results["fcos"].metrics, results["fcos_pss"].metrics, raw_gap=args.raw_gap)

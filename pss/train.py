@@ -3,9 +3,9 @@
     python -m pss.train experiments/fcos_pss_r50_3x.yaml [experiments/smoke/overlay.yaml]
         [--set train.epochs=2 ...] [--resume PATH|auto] [--experiment NAME] [--run-name NAME]
 
-Exit status: 0 finished, 1 the run failed (the loss diverged, a checkpoint could not be
-written), 2 bad input (config, data files, checkpoint), with one message on stderr
-(docs/cli.md).
+Exit status: 0 finished, 1 the run failed (it diverged, an image changed on disk after
+the data check, a checkpoint could not be written), 2 bad input (config, data files,
+checkpoint), with one message on stderr (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import logging
 import sys
 
 from pss.config import add_config_arguments, load_config
-from pss.engine.checkpoint import CheckpointNotSaved
 from pss.engine.lifecycle import RunInfo
-from pss.engine.train import TrainingDiverged, train
-from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+from pss.engine.train import train
+from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, RunFailed, UserError
 from pss.tracking.store import check_store, current_uri
 
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except (TrainingDiverged, CheckpointNotSaved) as exc:
+    except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for key in sorted(k for k in metrics if k.startswith(("mAP", "mAR"))):

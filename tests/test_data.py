@@ -27,6 +27,7 @@ from pss.data import (
     collate,
     set_epoch,
 )
+from pss.data.coco import ImageFailed
 from pss.data.shapes import generate
 from pss.errors import UserError
 
@@ -420,7 +421,7 @@ def test_image_size_disagreeing_with_annotations(tiny: tuple[Path, Path]) -> Non
     images, ann = tiny
     write_png(images / "a.png", 32, 48)
     ds = CocoDetection(images, ann, None, train=True)
-    with pytest.raises(UserError, match="image is 32x48") as err:
+    with pytest.raises(ImageFailed, match="image is 32x48 mid-run") as err:
         ds[0]
     assert str(images / "a.png") in str(err.value)
 

@@ -146,12 +146,31 @@ def test_non_finite_loss_stops_with_a_clear_error(shapes_root, tmp_path, trackin
         return losses
 
     monkeypatch.setattr(Detector, "losses", poisoned)
-    with pytest.raises(TrainingDiverged, match="non-finite loss at epoch 1, iteration 0"):
+    with pytest.raises(TrainingDiverged, match=r"iteration 0 \(epoch 1, .*non-finite loss"):
         train(cfg, run=RunInfo(experiment="nan"))
     (run,) = search_runs("nan")
     assert run.info.status == "FAILED"
     artifacts = [a.path for a in MlflowClient().list_artifacts(run.info.run_id)]
     assert "traceback.txt" in artifacts
+    assert not (cfg.run_dir / "last.pth").exists()
+
+
+def test_non_finite_gradients_stop_before_the_step(shapes_root, tmp_path, tracking, monkeypatch):
+    """A finite loss whose gradients are not (a NaN through one weight's gradient hook):
+    no optimizer step is taken with them, and the message says gradients."""
+    cfg = cfg_for(shapes_root, tmp_path / "nan-grad")
+    original = Detector.losses
+
+    def poisoned(self, out, targets):
+        weight = next(self.head.parameters())
+        weight.register_hook(lambda grad: grad * float("nan"))
+        return original(self, out, targets)
+
+    monkeypatch.setattr(Detector, "losses", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"iteration 0 \(epoch 1, .*non-finite gradients"):
+        train(cfg, run=RunInfo(experiment="nan-grad"))
+    (run,) = search_runs("nan-grad")
+    assert run.info.status == "FAILED"
     assert not (cfg.run_dir / "last.pth").exists()
 
 

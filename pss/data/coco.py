@@ -44,7 +44,7 @@ from pss.data.check import (
 )
 from pss.data.sampler import ShardedBatches
 from pss.data.transforms import Compose, Normalize, Target, build_transforms
-from pss.errors import UserError
+from pss.errors import RunFailed
 
 # ----------------------------------------------------------------------------
 # Dataset (the rules of a valid file, image and box live in pss.data.check)
@@ -60,6 +60,10 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None) -> COCO
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+class ImageFailed(RunFailed):
+    """An image the data check passed could not be used mid-run (it changed on disk)."""
 
 
 class CocoDetection(Dataset):
@@ -185,14 +189,17 @@ class CocoDetection(Dataset):
         try:
             with Image.open(path) as file:
                 image = file.convert("RGB")
-        except OSError as exc:
-            raise UserError(f"cannot read image: {exc}", str(path)) from None
+        except (OSError, Image.DecompressionBombError) as exc:
+            reason = str(exc).replace(f" '{path}'", "")  # Pillow names the file too
+            raise ImageFailed(
+                f"{path}: cannot read the image mid-run, after the data check passed it ({reason})"
+            ) from None
         width, height = image.size
         declared_h, declared_w = (int(v) for v in self._declared[index])
         if declared_size_differs((declared_h, declared_w), (height, width)):
-            raise UserError(
-                f"image is {width}x{height} but {self.ann_file} says {declared_w}x{declared_h}",
-                str(path),
+            raise ImageFailed(
+                f"{path}: the image is {width}x{height} mid-run but {self.ann_file} "
+                f"says {declared_w}x{declared_h}"
             )
         target = self.load_target(index, height, width)
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pss.errors import UserError
+from pss.errors import RunFailed, UserError
 
 REQUIRED = ("model", "epoch", "iteration", "fingerprint")
 
 
-class CheckpointNotSaved(RuntimeError):
+class CheckpointNotSaved(RunFailed):
     """Writing a checkpoint failed (a full disk, a quota); the previous one is intact."""
 
 

@@ -47,7 +47,7 @@ from pss.engine.lifecycle import (
     evaluation_due,
     open_run,
 )
-from pss.errors import UserError
+from pss.errors import RunFailed, UserError
 from pss.models import Detector
 from pss.models.decode import modes_for
 from pss.tracking.logger import KILLED, Tracker
@@ -55,8 +55,8 @@ from pss.tracking.logger import KILLED, Tracker
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(RunFailed):
+    """The loss, the gradients or the weights became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------- set-up
@@ -293,13 +293,41 @@ def _datasets(cfg: ExperimentConfig) -> tuple[CocoDetection, CocoDetection]:
 # --------------------------------------------------------------------------- loop
 
 
-def _check_finite(losses: dict[str, float], epoch: int, it: int) -> None:
-    if not math.isfinite(losses["loss"]):
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-        raise TrainingDiverged(
-            f"non-finite loss at epoch {epoch}, iteration {it} ({parts}); "
-            "lower train.base_lr or check the data"
+_WHAT_TO_TRY = (
+    "try a lower train.base_lr, a longer train.warmup_iters or a smaller train.grad_clip, "
+    "and check the data"
+)
+
+
+def _diverged(loop: Loop, epoch: int, what: str) -> TrainingDiverged:
+    """One line: the iteration, what went non-finite, the learning rate, what to try."""
+    lr = loop.scheduler.get_last_lr()[0]
+    kept = (
+        f"{loop.cfg.run_dir / contract.CHECKPOINT} (epoch {loop.epoch}) is from before it"
+        if loop.epoch
+        else "no checkpoint was written"
+    )
+    return TrainingDiverged(
+        f"training diverged at iteration {loop.iteration} (epoch {epoch}, lr {lr:.3g}): "
+        f"{what}; {_WHAT_TO_TRY}; {kept}"
+    )
+
+
+def _check_losses(loop: Loop, epoch: int, losses: dict[str, float]) -> None:
+    """Every loss of the global batch finite (the same dict on every rank: all stop)."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        good = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
+        raise _diverged(
+            loop, epoch, f"non-finite {', '.join(bad)}" + (f" ({good})" if good else "")
         )
+
+
+def _check_weights(loop: Loop, epoch: int) -> None:
+    """Every weight finite, before this epoch is evaluated and its checkpoint written."""
+    for name, param in loop.detector.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise _diverged(loop, epoch, f"non-finite weights after the epoch ({name})")
 
 
 def forward_losses(
@@ -330,22 +358,32 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     grad_clip: float | None,
-) -> None:
-    """Backward (scaled for float16), gradient clipping on the true gradients, step."""
+) -> bool:
+    """Backward (scaled for float16), gradient clipping on the true gradients, step.
+
+    Returns False, without stepping, when the gradients are not finite (float32 and
+    bfloat16; with float16 the scaler skips such steps and lowers its scale itself).
+    Under DDP the gradients are already averaged, so every rank answers the same.
+    """
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     if grad_clip:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        nn.utils.clip_grad_norm_(params, grad_clip)
+        norm = nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
-    else:
-        optimizer.step()
+        return True
+    if not bool(torch.isfinite(norm)):
+        return False
+    optimizer.step()
+    return True
 
 
 class _LossLog:
@@ -401,8 +439,9 @@ def train_one_epoch(loop: Loop, epoch: int, tracker: Tracker) -> None:
         images = images.to(loop.device, non_blocking=True)
         targets = [{k: tg[k].to(loop.device) for k in ("boxes", "labels")} for tg in targets]
         loss, losses = forward_losses(loop.model, loop.detector, images, targets, loop.amp)
-        _check_finite(losses, epoch, loop.iteration)
-        optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip)
+        _check_losses(loop, epoch, losses)
+        if not optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip):
+            raise _diverged(loop, epoch, f"non-finite gradients (loss={losses['loss']:.4g})")
         loop.scheduler.step()
         loop.iteration += 1
         losses_log.add(step, losses)
@@ -454,6 +493,7 @@ def _epochs(
         tracker.log_metrics(metrics, step=epochs)
     for epoch in range(loop.epoch + 1, epochs + 1):
         train_one_epoch(loop, epoch, tracker)
+        _check_weights(loop, epoch)
         # Evaluate before the checkpoint: a job stopped in between resumes from the
         # previous epoch and evaluates this one again, so no evaluation goes missing.
         if evaluation_due(epoch, cfg.eval.interval, epochs):

@@ -135,14 +135,20 @@ def one_to_one(
     score (``scipy.optimize.linear_sum_assignment``); 'top1' takes pairs
     greedily in descending score, which is the per-object argmax whenever the
     Omega_j are disjoint (always so for FCOS and ATSS).
+
+    Pairs whose score is not finite (a diverging network's NaN or infinite
+    predictions) are no candidates: the solver never sees them, and the training
+    loop's check of the losses, which are non-finite too, says what diverged.
     """
     device = quality.device
     selected = np.full(num_objects, -1, dtype=np.int64)
-    if quality.numel() == 0 or num_objects == 0:
-        return torch.from_numpy(selected).to(device)
     q = quality.detach().float().cpu().numpy()
-    locs = loc.cpu().numpy()
-    objs = obj.cpu().numpy()
+    finite = np.isfinite(q)
+    q = q[finite]
+    locs = loc.cpu().numpy()[finite]
+    objs = obj.cpu().numpy()[finite]
+    if q.size == 0 or num_objects == 0:
+        return torch.from_numpy(selected).to(device)
     if solver == "hungarian":
         uniq, col = np.unique(locs, return_inverse=True)
         member = np.zeros((num_objects, len(uniq)), dtype=bool)

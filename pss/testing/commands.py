@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pss.errors import EXIT_INVALID
+from pss.errors import EXIT_FAILED, EXIT_INVALID
 
 
 def run_command(
@@ -29,8 +29,20 @@ def run_command(
 def assert_refused(proc: subprocess.CompletedProcess, named: Path | str, said: str) -> str:
     """Bad input refused as docs/cli.md says: exit 2, no traceback, one ``error:`` line
     naming ``named`` and saying ``said``. Returns that line."""
+    return assert_one_error(proc, EXIT_INVALID, named, said)
+
+
+def assert_failed(proc: subprocess.CompletedProcess, named: Path | str, said: str) -> str:
+    """A run that could not go on, as docs/cli.md says: exit 1, no traceback, one
+    ``error:`` line naming ``named`` and saying ``said``. Returns that line."""
+    return assert_one_error(proc, EXIT_FAILED, named, said)
+
+
+def assert_one_error(
+    proc: subprocess.CompletedProcess, code: int, named: Path | str, said: str
+) -> str:
     out = proc.stdout + proc.stderr
-    assert proc.returncode == EXIT_INVALID, out[-3000:]
+    assert proc.returncode == code, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, out[-3000:]
