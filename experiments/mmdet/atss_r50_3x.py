@@ -6,6 +6,8 @@ recipe = _base_.recipe_3x
 
 model = dict(data_preprocessor=recipe.data_preprocessor, backbone=recipe.backbone)
 train_dataloader = dict(dataset=dict(pipeline=recipe.train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=recipe.test_pipeline))
+test_dataloader = val_dataloader
 train_cfg = recipe.train_cfg
 param_scheduler = recipe.param_scheduler
 optim_wrapper = recipe.optim_wrapper

@@ -436,16 +436,24 @@ def train_one_epoch(loop: Loop, epoch: int, tracker: Tracker) -> None:
     for step, (images, targets) in enumerate(loop.train_loader(epoch)):
         if step >= loop.iters:
             break
-        images = images.to(loop.device, non_blocking=True)
-        targets = [{k: tg[k].to(loop.device) for k in ("boxes", "labels")} for tg in targets]
-        loss, losses = forward_losses(loop.model, loop.detector, images, targets, loop.amp)
-        _check_losses(loop, epoch, losses)
-        if not optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip):
-            raise _diverged(loop, epoch, f"non-finite gradients (loss={losses['loss']:.4g})")
-        loop.scheduler.step()
-        loop.iteration += 1
-        losses_log.add(step, losses)
+        losses_log.add(step, train_step(loop, epoch, images, targets))
     losses_log.close()
+
+
+def train_step(
+    loop: Loop, epoch: int, images: torch.Tensor, targets: list[dict[str, Any]]
+) -> dict[str, float]:
+    """One optimizer step on one batch of this process (images [b, 3, H, W], the loader's
+    targets), the schedule stepped after it; returns the global batch's losses."""
+    images = images.to(loop.device, non_blocking=True)
+    targets = [{k: tg[k].to(loop.device) for k in ("boxes", "labels")} for tg in targets]
+    loss, losses = forward_losses(loop.model, loop.detector, images, targets, loop.amp)
+    _check_losses(loop, epoch, losses)
+    if not optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip):
+        raise _diverged(loop, epoch, f"non-finite gradients (loss={losses['loss']:.4g})")
+    loop.scheduler.step()
+    loop.iteration += 1
+    return losses
 
 
 def train(

@@ -40,9 +40,9 @@ train_dataloader = dict(
         data_prefix=dict(img='train/'),
         indices=800,  # 100 iterations of 8 per epoch
         pipeline=[
-            dict(type='LoadImageFromFile'),
+            dict(type='LoadImageFromFile', imdecode_backend='pillow'),
             dict(type='LoadAnnotations', with_bbox=True),
-            dict(type='RandomChoiceResize', scales=[(192, 96)], keep_ratio=True),
+            dict(type='RandomChoiceResize', scales=[(192, 96)], keep_ratio=True, backend='pillow'),
             dict(type='RandomFlip', prob=0.5),
             dict(type='PackDetInputs'),
         ]))
@@ -56,8 +56,8 @@ val_dataloader = dict(
         ann_file='annotations/val.json',
         data_prefix=dict(img='val/'),
         pipeline=[
-            dict(type='LoadImageFromFile'),
-            dict(type='Resize', scale=(192, 144), keep_ratio=True),
+            dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+            dict(type='Resize', scale=(192, 144), keep_ratio=True, backend='pillow'),
             dict(type='LoadAnnotations', with_bbox=True),
             dict(
                 type='PackDetInputs',
@@ -69,7 +69,7 @@ test_evaluator = val_evaluator
 
 train_cfg = dict(max_epochs=10, val_interval=5)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=200),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=201),
     dict(type='MultiStepLR', begin=0, end=10, by_epoch=True, milestones=[9], gamma=0.1),
 ]
 optim_wrapper = dict(
