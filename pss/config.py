@@ -20,10 +20,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pss.contract import MODES, has_pss
 from pss.errors import UserError, nearest, validation_error
@@ -173,7 +180,9 @@ class DataConfig(_Section):
     val_annotations: str = "annotations/instances_val2017.json"
     synthetic: SyntheticConfig | None = None
     # Multi-scale training: the shorter side is drawn from this list.
-    train_scales: list[int] = list(range(480, 801, 32))
+    train_scales: list[Annotated[int, Field(ge=32)]] = Field(
+        default_factory=lambda: list(range(480, 801, 32)), min_length=1
+    )
     max_size: int = Field(1333, ge=32)
     test_scale: int = Field(800, ge=32)
     flip_prob: float = Field(0.5, ge=0, le=1)
@@ -217,8 +226,17 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     interval: int = Field(1, ge=1)  # evaluate every N epochs and at the end
-    modes: list[Literal[EVAL_MODES]] = list(EVAL_MODES)  # type: ignore[valid-type]
+    modes: list[Literal[EVAL_MODES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EVAL_MODES), min_length=1
+    )
     batch_size: int = Field(1, ge=1)
+
+    @field_validator("modes")
+    @classmethod
+    def _distinct_modes(cls, modes: list[str]) -> list[str]:
+        if len(set(modes)) != len(modes):
+            raise ValueError(f"a mode is named twice: {modes}")
+        return modes
 
 
 class ExperimentConfig(_Section):
@@ -235,6 +253,11 @@ class ExperimentConfig(_Section):
             raise ValueError("train.trainable='pss' needs a *_pss model")
         if any(b <= a for a, b in zip(self.train.lr_steps, self.train.lr_steps[1:])):
             raise ValueError("train.lr_steps must increase")
+        if not self.model.has_pss and set(self.eval.modes) <= {"e2e"}:
+            raise ValueError(
+                f"eval.modes={self.eval.modes} leaves nothing to evaluate: e2e needs a PSS "
+                f"head and model.name={self.model.name} has none (add nms or raw)"
+            )
         return self
 
     @property

@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pss.contract import MODES, primary_mode
-from pss.deploy.draw import SCORE_THRESH, draw_detections
+from pss.deploy.draw import SCORE_THRESH, check_score_thresh, draw_detections
 from pss.deploy.inference import (
     ImageTooLarge,
     OnnxRunner,
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error("give at least one image file or folder after the checkpoint")
     try:
+        check_score_thresh(args.score_thresh)
         output_folder(args.out)  # before the model is loaded
         runner = make_runner(checkpoint, args.onnx, args.mode)
         counts = predict(

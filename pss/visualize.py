@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pss.deploy.draw import MODE_TITLES, SCORE_THRESH, draw_modes
+from pss.deploy.draw import MODE_TITLES, SCORE_THRESH, check_score_thresh, draw_modes
 from pss.deploy.inference import list_images, load_model, output_file
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
 from pss.models.decode import modes_for
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        check_score_thresh(args.score_thresh)
         out = output_file(args.out, "modes.png", (".png", ".jpg", ".jpeg"))
         images = list_images(args.images)
         model = load_model(args.checkpoint)

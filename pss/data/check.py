@@ -80,6 +80,8 @@ def read_annotations(ann_file: str | Path) -> dict[str, Any]:
         raise UserError("annotation file not found", src) from None
     except OSError as exc:
         raise UserError(f"cannot read annotation file: {exc.strerror or exc}", src) from None
+    if not text.strip():
+        raise UserError("the annotation file is empty (expected a COCO JSON object)", src)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -89,7 +91,15 @@ def read_annotations(ann_file: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UserError("not valid JSON (not UTF-8 text)", src) from None
     validate_annotations(data, src)
+    for ann in data["annotations"]:  # COCO evaluation sorts boxes into sizes by 'area'
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
     return data
+
+
+def _is_id(value: Any) -> bool:
+    """An integer id that numpy's int64 (the datasets' arrays) can hold."""
+    return type(value) is int and -(2**63) <= value < 2**63
 
 
 def validate_annotations(data: Any, src: str) -> None:
@@ -112,10 +122,17 @@ def validate_annotations(data: Any, src: str) -> None:
     for i, img in enumerate(data["images"]):
         if type(img) is not dict:
             raise UserError(f"images[{i}] must be an object, got {_type_name(img)}", src)
-        if type(img.get("id")) is not int:
-            raise UserError(f"images[{i}]: 'id' must be an integer, got {img.get('id')!r}", src)
-        if type(img.get("file_name")) is not str:
-            raise UserError(f"images[{i}] (id {img['id']}): 'file_name' must be a string", src)
+        if not _is_id(img.get("id")):
+            raise UserError(
+                f"images[{i}]: 'id' must be an integer of 64 bits at most, got {img.get('id')!r}",
+                src,
+            )
+        if type(img.get("file_name")) is not str or not img["file_name"]:
+            raise UserError(
+                f"images[{i}] (id {img['id']}): 'file_name' must be a non-empty string, "
+                f"got {img.get('file_name')!r}",
+                src,
+            )
         if img["id"] in image_ids:
             raise UserError(f"duplicate image id {img['id']} (images[{i}])", src)
         image_ids.add(img["id"])
@@ -130,8 +147,10 @@ def validate_annotations(data: Any, src: str) -> None:
 
     cat_ids: set[int] = set()
     for i, cat in enumerate(data["categories"]):
-        if type(cat) is not dict or type(cat.get("id")) is not int:
-            raise UserError(f"categories[{i}] must be an object with an integer 'id'", src)
+        if type(cat) is not dict or not _is_id(cat.get("id")):
+            raise UserError(
+                f"categories[{i}] must be an object with an integer 'id' (64 bits at most)", src
+            )
         if cat["id"] in cat_ids:
             raise UserError(f"duplicate category id {cat['id']} (categories[{i}])", src)
         cat_ids.add(cat["id"])
@@ -142,8 +161,11 @@ def validate_annotations(data: Any, src: str) -> None:
             raise UserError(f"annotations[{i}] must be an object, got {_type_name(ann)}", src)
         ann_id = ann.get("id")
         where = f"annotations[{i}] (id {ann_id})"
-        if type(ann_id) is not int:
-            raise UserError(f"annotations[{i}]: 'id' must be an integer, got {ann_id!r}", src)
+        if not _is_id(ann_id):
+            raise UserError(
+                f"annotations[{i}]: 'id' must be an integer of 64 bits at most, got {ann_id!r}",
+                src,
+            )
         if ann_id in ann_ids:
             raise UserError(f"duplicate annotation id {ann_id} (annotations[{i}])", src)
         ann_ids.add(ann_id)
@@ -160,8 +182,49 @@ def validate_annotations(data: Any, src: str) -> None:
             raise UserError(f"{where}: bbox {box} has non-finite values", src)
         if box[2] < 0 or box[3] < 0:
             raise UserError(f"{where}: bbox {box} has a negative width/height", src)
+        area = ann.get("area", 0)
+        if type(area) not in (int, float) or not (math.isfinite(area) and area >= 0):
+            raise UserError(
+                f"{where}: 'area' must be a number of square pixels >= 0 (or left out), "
+                f"got {area!r}",
+                src,
+            )
         if ann.get("iscrowd", 0) not in (0, 1):
             raise UserError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}", src)
+
+
+def category_list(data: dict[str, Any]) -> list[list]:
+    """[[id, name], ...] sorted by id, as the dataset reads them (a missing name: the id)."""
+    cats = sorted(data["categories"], key=lambda cat: cat["id"])
+    return [[cat["id"], str(cat.get("name", cat["id"]))] for cat in cats]
+
+
+def category_difference(train: list[list], val: list[list], train_file: str) -> str | None:
+    """How the validation file's categories differ from those of ``train_file``, or None.
+
+    The model's classes are the training file's categories in id order, and evaluation
+    maps them to the validation file's: the two lists must be the same, ids and names.
+    """
+    if [list(c) for c in train] == [list(c) for c in val]:
+        return None
+    ours, theirs = dict(map(tuple, train)), dict(map(tuple, val))
+
+    def shown(ids: list, names: dict) -> str:
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        return ", ".join(f"{i} '{names[i]}'" for i in ids[:3]) + more
+
+    parts = []
+    if missing := [i for i in ours if i not in theirs]:
+        parts.append(f"missing here: {shown(missing, ours)}")
+    if extra := [i for i in theirs if i not in ours]:
+        parts.append(f"not in the training file: {shown(extra, theirs)}")
+    for i in [i for i in ours if i in theirs and ours[i] != theirs[i]][:3]:
+        parts.append(f"id {i} is '{theirs[i]}' here, '{ours[i]}' there")
+    return (
+        f"its categories are not those of {train_file} ({'; '.join(parts)}); the model's "
+        "classes are the training file's categories, so both files must list the same ones "
+        "(ids and names)"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -170,9 +233,12 @@ def validate_annotations(data: Any, src: str) -> None:
 
 def _require_dir(image_dir: Path, src: str) -> None:
     if not image_dir.is_dir():
-        raise UserError(
-            f"image directory {image_dir} does not exist (needed by {src})", str(image_dir)
-        )
+        raise UserError(f"{_no_folder(image_dir)} (needed by {src})", str(image_dir))
+
+
+def _no_folder(image_dir: Path) -> str:
+    what = "is a file, not a folder" if image_dir.exists() else "does not exist"
+    return f"image directory {image_dir} {what}"
 
 
 def missing_image_files(data: dict[str, Any], image_dir: Path) -> list[str]:
@@ -314,6 +380,7 @@ class SplitReport:
     problems: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     cached: bool = False
+    categories: list[list] = dataclasses.field(default_factory=list)  # [id, name], by id
 
     def summary(self) -> str:
         """One line: counts, dropped boxes per reason, how the sizes were read, time or cache."""
@@ -356,13 +423,14 @@ def inspect_split(split: str, ann_file: Path, image_dir: Path, decode: bool = Fa
         report.problems.append(str(exc).removeprefix(f"{ann_file}: "))
         return report
     if not image_dir.is_dir():
-        report.problems.append(f"image directory {image_dir} does not exist")
+        report.problems.append(_no_folder(image_dir))
         return report
     try:
         missing = set(missing_image_files(data, image_dir))
     except UserError as exc:
         report.problems.append(str(exc))
         return report
+    report.categories = category_list(data)
     images = sorted(data["images"], key=lambda img: img["id"])
     report.images = n = len(images)
     names = [img["file_name"] for img in images]
@@ -437,7 +505,7 @@ def cache_dir() -> Path:
     return Path(base) / "pss" / "data-check"
 
 
-CACHE_VERSION = 1  # raise when a rule changes: older entries are then checked again
+CACHE_VERSION = 2  # raise when a rule changes: older entries are then checked again
 
 
 def _cache_key(ann_file: Path, image_dir: Path) -> dict[str, Any] | None:
@@ -563,6 +631,11 @@ def check_data(cfg: DataConfig, decode: bool = False, cache: bool | Path = True)
     for split in ("train", "val"):
         images, ann_file = split_files(cfg, split)
         splits.append(check_split(split, ann_file, images, decode, cache))
+    train, val = splits
+    if train.categories and val.categories:  # both files read
+        differ = category_difference(train.categories, val.categories, train.ann_file)
+        if differ:
+            val.problems.append(differ)
     report = DataReport(splits)
     if report.problems:
         lines = "\n".join(f"  {p}" for p in report.problems)

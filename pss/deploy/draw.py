@@ -54,6 +54,14 @@ PALETTE = (
 )
 
 
+def check_score_thresh(value: float) -> float:
+    """``--score-thresh`` of pss.predict and pss.visualize: scores lie in [0, 1], so a
+    threshold outside it (or nan) would keep every box or none."""
+    if not 0 <= value <= 1:  # also False for nan
+        raise UserError(f"--score-thresh must be a score from 0 to 1, got {value:g}")
+    return value
+
+
 def showcase_images(coco: dict[str, Any], count: int = 3) -> list[str]:
     """File names of the first ``count`` images (by id) of a COCO annotation dict holding
     at least three objects (not crowds), so that raw's duplicates show; the first images

@@ -68,16 +68,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"cannot read checkpoint ({first}); the file is damaged or not a checkpoint: "
-            "restore it, or delete it to start this run over",
+            f"cannot read checkpoint ({_why_unreadable(path, exc)}); the file is damaged or "
+            "not a checkpoint: restore it, or delete it to start this run over",
             str(path),
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
         raise UserError(f"not a pss checkpoint (missing {', '.join(missing)})", str(path))
     return state
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in a few words: torch's own messages run to a paragraph."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if not head:
+        return "the file is empty"
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, a legacy pickle
+        return f"not a PyTorch file: it starts with {head[:12]!r}"
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        return "it holds Python objects besides tensors, which pss never writes"
+    return text.split(". ")[0] or type(exc).__name__
 
 
 def load_model_weights(
