@@ -191,6 +191,14 @@ def test_settings_that_would_fail_after_an_epoch_are_refused_at_the_door(
     assert not out.exists() and runs_logged(tmp_path) == 0
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_anything(tmp_path, shapes_root):
+    out = tmp_path / "out"
+    out.write_text("a file, not a folder\n")
+    proc = run_train(tmp_path, *command("pss.train", shapes_root, out))
+    assert_refused(proc, out, "output_dir names a folder")
+    assert out.read_text() == "a file, not a folder\n" and runs_logged(tmp_path) == 0
+
+
 def _whole_model(path: Path) -> None:
     torch.save(torch.nn.Linear(2, 2), path)  # a pickled module, not a state dict
 

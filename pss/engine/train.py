@@ -224,6 +224,7 @@ def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
         raise UserError(
             f"train.batch_size={t.batch_size} is not divisible by {dist.world_size()} processes"
         )
+    _check_run_dir(cfg)
     state = load_checkpoint(resume) if resume else None
     log.info("%s", check_data(cfg.data))  # both splits, before anything trains (cached)
     train_set, val_set = _datasets(cfg)
@@ -259,6 +260,19 @@ def build_loop(cfg: ExperimentConfig, resume: Path | None) -> Loop:
         loop.restore(state, str(resume))
         log.info("resumed from %s (epoch %d, iteration %d)", resume, loop.epoch, loop.iteration)
     return loop
+
+
+def _check_run_dir(cfg: ExperimentConfig) -> None:
+    """The run's folder can be made: no file where it, or a folder above it, goes."""
+    for folder in (cfg.run_dir, *cfg.run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(
+                    f"a file where the run's folder {cfg.run_dir} goes; output_dir names a "
+                    "folder (made if missing)",
+                    str(folder),
+                )
+            return
 
 
 def _parallel(detector: Detector, device: torch.device) -> nn.Module:
