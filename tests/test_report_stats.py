@@ -17,7 +17,7 @@ from pss.report import latex, markdown, metrics
 from pss.report.build import parse_formats
 from pss.report.collect import RunRecord, collect_cells, traceback_line
 from pss.report.layout import build_table
-from pss.report.stats import compare, seed_stats, welch_p
+from pss.report.stats import compare, paired, seed_stats, welch_p
 from pss.report.table import NOISE, SIGNIFICANT, fmt, fmt_diff
 from pss.sweep.expand import expand
 from pss.sweep.schema import load_spec
@@ -60,6 +60,20 @@ def test_welch_known_p_value():
     assert welch_p(a, b)[0] == pytest.approx(expected, rel=1e-9)
     cmp = compare(a, b).iloc[0]
     assert cmp.significant and not cmp.within_noise and cmp["diff"] == pytest.approx(-3.0)
+
+
+def test_paired_differences_against_scipy_and_by_hand():
+    diffs = pd.Series([-1.0, -2.4, 0.3, -0.8, math.nan, -1.2, 0.1])  # NaN: not compared
+    got = paired(diffs)
+    d = diffs.dropna()
+    assert got["p"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue, rel=1e-9)
+    assert (got["mean"], got["above"], got["n"]) == (pytest.approx(d.mean()), 2, 6)
+    # t = 1 / (1 / sqrt(5)) with 4 degrees of freedom, the closed form above
+    assert paired(pd.Series([1.0, 2.0, 0.0, 1.0, 1.0]))["p"] == pytest.approx(
+        2 * (1 - t_cdf_4(math.sqrt(5) / math.sqrt(0.5))), rel=1e-9
+    )
+    assert math.isnan(paired(pd.Series([0.5]))["p"])  # one pair: no test
+    assert math.isnan(paired(pd.Series([0.5, 0.5]))["p"])  # no variance
 
 
 def test_welch_closed_form_is_the_t_tail_at_four_degrees_of_freedom():

@@ -24,7 +24,7 @@ import pandas as pd
 from pss.errors import UserError
 from pss.report import metrics
 from pss.report.collect import CellResult
-from pss.report.stats import compare, seed_stats
+from pss.report.stats import compare, paired, seed_stats
 from pss.report.table import (
     DASH,
     NOISE,
@@ -177,6 +177,7 @@ def cell_stats(spec: Spec, groups: list[_Group], specs: list[ColumnSpec]) -> pd.
             [paper_value(spec, r.row, column.metric, r.mode) for r in results], ids, dtype=float
         )
         out[k] = ours.assign(
+            vs_base=cmp["diff"].where(compared),
             p=cmp["p"].where(compared),
             significant=cmp["significant"] & compared,
             within_noise=cmp["within_noise"] & compared,
@@ -295,15 +296,17 @@ def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool 
             rows.rows.append(row)
         out.append(rows)
     tested = bool(stats.xs("p", axis=1, level=1).notna().any(axis=None))
+    made_header = _header(spec, with_paper)
     made = Table(
         name=spec.name,
         title=table.title,
         caption=table.caption,
         row_headers=[k.header for k in table.rows],
-        header=_header(spec, with_paper),
+        header=made_header,
         groups=out,
         notes=notes.texts,
-        legend=_legend(spec, results, with_paper, tested),
+        legend=_legend(spec, results, with_paper, tested)
+        + (_paired_legend(made_header, stats) if table.paired else []),
     )
     numbers = stats.reindex(order)
     for ref, values in papers.items():  # the paper's values stand where our means do
@@ -371,6 +374,33 @@ def _baseline_text(spec: Spec, results: list[CellResult]) -> str:
         else:
             parts.append(f"{key} = {value}")
     return ", ".join(parts)
+
+
+def _paired_legend(header: list[HeaderGroup], stats: pd.DataFrame) -> list[str]:
+    """One line testing every row's difference from its baseline together, per column,
+    where three rows or more were compared: a systematic sign or not."""
+    ours = [
+        g.title if c.label == "ours" else f"{g.title} {c.label}".strip()
+        for g in header
+        for c in g.columns
+        if c.kind == "ours"
+    ]
+    parts = []
+    for k, name in enumerate(ours):
+        if (k, "vs_base") not in stats:
+            continue
+        t = paired(stats[(k, "vs_base")])
+        if t["n"] >= 3:
+            p = "n/a" if math.isnan(t["p"]) else f"{t['p']:.2f}"
+            parts.append(
+                f"{name} {t['mean']:+.2f} (p = {p}, {t['above']:.0f} of {t['n']:.0f} above)"
+            )
+    if not parts:
+        return []
+    return [
+        "Paired over the rows compared with their baseline (mean difference, one-sample "
+        "t-test of the differences, rows above the baseline): " + "; ".join(parts) + "."
+    ]
 
 
 def _legend(spec: Spec, results: list[CellResult], with_paper: bool, tested: bool) -> list[str]:

@@ -5,11 +5,14 @@ A cell trained with several seeds is summarised by the mean and sample standard 
 or a curve's values by epoch). A row is compared with its group's baseline row by Welch's
 t-test (unequal variances), which needs at least two seeds on both sides; a difference
 smaller than the larger of the two standard deviations is flagged as within seed noise,
-whatever the test says. Every function takes whole columns: one call for a table.
+whatever the test says. Over a whole table, the rows' differences from their baselines
+are tested together (:func:`paired`): is there a systematic sign? Every function takes
+whole columns: one call for a table.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -66,3 +69,18 @@ def compare(rows: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
             "within_noise": diff.abs() < noise,
         }
     )
+
+
+def paired(diffs: pd.Series) -> dict[str, float]:
+    """The rows' differences from their baselines taken together, as pairs: their ``mean``,
+    the two-sided ``p`` of the one-sample t-test of the mean against 0 (NaN for fewer than
+    two pairs or no variance), ``above`` (how many are > 0) and ``n``. NaNs are dropped."""
+    d = diffs.dropna().to_numpy(float)
+    out = {"mean": float(d.mean()) if len(d) else math.nan, "p": math.nan,
+           "above": float((d > 0).sum()), "n": float(len(d))}
+    if len(d) >= 2 and d.std(ddof=1) > 0:
+        from scipy.special import stdtr
+
+        t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+        out["p"] = float(2 * stdtr(len(d) - 1, -abs(t)))
+    return out

@@ -122,6 +122,9 @@ class TableSpec(_Strict):
     # Which row of each group the others are compared with (Welch's t-test), given as
     # row values, e.g. {model.pss.stop_grad: true}; or {cell: <id>} for one cell.
     baseline: dict[str, Any] | None = None
+    # Also test every compared row's difference from its baseline together (a legend line:
+    # mean difference, one-sample t-test, rows above): is there a systematic sign?
+    paired: bool = False
     reference_rows: list[ReferenceRow] = []
 
 
