@@ -146,8 +146,9 @@ def render(table: Table, label: str | None = None) -> str:
     columns = table.columns
     spec = "l" * len(table.row_headers) + "c" * len(columns)
     body: list[str] = []
+    grouped = any(len(group.rows) > 1 for group in table.groups)  # else no rules between rows
     for g, group in enumerate(table.groups):
-        if g:
+        if g and grouped:
             body.append(r"\midrule")
         for i, row in enumerate(group.rows):
             first = cell_tex(group.label) if i == 0 else ""

@@ -42,6 +42,8 @@ from pss.report.table import (
 )
 from pss.sweep.schema import ColumnSpec, LoadedSpec, ReferenceRow, RowKey, Spec
 
+NO_PSS_HEAD = "no PSS head: NMS only"  # the note of a baseline's end-to-end value
+
 
 def label(key: RowKey, value: Any) -> str:
     """The display text of a row key's value."""
@@ -227,7 +229,9 @@ def _result_row(
         metric = metrics.resolve(column.metric, result.mode)
         texts = [row_note] if row_note else []
         missing = result.without(metric)
-        if missing:
+        if result.mode != "e2e" and metrics.mode_of(metric) == "e2e":
+            texts.append(NO_PSS_HEAD)  # never logged: a baseline has no end-to-end mode
+        elif missing:
             ids = ", ".join(r.short_id for r in missing)
             what = "not logged" if len(missing) == len(result.runs) else "missing"
             texts.append(f"{result.id}: {metric} {what} (run {ids})")
@@ -296,6 +300,7 @@ def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool 
             rows.rows.append(row)
         out.append(rows)
     tested = bool(stats.xs("p", axis=1, level=1).notna().any(axis=None))
+    bold = any(c.bold for g in out for r in g.rows for c in r.cells)
     made_header = _header(spec, with_paper)
     made = Table(
         name=spec.name,
@@ -305,7 +310,7 @@ def build_table(loaded: LoadedSpec, results: list[CellResult], with_paper: bool 
         header=made_header,
         groups=out,
         notes=notes.texts,
-        legend=_legend(spec, results, with_paper, tested)
+        legend=_legend(spec, results, with_paper, tested, bold)
         + (_paired_legend(made_header, stats) if table.paired else []),
     )
     numbers = stats.reindex(order)
@@ -403,14 +408,18 @@ def _paired_legend(header: list[HeaderGroup], stats: pd.DataFrame) -> list[str]:
     ]
 
 
-def _legend(spec: Spec, results: list[CellResult], with_paper: bool, tested: bool) -> list[str]:
+def _legend(
+    spec: Spec, results: list[CellResult], with_paper: bool, tested: bool, bold: bool
+) -> list[str]:
+    """The lines under the table; ``bold``: whether some cell is bold (else no line on it)."""
     lines = []
     if len(spec.seeds) > 1 or any(len(r.runs) > 1 for r in results):
         lines.append(
             "Values: mean ± sample std over seeds (n = number of seeds, the newest finished "
             "run of each); a single value is one seed."
         )
-    lines.append("Bold: the best value of its group (highest accuracy, lowest time).")
+    if bold:
+        lines.append("Bold: the best value of its group (highest accuracy, lowest time).")
     if spec.table is not None and spec.table.baseline is not None:
         base = _baseline_text(spec, results)
         lines.append(

@@ -19,6 +19,12 @@ def is_time(metric: str) -> bool:
     return "ms" in metric.split("_")
 
 
+def mode_of(metric: str) -> str | None:
+    """The mode a metric is of ('e2e' for mAP_e2e, postprocess_ms_e2e), or None (forward_ms)."""
+    last = metric.rsplit("_", 1)[-1]
+    return last if last in MODE_LABELS else None
+
+
 def decimals(metric: str) -> int:
     return 2 if is_time(metric) else 1
 
