@@ -514,7 +514,9 @@ def _epochs(
         metrics = _evaluate(loop, epochs)
         tracker.log_metrics(metrics, step=epochs)
     for epoch in range(loop.epoch + 1, epochs + 1):
+        began = time.perf_counter()
         train_one_epoch(loop, epoch, tracker)
+        trained = time.perf_counter() - began
         _check_weights(loop, epoch)
         # Evaluate before the checkpoint: a job stopped in between resumes from the
         # previous epoch and evaluates this one again, so no evaluation goes missing.
@@ -523,6 +525,9 @@ def _epochs(
             tracker.log_metrics(metrics, step=epoch)
             if on_epoch is not None:
                 _call_on_every_rank(on_epoch, epoch, metrics)
+        took = time.perf_counter() - began  # sec_per_iter, images_per_sec, gpu_hours:
+        images = loop.iters * cfg.train.batch_size
+        tracker.log_cost(epoch, loop.iters, images, trained, took, dist.world_size())
         loop.epoch = epoch
         if dist.is_main():
             save_checkpoint(cfg.run_dir / contract.CHECKPOINT, loop.checkpoint(tracker.run_id))

@@ -26,8 +26,11 @@ from pss.contract import (
     EXPERIMENT_KIND_TRAINING,
     FAILED,
     FINISHED,
+    GPU_HOURS,
+    IMAGES_PER_SEC,
     KILLED,
     RUNNING,
+    SEC_PER_ITER,
     TAG_EXPERIMENT_KIND,
     TAG_GIT_COMMIT,
     TAG_SLURM_JOB_ID,
@@ -160,6 +163,25 @@ class Tracker:
         for start in range(0, len(batch), 500):
             retry(self.mlflow.log_batch, self.run_id, metrics=batch[start : start + 500])
 
+    def log_cost(
+        self, epoch: int, steps: int, images: int, train_s: float, epoch_s: float, gpus: int
+    ) -> dict[str, float]:
+        """Log what epoch ``epoch`` cost (step = epoch) and return it: ``steps`` optimizer
+        steps of ``images`` images in all took ``train_s`` wall seconds of training, and
+        ``epoch_s`` with its evaluation, on ``gpus`` processes (GPUs; CPU processes on a
+        CPU). ``gpu_hours`` adds up over the run, across a resume into the same run."""
+        if not hasattr(self, "_spent"):
+            stored = retry(self.mlflow.get_run, self.run_id).data.metrics
+            self._spent = float(stored.get(GPU_HOURS, 0.0))  # before a resume
+        self._spent += gpus * epoch_s / 3600.0
+        cost = {
+            SEC_PER_ITER: train_s / max(steps, 1),
+            IMAGES_PER_SEC: images / train_s if train_s > 0 else 0.0,
+            GPU_HOURS: self._spent,
+        }
+        self.log_metrics(cost, step=epoch)
+        return cost
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         retry(self.mlflow.log_artifact, self.run_id, str(path), artifact_path)
 
@@ -190,6 +212,9 @@ class NullTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_cost(self, *args: Any) -> dict[str, float]:
+        return {}
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def finish(self, status: str = FINISHED) -> None: ...
