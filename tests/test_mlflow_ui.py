@@ -27,7 +27,20 @@ FIG3 = REPO / "sweeps" / "fig3.yaml"
 def test_table_view_lists_row_keys_and_table_metrics():
     params, metrics = mlflow_ui.view_columns(load_spec(TABLE5))
     assert params == ["model.name", "model.pss.num_convs"]
-    assert metrics == ["mAP_e2e", "mAP_nms", "mAR_e2e", "mAR_nms"]
+    assert metrics == ["mAP_e2e", "gpu_hours", "mAP_nms", "mAR_e2e", "mAR_nms"]
+
+
+def test_the_view_opens_on_the_primary_metric_and_gpu_hours():
+    table1 = load_spec(REPO / "sweeps" / "table1.yaml")
+    assert mlflow_ui.primary_metrics(table1) == ["mAP_e2e", "mAP_nms", "gpu_hours"]
+    state = mlflow_ui.view_state(table1)
+    assert [c["metricKey"] for c in state["compareRunCharts"]][:3] == [
+        "mAP_e2e", "mAP_nms", "gpu_hours"
+    ]
+    assert mlflow_ui.primary_metrics(load_spec(FIG3)) == ["mAP_e2e", "gpu_hours"]
+    search = load_spec(REPO / "sweeps" / "search_pss_loss.yaml")
+    assert mlflow_ui.primary_metrics(search)[-1] == "gpu_hours"
+    assert mlflow_ui.view_columns(search)[1][0] == search.spec.search.metric
 
 
 def test_mode_placeholder_stands_for_both_modes(tmp_path):
@@ -39,7 +52,9 @@ def test_mode_placeholder_stands_for_both_modes(tmp_path):
 def test_view_state_charts_the_table_metrics_first_in_one_section():
     state = mlflow_ui.view_state(load_spec(TABLE5))
     charts = state["compareRunCharts"]
-    assert [c["metricKey"] for c in charts] == ["mAP_e2e", "mAP_nms", "mAR_e2e", "mAR_nms"]
+    assert [c["metricKey"] for c in charts] == [
+        "mAP_e2e", "gpu_hours", "mAP_nms", "mAR_e2e", "mAR_nms"
+    ]
     assert {c["type"] for c in charts} == {"BAR"}
     (section,) = state["compareRunSections"]
     assert {c["metricSectionId"] for c in charts} == {section["uuid"]}
@@ -50,8 +65,9 @@ def test_view_state_charts_the_table_metrics_first_in_one_section():
 
 def test_figure_metric_is_a_line_chart():
     state = mlflow_ui.view_state(load_spec(FIG3))
-    (chart,) = state["compareRunCharts"]
+    chart, hours = state["compareRunCharts"]
     assert chart["type"] == "LINE" and chart["metricKey"] == "mAP_e2e"
+    assert hours["type"] == "BAR" and hours["metricKey"] == "gpu_hours"
 
 
 def test_tags_hold_the_model_training_kind_and_a_named_saved_view():
@@ -71,7 +87,8 @@ def test_new_experiments_are_tagged_model_training(tmp_path):
 
 def test_hint_is_a_command_that_works_without_the_venv_and_the_url_to_open():
     hint = mlflow_ui.ui_hint("sqlite:////data/mlflow.db", "7", "pss-table5")
-    serve, url = (line.split(":", 1)[1].strip() for line in hint.splitlines())
+    serve, url, charts = (line.split(":", 1)[1].strip() for line in hint.splitlines())
+    assert charts == url + "&compareRunsMode=CHART"
     executable = serve.split()[0]
     assert Path(executable).is_absolute() and os.access(executable, os.X_OK)
     assert serve.endswith("ui --backend-store-uri sqlite:////data/mlflow.db --port 5000")

@@ -64,21 +64,42 @@ def view_id(loaded: LoadedSpec) -> str:
     return f"pss-{loaded.spec.name}"
 
 
+def _modes(metric: str) -> list[str]:
+    """A metric with ``{mode}`` stands for both primary modes (e2e, nms)."""
+    if contract.MODE_PLACEHOLDER not in metric:
+        return [metric]
+    return [metric.replace(contract.MODE_PLACEHOLDER, mode) for mode in ("e2e", "nms")]
+
+
+def primary_metrics(loaded: LoadedSpec) -> list[str]:
+    """The spec's primary metric: a search's, else the table's first column (both modes
+    for ``{mode}``), else the figure's; then ``gpu_hours``, what each run cost."""
+    spec = loaded.spec
+    if spec.search is not None:
+        first = [spec.search.metric]
+    elif spec.table is not None:
+        first = _modes(spec.table.columns[0].columns[0].metric)
+    elif spec.figure is not None:
+        first = [spec.figure.metric]
+    else:
+        first = []
+    return [*first, contract.GPU_HOURS]
+
+
 def view_columns(loaded: LoadedSpec) -> tuple[list[str], list[str]]:
-    """(params, metrics) a spec reports: row keys, then table (or figure, search) metrics.
+    """(params, metrics) a spec reports: row keys, then the primary metric and GPU-hours
+    (:func:`primary_metrics`), then the other table (or figure, search) metrics.
 
     A table metric with ``{mode}`` stands for both primary modes (e2e, nms).
     """
     spec = loaded.spec
     params: list[str] = []
-    metrics: list[str] = []
+    metrics: list[str] = primary_metrics(loaded)
     if spec.table is not None:
         params = [row.key for row in spec.table.rows if row.key != "cell"]
         for group in spec.table.columns:
             for column in group.columns:
-                modes = ("e2e", "nms") if contract.MODE_PLACEHOLDER in column.metric else ("",)
-                for mode in modes:
-                    metrics.append(column.metric.replace(contract.MODE_PLACEHOLDER, mode))
+                metrics += _modes(column.metric)
     if spec.figure is not None:
         params += [k for k in (spec.figure.panels, spec.figure.series) if k]
         metrics.append(spec.figure.metric)
@@ -209,7 +230,8 @@ def mlflow_executable() -> Path:
 
 
 def ui_hint(uri: str, experiment_id: str | None, view: str | None, port: int = DEFAULT_PORT) -> str:
-    """Two lines: a command that serves the store (as printed, venv or not) and the URL.
+    """A command that serves the store (as printed, venv or not), the URL of the runs
+    table and, with a saved view, of its chart view.
 
     ``uri`` is the tracking URI; an ``http(s)://`` server needs no command.
     """
@@ -221,7 +243,10 @@ def ui_hint(uri: str, experiment_id: str | None, view: str | None, port: int = D
         command = f"{mlflow_executable()} ui --backend-store-uri {uri} --port {port}"
     url = runs_url(base, experiment_id, view) if experiment_id else f"{base}/#/experiments"
     lines = [f"  serve:  {command}"] if command else []
-    return "\n".join([*lines, f"  open:   {url}"])
+    lines.append(f"  open:   {url}")
+    if experiment_id and view:  # the chart view, on the primary metric and GPU-hours first
+        lines.append(f"  charts: {runs_url(base, experiment_id, view, charts=True)}")
+    return "\n".join(lines)
 
 
 def sweep_hint(loaded: LoadedSpec, experiment: str) -> str:
