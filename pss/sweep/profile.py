@@ -8,9 +8,9 @@ override any resource (e.g. a CPU-only test cluster sets ``gpus_per_node: 0``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pss.config import read_yaml
 from pss.errors import UserError, nearest
@@ -18,6 +18,33 @@ from pss.sweep.schema import Resources
 
 # What a --smoke job asks for, whatever the spec says: one CPU task.
 SMOKE_RESOURCES = Resources(nodes=1, gpus_per_node=0, cpus_per_task=2, mem_gb=4, timeout_min=60)
+
+
+Precision = Literal["fp32", "tf32", "fp16", "bf16"]
+
+
+class GpuSpec(BaseModel):
+    """The GPU of a profile, for cost estimates (pss.sweep.cost): its peak throughput per
+    precision (TFLOP/s, from the vendor's datasheet) and the share of the peak of
+    ``precision`` a detector's training reaches (``utilisation``, 0-1, with its source
+    in a comment)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    peak_tflops: dict[Precision, float]
+    precision: Precision = "fp32"  # the peak the utilisation is a share of
+    utilisation: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _peak_of_precision(self) -> GpuSpec:
+        if self.precision not in self.peak_tflops:
+            raise ValueError(
+                f"peak_tflops has no {self.precision} (the precision utilisation is of)"
+            )
+        if any(not 0 < v < 1e5 for v in self.peak_tflops.values()):
+            raise ValueError(f"peak_tflops must be TFLOP/s above 0, got {self.peak_tflops}")
+        return self
 
 
 class ClusterProfile(BaseModel):
@@ -44,6 +71,7 @@ class ClusterProfile(BaseModel):
     # Address the tracking server a SLURM sweep starts listens on: one compute nodes
     # reach this host by (default: what this host's name resolves to). Never 0.0.0.0.
     server_host: str | None = None
+    gpu: GpuSpec | None = None  # what a GPU of the cluster does, for cost estimates
 
 
 def load_profile(path: str | Path | None) -> ClusterProfile:
@@ -57,10 +85,12 @@ def load_profile(path: str | Path | None) -> ClusterProfile:
     try:
         return ClusterProfile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()  # an unknown key first: a misspelt one is also "missing"
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            hint = nearest(loc, ClusterProfile.model_fields)
+            fields = GpuSpec.model_fields if loc.startswith("gpu.") else ClusterProfile.model_fields
+            hint = nearest(loc.removeprefix("gpu."), fields)
             raise UserError(f"unknown key '{loc}'{hint}", str(path)) from None
         raise UserError(f"{loc}: {err['msg']} (got {err.get('input')!r})", str(path)) from None
 
