@@ -34,8 +34,11 @@ the first step and part that do not), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +50,7 @@ from pss.config import ExperimentConfig, add_config_arguments, load_config
 from pss.data.transforms import resized_shape
 from pss.engine.train import Loop, build_loop, train_step
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
+from pss.mmdet.train import LOSS_NAMES
 from pss.mmdet.translate import mmdet_config
 
 NOISE_FACTOR = 10.0  # a part may differ by this many times float noise's own difference
@@ -54,7 +58,6 @@ FLOOR = 1e-5  # relative; below it, every difference is float rounding (losses: 
 LR_RTOL = 1e-6  # the schedules are the same function: only float64 rounding apart
 PIXELS = 1e-4  # normalised units: (x/255 - m)/s against (x - 255 m)/(255 s) in float32
 BOX_PX = 0.5  # per-axis ratios of the rounded size against one scale: < 0.5 px apart
-LOSS_NAMES = {"loss_bbox": "loss_box", "loss_centerness": "loss_ctr"}  # mmdet's -> ours
 
 
 @dataclass
@@ -73,14 +76,17 @@ class MmdetTraining:
     def step(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, float]:
         """mmengine's ``BaseModel.train_step`` on our tensors; iteration schedulers step."""
         samples = _data_samples(images, targets)
-        with self.wrapper.optim_context(self.model):
+        with self.wrapper.optim_context(self.model):  # as BaseModel.train_step
             losses = self.model.loss(images, samples)
         loss, log_vars = self.model.parse_losses(losses)
         self.wrapper.update_params(loss)
         for scheduler in self.schedulers:
             if not scheduler.by_epoch:
                 scheduler.step()
-        return {LOSS_NAMES.get(k, k): float(v) for k, v in log_vars.items()}
+        return {
+            LOSS_NAMES.get(k, k): float(torch.as_tensor(v).detach())
+            for k, v in log_vars.items()
+        }
 
     def end_epoch(self) -> None:
         for scheduler in self.schedulers:
@@ -163,7 +169,8 @@ class MmdetPipeline:
         steps = list(dataset_cfg.pipeline)
         dataset_cfg.pipeline = []
         dataset_cfg.filter_cfg = None  # every image, as ours
-        self.dataset = DATASETS.build(dataset_cfg)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' progress lines
+            self.dataset = DATASETS.build(dataset_cfg)
         self.index = {
             int(self.dataset.get_data_info(i)["img_id"]): i for i in range(len(self.dataset))
         }
@@ -271,14 +278,22 @@ class Verdict:
     first: str | None = None
 
     def check(self, step: int, part: str, diff: float, noise: float, fixed: float | None) -> str:
-        """' ok' or ' PART APART' for the printed line; remembers the first failure."""
+        """'' when ``part`` agrees at this step, else its name; remembers the first failure.
+
+        diff: the engines' difference; noise: the noise run's; fixed: a tolerance of
+        its own (the data, the schedule) instead of NOISE_FACTOR x the noise so far."""
         self.noise[part] = max(self.noise.get(part, 0.0), noise)
         allowed = fixed if fixed is not None else max(NOISE_FACTOR * self.noise[part], FLOOR)
         if diff <= allowed:
             return ""
         if self.first is None:
             self.first = f"step {step}: {part} apart by {diff:.3g} (allowed {allowed:.3g})"
-        return " <- apart"
+        return part
+
+
+def _row(step: str, who: str, cells: list[str], tail: list[str] = ()) -> str:
+    """One line of the per-step table: 8 + 6 characters, 11 a column, then ``tail``."""
+    return (f"{step:<8}{who:<6}" + "".join(f"{c:<11}" for c in cells) + "  ".join(tail)).rstrip()
 
 
 def compare(cfg: ExperimentConfig, steps: int, out=sys.stdout) -> bool:
@@ -301,22 +316,36 @@ def compare(cfg: ExperimentConfig, steps: int, out=sys.stdout) -> bool:
             ours_losses = train_step(ours, epoch, images, targets)
             noise_losses = train_step(noise, epoch, images.flip(0), targets[::-1])
             their_losses = theirs.step(images, targets)
-            line = [f"step {step:3d}  lr {lrs[0]:.4g}/{lrs[1]:.4g}"]
-            line[-1] += verdict.check(step, "lr", relative(*lrs), 0.0, LR_RTOL)
-            for part in ours_losses:
-                a, b = ours_losses[part], their_losses.get(part, float("nan"))
-                diff = relative(a, b) if b == b else float("inf")
-                mark = verdict.check(step, part, diff, relative(a, noise_losses[part]), None)
-                line.append(f"{part} {a:.5f}/{b:.5f}{mark}")
+            parts = list(ours_losses)
+            if step == 0:
+                print(_row("", "", ["lr", *parts], ["weights (float noise)"]), file=out)
+            rows = {"ours": [f"{lrs[0]:.4g}"], "mmdet": [f"{lrs[1]:.4g}"], "apart": []}
+            tail: list[str] = []
+            apart = [verdict.check(step, "lr", relative(*lrs), 0.0, LR_RTOL)]
+            rows["apart"].append(f"{relative(*lrs):.1g}")
+            for part in parts:
+                a, b = ours_losses[part], their_losses.get(part, math.nan)
+                diff = relative(a, b) if not math.isnan(b) else math.inf
+                noise_diff = relative(a, noise_losses[part])
+                apart.append(verdict.check(step, part, diff, noise_diff, None))
+                rows["ours"].append(f"{a:.5f}")
+                rows["mmdet"].append(f"{b:.5f}")
+                rows["apart"].append(f"{diff:.1g}")
             ours_w = _our_weights(ours)
-            worst, name = weight_difference(ours_w, theirs.weights())
+            worst, _ = weight_difference(ours_w, theirs.weights())
             noise_w, _ = weight_difference(ours_w, _our_weights(noise))
-            mark = verdict.check(step, "weights", worst, noise_w, None)
-            line.append(f"weights {worst:.2g} ({name}; noise {noise_w:.2g}){mark}")
-            mark = verdict.check(step, "data: pixels", data["pixels"], 0.0, PIXELS)
-            mark += verdict.check(step, "data: boxes", data["boxes"], 0.0, BOX_PX)
-            line.append(f"data px {data['pixels']:.2g} box {data['boxes']:.2g}{mark}")
-            print("  ".join(line), file=out, flush=True)
+            apart.append(verdict.check(step, "weights", worst, noise_w, None))
+            tail.append(f"{worst:.1g} ({noise_w:.1g})")
+            apart.append(verdict.check(step, "data: pixels", data["pixels"], 0.0, PIXELS))
+            apart.append(verdict.check(step, "data: boxes", data["boxes"], 0.0, BOX_PX))
+            tail.append(f"data: pixels {data['pixels']:.1g}, boxes {data['boxes']:.1g} px")
+            failed = [a for a in apart if a]
+            if failed:
+                tail.append("<- apart: " + ", ".join(failed))
+            for who, cells in rows.items():
+                label = f"step {step}" if who == "ours" else ""
+                print(_row(label, who, cells, tail if who == "apart" else []), file=out)
+            out.flush()
             step += 1
         if step < steps:
             theirs.end_epoch()

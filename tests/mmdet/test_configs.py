@@ -29,7 +29,7 @@ def test_r50_config_builds_with_the_paper_recipe_and_our_parameter_count(name: s
     assert cfg.train_cfg.max_epochs == 36
     assert cfg.param_scheduler[1].milestones == [24, 33]
     assert cfg.param_scheduler[0].start_factor == pytest.approx(1 / 3)
-    assert cfg.param_scheduler[0].end == 500
+    assert cfg.param_scheduler[0].end == 501  # the full lr at iteration 500, as ours
     assert cfg.optim_wrapper.optimizer.lr == 0.01 and cfg.auto_scale_lr.base_batch_size == 16
     assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
     assert cfg.optim_wrapper.clip_grad.max_norm == 35 and "paramwise_cfg" not in cfg.optim_wrapper
@@ -65,11 +65,10 @@ def test_r50_config_builds_with_the_paper_recipe_and_our_parameter_count(name: s
         load_ours([REPO / "experiments" / f"{name}_r50_3x.yaml"], ["model.backbone.weights=null"])
         .model
     )
-    # The one difference: the FCOS config's tower conv biases before GroupNorm (8 x 256).
-    bias = 8 * 256 if name.startswith("fcos") else 0
-    assert count(model) == count(ours) + bias
+    # One for one: the FCOS config's tower convs have no bias before GroupNorm, as ours.
+    assert count(model) == count(ours)
     if name == "fcos":
-        assert count(ours) == 32_295_322  # mmdet's plain FCOS R50, measured here
+        assert count(ours) == 32_295_322  # FCOS R50, measured here
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -89,8 +88,7 @@ def test_smoke_overlay_fits_every_config(name: str):
             [REPO / "experiments" / f"{name}_r50_3x.yaml", REPO / "experiments/smoke/overlay.yaml"]
         ).model
     )
-    bias = 2 * 2 * 64 if name.startswith("fcos") else 0
-    assert count(model) == count(ours) + bias
+    assert count(model) == count(ours)  # one for one: no tower conv biases
 
 
 def test_plugin_heads_come_from_custom_imports_and_check_their_arguments():

@@ -15,7 +15,6 @@ Differences by design (set on the mmdet side, see twins.BY_DESIGN and twins.py):
 ATSS anchors centred on the cells (mmdet: on their corners; without this setting the
 ATSS losses differ by 30-150 %); a ReLU before P7 in the ATSS FPN (mmdet's ATSS
 config: none; on these small images the losses barely feel it, 51 gradients do);
-FCOS tower conv biases (mmdet's config has them before GroupNorm, ours none: zero);
 mmdet's data preprocessor is not run.
 Also by design, and not reached by these inputs:
 * normalisers: mmdet's ATSS divides the focal and center-ness sums by the sum over
@@ -58,10 +57,12 @@ from pss.mmdet.convert import copy_weights, mmdet_key
 
 # Measured (float32): losses within 5e-7 relative, boxes within 5e-5 px, scores within
 # 7e-7. Gradients: within 1.5e-5 of each tensor's largest entry on the CPU these tests
-# were written on; on an AMD EPYC with AVX-512 (mmcv built there) plain FCOS's differ by
-# up to 3e-3 of an entry (head.cls_tower.3.weight) and 9.9e-4 of a tensor's norm, the PSS
-# models' and ATSS's still within the old bound. Unexplained as yet (issue 23 follows
-# the engines' differences): each tensor is compared as a whole, within 2e-3 of its norm.
+# were written on; on an AMD EPYC with AVX-512 plain FCOS's differ by up to 3e-3 of an
+# entry (head.cls_tower.3.weight) and 9.9e-4 of a tensor's norm, the PSS models' and
+# ATSS's still within the old bound. It is float32 rounding in mmdet's own FCOSHead path:
+# there its cls-tower gradients are 7e-4 from its own float64 ones (ours: 8e-7), and in
+# float64 the two engines agree to 8e-8 (docs/mmdet.md, Trajectories). So each tensor is
+# compared as a whole, within 2e-3 of its norm.
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-6}
 GRAD_NORM_RTOL = 2e-3  # |ours - theirs| / |theirs| of a whole gradient tensor
 DET_TOL = {"rtol": 1e-5, "atol": 1e-4}  # boxes in pixels, scores in [0, 1]
@@ -102,11 +103,7 @@ def _total(value) -> torch.Tensor:
 
 
 def test_weights_copy_over_whole(twins: Twins):
-    if base_of(twins.name) == "fcos":
-        towers = ("cls", "reg")
-        assert twins.zeroed == [f"bbox_head.{t}_convs.{i}.conv.bias" for t in towers for i in "01"]
-    else:
-        assert twins.zeroed == []
+    assert twins.zeroed == []  # every mmdet weight has its counterpart
     theirs = twins.theirs.state_dict()
     prefix = "atss_" if base_of(twins.name) == "atss" else "conv_"
     for key, value in twins.ours.state_dict().items():

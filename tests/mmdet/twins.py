@@ -54,10 +54,8 @@ BY_DESIGN = {
         "model.neck.relu_before_extra_convs": True,
     },
 }
-# Not set here, also by design: mmdet's FCOS config has tower conv biases before
-# GroupNorm (conv_bias=True), ours none: copy_weights sets them to zero. Both sides
-# take the same normalised image tensors (mmdet's DetDataPreprocessor, which would
-# normalise 0-255 BGR->RGB images, is not run).
+# Not set here, also by design: both sides take the same normalised image tensors
+# (mmdet's DetDataPreprocessor, which would normalise 0-255 BGR->RGB images, is not run).
 
 # With these, mmdet's NMS post-processing and ours pick the same candidates (see
 # test_detections_in_nms_mode): no score threshold, every pair kept before NMS, and
