@@ -18,7 +18,10 @@ TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
     "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3,
 }
-KEYS = {"cell", "seed", "overrides", "fingerprint", "stage", "depends_on", "engine"}
+KEYS = {
+    "cell", "seed", "overrides", "fingerprint", "stage", "depends_on", "engine",
+    "gpu_hours", "cost_source",
+}
 
 
 @pytest.fixture
@@ -47,6 +50,8 @@ def test_dry_run_json_contract(name, smoke, clean_cwd, capsys):
         assert len(cell["fingerprint"]) == 12 and int(cell["fingerprint"], 16) >= 0
         assert all(isinstance(k, str) for k in cell["overrides"])
         assert all(d in {c["cell"] for c in cells} for d in cell["depends_on"])
+        assert cell["cost_source"] in {"learned", "derived", "unknown"}
+        assert (cell["gpu_hours"] is None) == (cell["cost_source"] == "unknown")
     jobs = {(c["cell"], c["stage"], c["seed"]) for c in cells}
     assert len(jobs) == len(cells)
 
