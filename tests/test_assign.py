@@ -10,9 +10,10 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from pss.config import AssignConfig
 from pss.models.assign import atss_assign, fcos_assign
-from pss.models.boxes import make_priors
-from pss.models.selector import match_quality, one_to_one
+from pss.models.boxes import aligned_iou, make_priors
+from pss.models.selector import match_quality, one_to_one, one_to_one_targets
 
 STRIDES = (8, 16, 32, 64, 128)
 RANGES = torch.tensor([[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, 1e8]])
@@ -203,3 +204,55 @@ def test_hungarian_never_below_top1(seed: int):
         assert (chosen >= 0).all()
     assert total(q, hungarian) >= total(q, top1) - 1e-9
     assert total(q, hungarian) == pytest.approx(brute_force(q, omega))
+
+
+def per_image_targets(log_p, boxes, targets, omega, cfg):
+    """The one-to-one targets image by image (what one_to_one_targets gives in one batch)."""
+    pos_b, pos_i, pos_j = omega
+    chosen = []
+    for b, t in enumerate(targets):
+        mine = pos_b == b
+        locs, objs = pos_i[mine], pos_j[mine]
+        prob = log_p[b, locs, t["labels"][objs]].exp()
+        quality = match_quality(prob, aligned_iou(boxes[b, locs], t["boxes"][objs]), cfg.match)
+        chosen.append(one_to_one(quality, locs, objs, len(t["labels"]), cfg.solver))
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("solver", ["hungarian", "top1"])
+def test_batched_targets_equal_image_by_image(seed: int, solver: str):
+    # Images with and without objects, shared and private locations, a NaN score now and
+    # then, pairs in no particular image order.
+    g = torch.Generator().manual_seed(seed)
+    batch, n, classes = 3, 40, 5
+    log_p = -torch.rand(batch, n, classes, generator=g) * 4
+    if seed % 3 == 0:
+        log_p[0, 3] = float("nan")
+    xy = torch.rand(batch, n, 2, generator=g) * 50
+    boxes = torch.cat((xy, xy + 5 + torch.rand(batch, n, 2, generator=g) * 30), -1)
+    targets, pairs = [], []
+    for b in range(batch):
+        m = 0 if (seed + b) % 4 == 0 else int(torch.randint(1, 6, (), generator=g))
+        xy = torch.rand(m, 2, generator=g) * 50
+        gt = torch.cat((xy, xy + 5 + torch.rand(m, 2, generator=g) * 30), -1)
+        targets.append({"boxes": gt, "labels": torch.randint(0, classes, (m,), generator=g)})
+        for j in range(m):
+            for i in torch.randperm(n, generator=g)[: int(torch.randint(0, 8, (), generator=g))]:
+                pairs.append((b, int(i), j))
+    order = torch.randperm(len(pairs), generator=g).tolist()
+    omega = tuple(torch.tensor([pairs[p][k] for p in order], dtype=torch.long) for k in range(3))
+    cfg = AssignConfig(solver=solver)
+    batched = one_to_one_targets(log_p, boxes, targets, omega, cfg)
+    reference = per_image_targets(log_p, boxes, targets, omega, cfg)
+    assert [c.tolist() for c in batched] == [r.tolist() for r in reference]
+    assert [len(c) for c in batched] == [len(t["labels"]) for t in targets]
+
+
+def test_batched_targets_without_candidates():
+    targets = [{"boxes": torch.zeros(2, 4), "labels": torch.zeros(2, dtype=torch.long)}]
+    empty = torch.zeros(0, dtype=torch.long)
+    chosen = one_to_one_targets(
+        torch.zeros(1, 4, 3), torch.zeros(1, 4, 4), targets, (empty, empty, empty), AssignConfig()
+    )
+    assert [c.tolist() for c in chosen] == [[-1, -1]]

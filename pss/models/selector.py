@@ -10,7 +10,7 @@ own one-to-many positives):
 
 The one-to-one assignment itself: :func:`match_quality` scores each (location,
 object) pair of Omega, Q_ij, and :func:`one_to_one` picks one location per object
-(Hungarian matching, or greedy ``top1``).
+(Hungarian matching, or greedy ``top1``; :func:`solve_one_to_one` on host arrays).
 
 Shapes: B images, N locations (level-major, row-major), C classes. ``targets`` is
 one dict per image with ``boxes`` [M, 4] (x1, y1, x2, y2) and ``labels`` [M].
@@ -59,17 +59,34 @@ def one_to_one_targets(
 
     Candidates are Omega, scored by Q = match_quality(P_i(c_j), IoU(bhat_i, b_j)).
     log_p [B, N, C], boxes [B, N, 4] decoded predictions in input pixels.
+
+    The scores of the whole batch are computed on log_p's device and copied to the
+    host in one transfer (the solver runs there, image by image); the selections come
+    back in one transfer too. A GPU step waits on the host once, not once per image.
     """
     pos_b, pos_i, pos_j = omega
+    counts = [len(t["labels"]) for t in targets]
+    device = log_p.device
+    if pos_b.numel() == 0 or sum(counts) == 0:
+        return [torch.full((m,), -1, dtype=torch.long, device=device) for m in counts]
+    first = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)  # [B]
+    flat_j = first[pos_b] + pos_j  # [P] object index into the batch's objects
+    labels = torch.cat([t["labels"] for t in targets])[flat_j]
+    gt = torch.cat([t["boxes"] for t in targets])[flat_j]
+    prob = log_p[pos_b, pos_i, labels].exp()
+    iou = aligned_iou(boxes[pos_b, pos_i], gt)
+    quality = match_quality(prob, iou, cfg.match, cfg.alpha)
+    # One device-to-host copy: the scores (float32, exact in float64) and the pairs.
+    host = torch.stack((quality.float().double(), pos_b.double(), pos_i.double(), pos_j.double()))
+    q, b_host, i_host, j_host = host.cpu().numpy()
+    q = q.astype(np.float32)
+    b_host, i_host, j_host = (a.astype(np.int64) for a in (b_host, i_host, j_host))
     selected = []
-    for b, t in enumerate(targets):
-        mask = pos_b == b
-        locs, objs = pos_i[mask], pos_j[mask]
-        prob = log_p[b, locs, t["labels"][objs]].exp()
-        iou = aligned_iou(boxes[b, locs], t["boxes"][objs])
-        quality = match_quality(prob, iou, cfg.match, cfg.alpha)
-        selected.append(one_to_one(quality, locs, objs, len(t["labels"]), cfg.solver))
-    return selected
+    for b, m in enumerate(counts):
+        mine = b_host == b
+        selected.append(solve_one_to_one(q[mine], i_host[mine], j_host[mine], m, cfg.solver))
+    chosen = torch.from_numpy(np.concatenate(selected)).to(device)  # one host-to-device copy
+    return list(chosen.split(counts))
 
 
 def pss_losses(
@@ -124,11 +141,29 @@ def match_quality(prob: Tensor, iou: Tensor, kind: str = "mul", alpha: float = 0
 def one_to_one(
     quality: Tensor, loc: Tensor, obj: Tensor, num_objects: int, solver: str = "hungarian"
 ) -> Tensor:
-    """Pick one location per object among its Omega pairs.
+    """Pick one location per object among its Omega pairs (:func:`solve_one_to_one`).
 
-    The candidate pairs are (loc[p], obj[p]) with score quality[p], p < P:
+    quality, loc, obj [P] (any device) -> selected [num_objects] (long, on quality's
+    device): the location chosen for each object, -1 where it gets none.
+    """
+    selected = solve_one_to_one(
+        quality.detach().float().cpu().numpy(),
+        loc.cpu().numpy(),
+        obj.cpu().numpy(),
+        num_objects,
+        solver,
+    )
+    return torch.from_numpy(selected).to(quality.device)
+
+
+def solve_one_to_one(
+    q: np.ndarray, locs: np.ndarray, objs: np.ndarray, num_objects: int, solver: str = "hungarian"
+) -> np.ndarray:
+    """Pick one location per object among its Omega pairs, on the host.
+
+    The candidate pairs are (locs[p], objs[p]) with score q[p], p < P:
     exactly the memberships i in Omega_j. Returns selected [num_objects]
-    (long): the location chosen for each object, -1 where it gets none. No
+    (int64): the location chosen for each object, -1 where it gets none. No
     location serves two objects.
 
     'hungarian' maximises first the number of objects served, then the total
@@ -140,15 +175,13 @@ def one_to_one(
     predictions) are no candidates: the solver never sees them, and the training
     loop's check of the losses, which are non-finite too, says what diverged.
     """
-    device = quality.device
     selected = np.full(num_objects, -1, dtype=np.int64)
-    q = quality.detach().float().cpu().numpy()
     finite = np.isfinite(q)
     q = q[finite]
-    locs = loc.cpu().numpy()[finite]
-    objs = obj.cpu().numpy()[finite]
+    locs = locs[finite]
+    objs = objs[finite]
     if q.size == 0 or num_objects == 0:
-        return torch.from_numpy(selected).to(device)
+        return selected
     if solver == "hungarian":
         uniq, col = np.unique(locs, return_inverse=True)
         member = np.zeros((num_objects, len(uniq)), dtype=bool)
@@ -167,4 +200,4 @@ def one_to_one(
                 taken.add(int(locs[p]))
     else:
         raise ValueError(f"unknown one-to-one solver '{solver}'")
-    return torch.from_numpy(selected).to(device)
+    return selected
