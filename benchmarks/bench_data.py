@@ -366,7 +366,7 @@ def train_step_seconds(batches: list) -> dict:
     import torch
 
     from pss.config import load_config
-    from pss.engine.train import build_optimizer, forward_losses, optimizer_step
+    from pss.engine.step import build_optimizer, forward_losses, optimizer_step
     from pss.models import Detector
 
     cfg = load_config([], ["model.name=fcos_pss", "model.backbone.name=resnet50"])

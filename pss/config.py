@@ -206,10 +206,15 @@ class TrainConfig(_Section):
     warmup_iters: int = Field(500, ge=0)
     warmup_factor: float = Field(1.0 / 3.0, gt=0, le=1)
     grad_clip: float | None = Field(35.0, gt=0)
-    # Mixed precision. true (default): float16 autocast with a gradient scaler on CUDA,
-    # float32 on a CPU; "fp16": the same, refused on a CPU; "bf16": bfloat16 autocast
-    # without a scaler, on a CPU or CUDA; false: float32. The losses stay float32.
+    # Mixed precision. true (default): on CUDA bfloat16 autocast where the GPU supports
+    # it (Ampere and later), else float16 with a gradient scaler; float32 on a CPU.
+    # "fp16": float16 with a scaler, refused on a CPU; "bf16": bfloat16 autocast without
+    # a scaler, on a CPU or CUDA; false: float32. The losses stay float32.
     amp: bool | Literal["fp16", "bf16"] = True
+    # The network's weights and activations in channels-last (NHWC) memory order: how it
+    # runs, not what it trains (no fingerprint counts it). Off until
+    # benchmarks/gpu_check.py shows it faster on a GPU (docs/benchmarks.md).
+    channels_last: bool = False
     seed: int = 0
     iters_per_epoch: int | None = Field(None, ge=1)  # cap, for smoke runs
     # Two-step training (Table 3): start from a stage-1 checkpoint and train only
@@ -292,6 +297,7 @@ NOT_COUNTED = (
     "*.num_workers",
     "*.persistent_workers",
     "train.log_interval",
+    "train.channels_last",
     "default_hooks.logger",
     "resume",
     "load_from",

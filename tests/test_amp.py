@@ -14,7 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pss.config import load_config
-from pss.engine.train import RunInfo, TrainingDiverged, autocast_dtype, train
+from pss.engine.step import amp_dtype, autocast_dtype
+from pss.engine.train import RunInfo, TrainingDiverged, train
 from pss.errors import UserError
 from pss.models import Detector
 from pss.models.heads import HeadOutputs
@@ -108,7 +109,7 @@ def test_focal_weights_keep_what_float16_would_flush_to_zero():
 def test_amp_setting_per_device():
     cpu = torch.device("cpu")
     assert autocast_dtype(False, cpu) is None
-    assert autocast_dtype(True, cpu) is None  # the default: float16 on CUDA only
+    assert autocast_dtype(True, cpu) is None  # the default: half precision on CUDA only
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(UserError, match="train.amp=fp16 needs a CUDA device.*bf16"):
         autocast_dtype("fp16", cpu)
@@ -116,6 +117,16 @@ def test_amp_setting_per_device():
     assert load_config([], ["train.amp=true"]).train.amp is True  # old files still load
     with pytest.raises(UserError, match="train.amp"):
         load_config([], ["train.amp=fp32"])
+
+
+def test_amp_default_on_cuda_is_bfloat16_where_the_gpu_has_it():
+    assert amp_dtype(True, "cuda", bf16_supported=True) == torch.bfloat16  # Ampere, Hopper
+    assert amp_dtype(True, "cuda", bf16_supported=False) == torch.float16  # V100: a scaler
+    assert amp_dtype("fp16", "cuda", bf16_supported=True) == torch.float16
+    assert amp_dtype("bf16", "cuda", bf16_supported=True) == torch.bfloat16
+    assert amp_dtype(False, "cuda", bf16_supported=True) is None
+    with pytest.raises(UserError, match="train.amp=bf16 but this GPU has no bfloat16.*fp16"):
+        amp_dtype("bf16", "cuda", bf16_supported=False)
 
 
 def test_non_finite_loss_under_bf16_stops_with_a_clear_error(

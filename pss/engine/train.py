@@ -47,6 +47,13 @@ from pss.engine.lifecycle import (
     evaluation_due,
     open_run,
 )
+from pss.engine.step import (
+    autocast_dtype,
+    build_optimizer,
+    forward_losses,
+    optimizer_step,
+    to_memory_format,
+)
 from pss.errors import RunFailed, UserError
 from pss.models import Detector
 from pss.models.decode import modes_for
@@ -60,30 +67,6 @@ class TrainingDiverged(RunFailed):
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``train.amp`` asks for on ``device`` (None: float32).
-
-    true: float16 on CUDA, float32 on a CPU; "fp16": float16 (CUDA only);
-    "bf16": bfloat16 (a CPU, or a GPU that supports it); false: float32.
-    """
-    cuda = device.type == "cuda"
-    if amp is False or (amp is True and not cuda):
-        return None
-    if amp == "bf16":
-        if cuda and not torch.cuda.is_bf16_supported():
-            raise UserError(
-                f"train.amp=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; "
-                "use train.amp=fp16"
-            )
-        return torch.bfloat16
-    if not cuda:
-        raise UserError(
-            "train.amp=fp16 needs a CUDA device (float16 with a gradient scaler); "
-            "on a CPU use train.amp=bf16 or false"
-        )
-    return torch.float16
 
 
 def lr_lambda(cfg: ExperimentConfig, iters_per_epoch: int) -> Callable[[int], float]:
@@ -111,7 +94,7 @@ def build_model(cfg: ExperimentConfig, device: torch.device) -> Detector:
         model.head.pss.requires_grad_(True)
     if cfg.model.backbone.norm == "bn" and dist.is_distributed():
         model = _synchronise_batchnorm(model, cfg, device)
-    return model.to(device)
+    return to_memory_format(model.to(device), t.channels_last)
 
 
 def _synchronise_batchnorm(
@@ -135,17 +118,6 @@ def _synchronise_batchnorm(
             "model.backbone.norm=gn or frozen_bn, or one process"
         )
     return model
-
-
-def build_optimizer(cfg: ExperimentConfig, detector: Detector) -> torch.optim.Optimizer:
-    """``train.optimizer`` on the trainable parameters, lr scaled linearly with the batch."""
-    t = cfg.train
-    params = [p for p in detector.parameters() if p.requires_grad]
-    if t.optimizer == "adamw":
-        # Fused: one kernel for all parameters (3.7 vs 13.8 ms a step for the demo's model
-        # on one CPU thread, benchmarks/bench_smoke.py), the same update.
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 # --------------------------------------------------------------------------- state
@@ -342,62 +314,6 @@ def _check_weights(loop: Loop, epoch: int) -> None:
     for name, param in loop.detector.named_parameters():
         if not bool(torch.isfinite(param).all()):
             raise _diverged(loop, epoch, f"non-finite weights after the epoch ({name})")
-
-
-def forward_losses(
-    model: nn.Module,
-    detector: Detector,
-    images: torch.Tensor,
-    targets: list[dict[str, torch.Tensor]],
-    amp: torch.dtype | None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """This rank's loss on its share of the global batch, and every loss averaged over ranks.
-
-    images [b, 3, H, W] (b = global batch / world), targets on the same device. The
-    network runs under autocast when ``amp`` is a dtype; the losses in float32. The
-    first value is what this rank back-propagates; DDP's gradient average makes it
-    one process's gradient. The dict is the global batch's losses, the same on every
-    rank, for logging and the divergence check (so all ranks stop together).
-    """
-    images = dist.pad_to_common_size(images)
-    with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
-        out = model(images)
-    losses = detector.losses(out, targets)
-    means = dist.reduce_mean(torch.stack([v.detach() for v in losses.values()]))
-    return losses["loss"], dict(zip(losses, means.tolist()))
-
-
-def optimizer_step(
-    loss: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    grad_clip: float | None,
-) -> bool:
-    """Backward (scaled for float16), gradient clipping on the true gradients, step.
-
-    Returns False, without stepping, when the gradients are not finite (float32 and
-    bfloat16; with float16 the scaler skips such steps and lowers its scale itself).
-    Under DDP the gradients are already averaged, so every rank answers the same.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if grad_clip:
-        norm = nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-        return True
-    if not bool(torch.isfinite(norm)):
-        return False
-    optimizer.step()
-    return True
 
 
 class _LossLog:

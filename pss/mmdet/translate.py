@@ -413,7 +413,8 @@ def _optimizer(t: TrainConfig) -> dict[str, Any]:
 
 
 def _amp(amp: bool | str, cuda: bool) -> dict[str, Any]:
-    """The optimizer wrapper of ``train.amp`` (as ours: true is float16 on CUDA only)."""
+    """The optimizer wrapper of ``train.amp``: true is float16 on CUDA only (our engine's
+    true takes bfloat16 where the GPU has it; this config names one dtype for any GPU)."""
     if amp is False or (amp is True and not cuda):
         return {"type": "OptimWrapper"}
     if not cuda:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
+from torchvision.ops import FrozenBatchNorm2d as _TorchvisionFrozenBN
+from torchvision.ops import deform_conv2d
 
 from pss.config import BackboneConfig
 from pss.errors import UserError
@@ -69,6 +70,22 @@ class ModulatedDeformConv(nn.Module):
             dilation=self.dilation,
             mask=mask.sigmoid(),
         )
+
+
+class FrozenBatchNorm2d(_TorchvisionFrozenBN):
+    """torchvision's frozen BatchNorm (fixed statistics and affine), in its input's dtype.
+
+    torchvision's multiplies by float32 buffers, so under float16 / bfloat16 autocast
+    every frozen BN returns float32: the backbone's activations, ReLUs and residual
+    sums ran in float32 between half-precision convolutions, each conv casting its
+    input back. Here the affine is cast to the input's dtype first (float32: the same
+    arithmetic as torchvision's). x [B, C, H, W] -> [B, C, H, W].
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype)[None, :, None, None] + bias.to(x.dtype)[None, :, None, None]
 
 
 def _replace_norms(module: nn.Module, kind: str) -> None:

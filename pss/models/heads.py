@@ -81,8 +81,9 @@ class PSSHead(nn.Module):
 
 
 def _flatten(maps: list[Tensor]) -> Tensor:
-    """[B, K, H, W] per level -> [B, sum(H * W), K]."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+    """[B, K, H, W] per level -> [B, sum(H * W), K] (a view of each map, contiguous or
+    channels-last, until the one copy that concatenates them)."""
+    return torch.cat([m.permute(0, 2, 3, 1).flatten(1, 2) for m in maps], dim=1)
 
 
 class DenseHead(nn.Module):
