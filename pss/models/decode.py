@@ -92,23 +92,18 @@ def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor)
 
 
 def clip_boxes(boxes: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
-    """Boxes [B, M, 4] clipped to each image's (h, w) in ``sizes`` (one size: every image's)."""
-    if len(sizes) == 1:
+    """Boxes [B, M, 4] clipped to each image's (h, w) in ``sizes`` (one size, or the
+    same size for every image: one clip for the batch)."""
+    if len(sizes) == 1 or all(size == sizes[0] for size in sizes[1:]):
         return _clip(boxes, *sizes[0])
     return torch.stack([_clip(b, h, w) for b, (h, w) in zip(boxes, sizes, strict=True)])
 
 
 def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
-    """Boxes [..., 4] clipped to an h x w image."""
-    return torch.stack(
-        (
-            boxes[..., 0].clamp(0, w),
-            boxes[..., 1].clamp(0, h),
-            boxes[..., 2].clamp(0, w),
-            boxes[..., 3].clamp(0, h),
-        ),
-        dim=-1,
-    )
+    """Boxes [..., 4] clipped to an h x w image (x1, x2 to [0, w]; y1, y2 to [0, h])."""
+    xs = boxes[..., 0::2].clamp(0, w)  # [..., 2]: x1, x2
+    ys = boxes[..., 1::2].clamp(0, h)
+    return torch.stack((xs, ys), dim=-1).flatten(-2)  # [..., 2, 2] (x, y) pairs -> [..., 4]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -117,9 +112,10 @@ def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
 def score_factor(mode: str, cls: Tensor, ctr: Tensor | None, pss: Tensor | None) -> Tensor:
     """The per-location factor f [B, N] (float32) of ``mode``'s scores: sigma(ctr)
     (1 without center-ness logits), times sigma(pss) in e2e. cls [B, N, C] gives the shape."""
-    factor = torch.ones_like(cls[..., 0], dtype=torch.float32)
     if ctr is not None:
-        factor = factor * ctr.float().sigmoid()
+        factor = ctr.float().sigmoid()
+    else:
+        factor = torch.ones_like(cls[..., 0], dtype=torch.float32)
     if mode == "e2e":
         factor = factor * pss.float().sigmoid()
     return factor
