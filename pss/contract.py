@@ -51,7 +51,9 @@ POSTPROCESS_MS = "postprocess_ms"  # logged as f"postprocess_ms_{mode}" (ms per 
 # A run's cost, logged after each epoch with step = epoch (pss.tracking.logger.Tracker.log_cost):
 SEC_PER_ITER = "sec_per_iter"  # training wall seconds per optimizer step (global batch)
 IMAGES_PER_SEC = "images_per_sec"  # training images per wall second, all processes together
-GPU_HOURS = "gpu_hours"  # so far: processes (GPUs) x wall hours, training and evaluation
+# so far, training and evaluation: GPUs x wall hours; on a CPU, the processes' CPU hours
+# (pss.tracking.logger.cost_clock)
+GPU_HOURS = "gpu_hours"
 MODE_PLACEHOLDER = "{mode}"  # in a spec's metric: the cell's primary mode
 PSS_SUFFIX = "_pss"  # model names with a PSS head: fcos_pss, atss_pss
 

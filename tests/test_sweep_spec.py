@@ -50,7 +50,7 @@ def test_dry_run_json_contract(name, smoke, clean_cwd, capsys):
         assert len(cell["fingerprint"]) == 12 and int(cell["fingerprint"], 16) >= 0
         assert all(isinstance(k, str) for k in cell["overrides"])
         assert all(d in {c["cell"] for c in cells} for d in cell["depends_on"])
-        assert cell["cost_source"] in {"learned", "derived", "unknown"}
+        assert cell["cost_source"] in {"learned", "measured", "derived", "unknown"}
         assert (cell["gpu_hours"] is None) == (cell["cost_source"] == "unknown")
     jobs = {(c["cell"], c["stage"], c["seed"]) for c in cells}
     assert len(jobs) == len(cells)

@@ -57,7 +57,7 @@ from pss.engine.step import (
 from pss.errors import RunFailed, UserError
 from pss.models import Detector
 from pss.models.decode import modes_for
-from pss.tracking.logger import KILLED, Tracker
+from pss.tracking.logger import KILLED, Tracker, cost_clock
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +429,9 @@ def _epochs(
     if loop.epoch >= epochs:  # finished training, but the run did not end cleanly
         metrics = _evaluate(loop, epochs)
         tracker.log_metrics(metrics, step=epochs)
+    clock = cost_clock(loop.device.type)  # gpu_hours: wall on a GPU, CPU time on a CPU
     for epoch in range(loop.epoch + 1, epochs + 1):
-        began = time.perf_counter()
+        began, spent_from = time.perf_counter(), clock()
         train_one_epoch(loop, epoch, tracker)
         trained = time.perf_counter() - began
         _check_weights(loop, epoch)
@@ -441,9 +442,9 @@ def _epochs(
             tracker.log_metrics(metrics, step=epoch)
             if on_epoch is not None:
                 _call_on_every_rank(on_epoch, epoch, metrics)
-        took = time.perf_counter() - began  # sec_per_iter, images_per_sec, gpu_hours:
+        spent = clock() - spent_from  # sec_per_iter, images_per_sec, gpu_hours:
         images = loop.iters * cfg.train.batch_size
-        tracker.log_cost(epoch, loop.iters, images, trained, took, dist.world_size())
+        tracker.log_cost(epoch, loop.iters, images, trained, spent, dist.world_size())
         loop.epoch = epoch
         if dist.is_main():
             save_checkpoint(cfg.run_dir / contract.CHECKPOINT, loop.checkpoint(tracker.run_id))

@@ -12,6 +12,13 @@ Each job's estimate has a source:
 - **learned**: finished runs of the same *shape* (the job's config but its seed; the
   same engine) logged ``gpu_hours`` (:meth:`pss.tracking.logger.Tracker.log_cost`): their
   mean. Another seed of a finished cell, or a cell trained again, is learned.
+- **measured**: ``python -m pss.calibrate`` timed a few training steps and an evaluation
+  of the job's shape on the profile's device and stored them beside the profile
+  (:mod:`pss.sweep.calibration`, which has the formula): the job's steps, epochs and
+  evaluations at those times. Below learned: a finished run of the shape measured the
+  whole of it (data loading over a whole epoch, the model as it learns), a calibration
+  a few steps of an untrained one. Above derived: it is this code on this device, not a
+  utilisation measured elsewhere.
 - **derived**: the FLOPs of its training steps (a forward and backward pass of the
   cell's model on one image of its mean training size, times the global batch, times
   the steps) and of its evaluations (a forward pass at the test size per validation
@@ -21,8 +28,8 @@ Each job's estimate has a source:
   (deformable convolution's own sampling, the matching, the loader), COCO evaluation on
   the CPU. FLOPs are counted once per distinct model and image size, on the meta
   device (no memory, no arithmetic: about a second per model), and cached on disk.
-- **unknown**: neither applies (no finished run of its shape and no GPU declared, or a
-  dataset whose size is not known without reading it); never a guess.
+- **unknown**: none applies (no finished run of its shape, no calibration of it and no
+  GPU declared, or a dataset whose size is not known without reading it); never a guess.
 """
 
 from __future__ import annotations
@@ -39,14 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 from pss import contract
 from pss.config import ExperimentConfig, fingerprint
+from pss.sweep.calibration import Calibration, measured_hours
 
 if TYPE_CHECKING:
     from pss.sweep.expand import Job
     from pss.sweep.profile import GpuSpec
     from pss.sweep.state import JobState
 
-LEARNED, DERIVED, UNKNOWN = "learned", "derived", "unknown"
-SOURCES = (LEARNED, DERIVED, UNKNOWN)
+LEARNED, MEASURED, DERIVED, UNKNOWN = "learned", "measured", "derived", "unknown"
+SOURCES = (LEARNED, MEASURED, DERIVED, UNKNOWN)  # in order of precedence
 
 # Images of the COCO 2017 splits (annotation files' "images"), so that a paper-scale
 # dry-run needs no 450 MB file: the published split sizes, all images kept (as
@@ -75,8 +83,13 @@ class Estimate:
 def shape(job: Job) -> str:
     """What a job costs depends on: its config without the seed (and without what
     :data:`pss.config.NOT_COUNTED` leaves out), and its engine; 12 hex digits."""
-    flat = {k: v for k, v in job.config.flat().items() if k != "train.seed"}
-    return fingerprint({**flat, "engine": job.engine})
+    return shape_of(job.config, job.engine)
+
+
+def shape_of(cfg: ExperimentConfig, engine: str) -> str:
+    """:func:`shape` of a config trained on ``engine`` (what pss.calibrate keys by)."""
+    flat = {k: v for k, v in cfg.flat().items() if k != "train.seed"}
+    return fingerprint({**flat, "engine": engine})
 
 
 def image_size(cfg: ExperimentConfig, train: bool) -> tuple[int, int]:
@@ -220,22 +233,40 @@ def _count(model_cfg: Any, height: int, width: int, trainable: str) -> float:
 # ------------------------------------------------------------------------ estimates
 
 
-def learned(states: Iterable[JobState]) -> dict[str, list[float]]:
-    """{shape: the gpu_hours of each finished run of that shape that logged it}."""
-    spent: dict[str, list[float]] = defaultdict(list)
-    for s in states:
-        hours = spent_hours(s)
-        if s.state == "finished" and hours is not None:
-            spent[shape(s.job)].append(hours)
-    return spent
-
-
 def spent_hours(state: JobState) -> float | None:
     """The GPU-hours a job's run has logged so far (finished or not), or None."""
     if state.run is None:
         return None
     value = state.run.metrics.get(contract.GPU_HOURS)
     return None if value is None or math.isnan(value) else float(value)
+
+
+def finished_hours(states: Iterable[JobState]) -> dict[str, float]:
+    """{job key: GPU-hours} of the jobs whose run finished and logged them."""
+    return {
+        s.job.key: hours
+        for s in states
+        if s.state == "finished" and (hours := spent_hours(s)) is not None
+    }
+
+
+def measure(job: Job, calibration: Calibration, processes: int) -> Estimate:
+    """A job's estimate from its shape's calibration, on ``processes`` processes (GPUs)."""
+    cfg = job.config
+    n_train, n_val = images(cfg, "train"), images(cfg, "val")
+    if n_train is None or n_val is None:
+        return Estimate(None, UNKNOWN, "dataset size not known without reading it")
+    total_steps = steps(cfg, n_train)
+    hours = measured_hours(
+        calibration,
+        cfg.train.epochs,
+        total_steps,
+        cfg.train.batch_size,
+        evaluations(cfg),
+        n_val,
+        processes,
+    )
+    return Estimate(hours, MEASURED, f"{total_steps:,} steps at {calibration.detail}")
 
 
 def derive(job: Job, gpu: GpuSpec) -> Estimate:
@@ -258,25 +289,41 @@ def derive(job: Job, gpu: GpuSpec) -> Estimate:
     return Estimate(hours, DERIVED, detail)
 
 
-def estimate_jobs(states: list[JobState], gpu: GpuSpec | None) -> dict[str, Estimate]:
-    """{job key: Estimate} for every job of ``states`` (a sweep's, from
-    :func:`pss.sweep.state.sweep_states`): learned where a run of its shape finished,
-    else derived where ``gpu`` is declared, else unknown."""
-    known = learned(states)
+def estimate_jobs(
+    jobs: list[Job],
+    finished: dict[str, float],
+    gpu: GpuSpec | None,
+    calibrations: dict[str, Calibration] | None = None,
+    processes: int = 1,
+    own: bool = True,
+) -> dict[str, Estimate]:
+    """{job key: Estimate} for every job of a sweep, given the GPU-hours of its finished
+    ones (``finished``, by job key: :func:`finished_hours`): learned where a run of its
+    shape finished, else measured where ``calibrations`` (the profile's, by shape) has
+    its shape, on ``processes`` processes a job, else derived where ``gpu`` is declared,
+    else unknown. ``own=False``: a finished job is not learned from its own run (what
+    the others would have said of it: ``status`` and the report's cost table)."""
+    runs: dict[str, dict[str, float]] = defaultdict(dict)  # {shape: {job key: hours}}
+    for job in jobs:
+        if job.key in finished:
+            runs[shape(job)][job.key] = finished[job.key]
+    calibrations = calibrations or {}
     out: dict[str, Estimate] = {}
     derived: dict[str, Estimate] = {}  # per shape: the FLOP count of one job serves all
-    for s in states:
-        key = shape(s.job)
-        if known.get(key):
-            runs = known[key]
-            mean = sum(runs) / len(runs)
-            out[s.job.key] = Estimate(mean, LEARNED, f"mean of {len(runs)} finished runs")
+    for job in jobs:
+        key = shape(job)
+        others = [h for k, h in runs[key].items() if own or k != job.key]
+        if others:
+            mean = sum(others) / len(others)
+            out[job.key] = Estimate(mean, LEARNED, f"mean of {len(others)} finished runs")
+        elif key in calibrations:
+            out[job.key] = measure(job, calibrations[key], processes)
         elif gpu is not None:
             if key not in derived:
-                derived[key] = derive(s.job, gpu)
-            out[s.job.key] = derived[key]
+                derived[key] = derive(job, gpu)
+            out[job.key] = derived[key]
         else:
-            out[s.job.key] = Estimate(
-                None, UNKNOWN, "no finished run of its shape; no gpu: in the profile"
+            out[job.key] = Estimate(
+                None, UNKNOWN, "no finished run or calibration of its shape; no gpu: in the profile"
             )
     return out

@@ -34,7 +34,6 @@ while this process waits.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -48,10 +47,10 @@ from pss.contract import ENGINES, SCHEDULED
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, UserError
 from pss.mmdet.translate import require_installed
 from pss.sweep import slurm
-from pss.sweep.cost import SOURCES, Estimate, estimate_jobs, wall_hours
+from pss.sweep.budget import cell_costs, check_budget, format_spent, print_dry_run, sweep_cost
 from pss.sweep.executors import KINDS, LocalQueue, resolve_executor, submit
 from pss.sweep.expand import Job, expand
-from pss.sweep.profile import ClusterProfile, effective_resources, load_profile
+from pss.sweep.profile import ClusterProfile, effective_resources, for_local_jobs, load_profile
 from pss.sweep.progress import Progress
 from pss.sweep.schema import LoadedSpec, Resources, load_spec
 from pss.sweep.state import (
@@ -145,14 +144,14 @@ def main(argv: list[str]) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema set-up chatter
     try:
         if status:
-            return print_status(args.spec, args.smoke, args.engine)
+            return print_status(args.spec, args.smoke, args.engine, args.cluster)
         loaded, jobs = plan(args.spec, args.smoke, args.engine)
         profile = load_profile(args.cluster)  # a bad profile fails a dry run too
         if args.check_data:
             return check_datasets(jobs)
         if args.dry_run or args.budget is not None:
             parallel = profile.array_parallelism if args.cluster else args.max_parallel or 1
-            costs = sweep_cost(loaded, jobs, profile, args.smoke, parallel)
+            costs = sweep_cost(loaded, jobs, profile, args.cluster, args.smoke, parallel)
             if args.dry_run:
                 print_dry_run(jobs, costs, args.json, args.cluster)
             if args.budget is not None:
@@ -249,127 +248,17 @@ def check_datasets(jobs: list[Job]) -> int:
     return EXIT_OK
 
 
-@dataclass
-class SweepCost:
-    """What a sweep's jobs cost (pss.sweep.cost): each job's estimate and state, and what
-    a job gets (GPUs, on ``parallel`` jobs at once)."""
-
-    states: list[JobState]
-    estimates: dict[str, Estimate]  # by job key
-    gpus_per_job: int
-    parallel: int
-    device: str = "GPU"  # what gpus_per_job counts: GPUs, or processes of a CPU-only job
-
-    @property
-    def todo(self) -> list[JobState]:
-        """The jobs a run of the sweep would submit: failed and missing ones."""
-        return [s for s in self.states if s.state in (FAILED_S, MISSING_S)]
-
-    def total(self, states: list[JobState]) -> tuple[float, list[JobState]]:
-        """(GPU-hours of the jobs with an estimate, the jobs without one)."""
-        known = [self.estimates[s.job.key].gpu_hours for s in states]
-        unknown = [s for s, h in zip(states, known) if h is None]
-        return sum(h for h in known if h is not None), unknown
-
-    def sources(self, states: list[JobState]) -> str:
-        """'derived', 'learned 2, derived 8', ... for these jobs."""
-        counts = {src: 0 for src in SOURCES}
-        for s in states:
-            counts[self.estimates[s.job.key].source] += 1
-        used = [(src, n) for src, n in counts.items() if n]
-        if len(used) == 1:
-            return used[0][0]
-        return ", ".join(f"{src} {n}" for src, n in used)
-
-
-def sweep_cost(
-    loaded: LoadedSpec, jobs: list[Job], profile: ClusterProfile, smoke: bool, parallel: int
-) -> SweepCost:
-    """Each job's state (from the store) and estimate; FLOPs are counted only for jobs
-    that need them (no finished run of their shape) on a profile that declares its GPU."""
-    experiment = loaded.experiment(smoke)
-    states = sweep_states(experiment, jobs, Ledger.of(experiment))
-    res = effective_resources(loaded.spec.resources, profile, smoke)
-    gpus = res.nodes * max(res.gpus_per_node, 1)  # a CPU-only job: one process a node
-    device = "GPU" if res.gpus_per_node else "CPU process"
-    return SweepCost(states, estimate_jobs(states, profile.gpu), gpus, parallel, device)
-
-
-def _hours(hours: float | None) -> str:
-    return "?" if hours is None else f"{hours:,.1f}" if hours < 100 else f"{hours:,.0f}"
-
-
-def print_dry_run(jobs: list[Job], costs: SweepCost, as_json: bool, cluster: str | None) -> None:
-    """The jobs, each with its estimate; then the total and the wall-clock time of the
-    jobs still to run (``--dry-run``, docs/cli.md)."""
-    if as_json:
-        out = []
-        for job in jobs:
-            estimate = costs.estimates[job.key]
-            out.append(
-                {**job.as_json(), "gpu_hours": estimate.gpu_hours, "cost_source": estimate.source}
-            )
-        print(json.dumps(out, indent=1))
-        return
-    states = {s.job.key: s for s in costs.states}
-    for job in jobs:
-        e = costs.estimates[job.key]
-        state = states[job.key].state
-        print(
-            f"{job.key}  {job.fingerprint}  {json.dumps(job.overrides)}\n"
-            f"    {_hours(e.gpu_hours)} GPU-h ({e.source}: {e.detail})"
-            + ("" if state == MISSING_S else f"  [{state}]")
-        )
-    todo = costs.todo
-    hours, unknown = costs.total(todo)
-    known = [h for s in todo if (h := costs.estimates[s.job.key].gpu_hours) is not None]
-    wall = wall_hours(known, costs.gpus_per_job, costs.parallel)
-    plural = "" if costs.gpus_per_job == 1 else "s"
-    at = (
-        f"{cluster + ': ' if cluster else ''}{costs.gpus_per_job} {costs.device}{plural} a "
-        f"job, {costs.parallel} job{'s' if costs.parallel != 1 else ''} at once"
-    )
-    if not todo:
-        print(f"estimate: nothing to run ({len(jobs)} jobs finished)")
-    elif len(unknown) == len(todo):
-        print(f"estimate: unknown for the {len(todo)} of {len(jobs)} jobs still to run ({at})")
-    else:
-        some = f" and {len(unknown)} jobs of unknown cost" if unknown else ""
-        print(
-            f"estimate: {_hours(hours)} GPU-hours ({costs.sources(todo)}) for the {len(todo)} "
-            f"of {len(jobs)} jobs still to run{some}; wall clock about {_hours(wall)} h "
-            f"({wall / 24:.1f} days){' or more' if unknown else ''} at {at}"
-        )
-
-
-def check_budget(costs: SweepCost, budget: float, spec: str) -> None:
-    """``--budget``: a UserError when the jobs to submit are estimated over ``budget``
-    GPU-hours, or some of them at unknown cost."""
-    todo = costs.todo
-    hours, unknown = costs.total(todo)
-    if unknown:
-        names = ", ".join(s.job.key for s in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise UserError(
-            f"--budget {budget:g} GPU-hours: {len(unknown)} of the {len(todo)} jobs to run "
-            f"have no estimate ({names}{more}): give a cluster profile that declares its "
-            "gpu: (--cluster), or run without --budget",
-            spec,
-        )
-    if hours > budget:
-        raise UserError(
-            f"estimated {_hours(hours)} GPU-hours ({costs.sources(todo)}) for the "
-            f"{len(todo)} jobs to run, over the budget of {budget:g} GPU-hours (--budget)",
-            spec,
-        )
-
-
-def print_status(path: str | Path, smoke: bool, engine: str | None = None) -> int:
+def print_status(
+    path: str | Path, smoke: bool, engine: str | None = None, cluster: str | None = None
+) -> int:
+    """Where each job stands, then GPU-hours spent against estimated per cell and in all
+    (a finished job's estimate without its own run: pss.sweep.budget)."""
     loaded, jobs = plan(path, smoke, engine)
-    experiment = loaded.experiment(smoke)
-    states = sweep_states(experiment, jobs, Ledger.of(experiment))
-    print(format_table(states))
-    return EXIT_OK if all(s.state == FINISHED_S for s in states) else EXIT_FAILED
+    costs = sweep_cost(loaded, jobs, load_profile(cluster), cluster, smoke, 1, own=False)
+    print(format_table(costs.states))
+    print()
+    print(format_spent(cell_costs(costs)))
+    return EXIT_OK if all(s.state == FINISHED_S for s in costs.states) else EXIT_FAILED
 
 
 def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int:
@@ -386,11 +275,8 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
     )
     kind = resolve_executor(options.executor)
     profile = load_profile(options.cluster)
-    if kind != "slurm" and profile.cpus_per_task is None:
-        # Jobs on this machine share its cores: each of max_parallel jobs gets its share
-        # of threads (two jobs with two threads each on two cores run slower than one).
-        share = max(1, len(os.sched_getaffinity(0)) // (options.max_parallel or 1))
-        profile = profile.model_copy(update={"cpus_per_task": share})
+    if kind != "slurm":
+        profile = for_local_jobs(profile, options.max_parallel or 1)
     local = None
     if todo:
         require_installed((s.job.engine for s in todo), str(loaded.path))  # mmdet's jobs

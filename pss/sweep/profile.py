@@ -7,6 +7,7 @@ override any resource (e.g. a CPU-only test cluster sets ``gpus_per_node: 0``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,16 @@ def load_profile(path: str | Path | None) -> ClusterProfile:
             hint = nearest(loc.removeprefix("gpu."), fields)
             raise UserError(f"unknown key '{loc}'{hint}", str(path)) from None
         raise UserError(f"{loc}: {err['msg']} (got {err.get('input')!r})", str(path)) from None
+
+
+def for_local_jobs(profile: ClusterProfile, max_parallel: int) -> ClusterProfile:
+    """The profile of jobs run on this machine, ``max_parallel`` at a time: unless it says
+    ``cpus_per_task``, each gets its share of this machine's cores (two jobs with two
+    threads each on two cores run slower than one)."""
+    if profile.cpus_per_task is not None:
+        return profile
+    share = max(1, len(os.sched_getaffinity(0)) // max(max_parallel, 1))
+    return profile.model_copy(update={"cpus_per_task": share})
 
 
 def effective_resources(

@@ -15,6 +15,7 @@ import functools
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,9 @@ class Tracker:
     ) -> dict[str, float]:
         """Log what epoch ``epoch`` cost (step = epoch) and return it: ``steps`` optimizer
         steps of ``images`` images in all took ``train_s`` wall seconds of training, and
-        ``epoch_s`` with its evaluation, on ``gpus`` processes (GPUs; CPU processes on a
-        CPU). ``gpu_hours`` adds up over the run, across a resume into the same run."""
+        the epoch with its evaluation ``epoch_s`` seconds of :func:`cost_clock` on each of
+        ``gpus`` processes (GPUs; CPU processes on a CPU). ``gpu_hours`` adds up over the
+        run, across a resume into the same run."""
         if not hasattr(self, "_spent"):
             stored = retry(self.mlflow.get_run, self.run_id).data.metrics
             self._spent = float(stored.get(GPU_HOURS, 0.0))  # before a resume
@@ -201,6 +203,14 @@ class Tracker:
 
     def tags(self) -> dict[str, str]:
         return retry(self.mlflow.get_run, self.run_id).data.tags
+
+
+def cost_clock(device_type: str) -> Callable[[], float]:
+    """The clock a run's cost (``gpu_hours``) is counted by, on a device of ``device_type``
+    (torch's: 'cuda', 'cpu'): wall seconds on a GPU (the GPU is the job's while it runs);
+    this process's CPU seconds, all its threads together, on a CPU, where a shared
+    machine's wall clock also counts other processes' work (CPU-hours: core-hours)."""
+    return time.perf_counter if device_type == "cuda" else time.process_time
 
 
 class NullTracker(Tracker):
