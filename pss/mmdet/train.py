@@ -29,6 +29,9 @@ Like ``pss.engine.train.train``:
   is evaluated first.
 
 * ``forward_ms`` and ``postprocess_ms_{mode}`` (ms per image) with each evaluation;
+* the epoch's cost after it (and its evaluation), step = epoch, as our engine's
+  (:meth:`pss.tracking.logger.Tracker.log_cost`): ``sec_per_iter``, ``images_per_sec``
+  and ``gpu_hours``, added up across a resume into the same run;
 * at the end of a PSS model's training, ``modes.png`` (raw / nms / e2e on validation
   images, as our engine draws it).
 
@@ -71,7 +74,7 @@ from pss.errors import EXIT_INVALID, UserError
 from pss.mmdet.config import load_config, with_data_root
 from pss.mmdet.heads import inference_mode, modes_of
 from pss.mmdet.translate import EPOCH_SAMPLER
-from pss.tracking.logger import client, retry
+from pss.tracking.logger import client, cost_clock, retry
 
 log = logging.getLogger("pss.mmdet.train")
 
@@ -211,6 +214,11 @@ class MLflowContractHook(Hook):
         self.window: dict[str, float] = {}
         self.count = 0
         self.last_metrics: dict[str, float] = {}
+        # The epoch's cost, as our engine logs it (Tracker.log_cost): the epoch trained
+        # and not yet logged, when it began, and its training wall seconds.
+        self.clock = cost_clock("cuda" if torch.cuda.is_available() else "cpu")
+        self.pending: int | None = None
+        self.began = self.spent_from = self.trained = 0.0
 
     def before_train(self, runner) -> None:
         epoch = runner.epoch
@@ -249,14 +257,34 @@ class MLflowContractHook(Hook):
             self.tracker.log_metrics(means, step=runner.iter + 1)
             self.window, self.count = {}, 0
 
+    def before_train_epoch(self, runner) -> None:
+        self._log_cost(runner)  # the last epoch's, if it was not evaluated
+        self.began, self.spent_from = time.perf_counter(), self.clock()
+
     def after_train_epoch(self, runner) -> None:
         # runner.epoch is the epoch just trained, counted from 0.
+        self.trained, self.pending = time.perf_counter() - self.began, runner.epoch + 1
         if self.stop_after_epoch is not None and runner.epoch + 1 >= self.stop_after_epoch:
             runner.train_loop.stop_training = True
 
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         self.last_metrics = dict(metrics or {})
         self.tracker.log_metrics(self.last_metrics, step=runner.epoch)
+        self._log_cost(runner)
+
+    def after_train(self, runner) -> None:
+        self._log_cost(runner)
+
+    def _log_cost(self, runner) -> None:
+        """sec_per_iter, images_per_sec and gpu_hours of the epoch trained (and evaluated,
+        when it was) since :meth:`before_train_epoch`, step = that epoch."""
+        if self.pending is None:
+            return
+        iters = len(runner.train_dataloader)
+        images = iters * runner.cfg.train_dataloader.batch_size * dist.world_size()
+        spent = self.clock() - self.spent_from
+        self.tracker.log_cost(self.pending, iters, images, self.trained, spent, dist.world_size())
+        self.pending = None
 
 
 def train(

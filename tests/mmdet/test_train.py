@@ -73,6 +73,14 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
         assert _history(mlflow, run_id, key) == [1, 2] and last[key] > 0, key
     for name in ("loss", "loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank", "lr"):
         assert _history(mlflow, run_id, name) == list(range(1, 9)), name
+    # each epoch's cost, as our engine logs it; gpu_hours added up across the resume
+    for name in (contract.SEC_PER_ITER, contract.IMAGES_PER_SEC, contract.GPU_HOURS):
+        assert _history(mlflow, run_id, name) == [1, 2], name
+    spent = sorted(mlflow.get_metric_history(run_id, contract.GPU_HOURS), key=lambda m: m.step)
+    assert 0 < spent[0].value < spent[1].value < 2 * 3 * spent[0].value
+    (spi,) = mlflow.get_metric_history(run_id, contract.SEC_PER_ITER)[:1]
+    (ips,) = mlflow.get_metric_history(run_id, contract.IMAGES_PER_SEC)[:1]
+    assert spi.value * ips.value == pytest.approx(4, rel=1e-6)  # 4 images a step
     artifacts = {a.path for a in mlflow.list_artifacts(run_id)}
     assert contract.MODES_FIGURE in artifacts and (work / contract.MODES_FIGURE).is_file()
     assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth"]
