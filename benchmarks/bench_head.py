@@ -21,7 +21,8 @@ are printed beside the ratios. On a shared CPU prefer ``--threads 1``.
 
     .venv/bin/python benchmarks/bench_head.py                      # 800x1333, batch 1
     .venv/bin/python benchmarks/bench_head.py --size 512x512 --repeats 5
-    .venv/bin/python benchmarks/bench_head.py --device cuda --amp --batch 2
+    .venv/bin/python benchmarks/bench_head.py --device cuda --amp --batch 2   # AMP as train.amp
+    .venv/bin/python benchmarks/bench_head.py --device cuda --amp fp16 --channels-last
     .venv/bin/python benchmarks/bench_head.py --quick --json /tmp/bench.json
 """
 
@@ -47,7 +48,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pss.config import load_config
 from pss.data.transforms import PIXEL_MEAN, PIXEL_STD
-from pss.engine.train import optimizer_step
+from pss.engine.step import amp_dtype, optimizer_step, to_memory_format
 from pss.models import Detector, decode
 from pss.models.heads import HeadOutputs
 from pss.testing.score_maps import (
@@ -65,6 +66,7 @@ TRAIN_BOXES = 7  # ground-truth boxes per image in the training step
 FORWARD_TOL, TRAIN_TOL, POST_MAX, TV_MAX = 0.02, 0.05, 0.5, 1.0
 QUICK_SIZE = "128x128"
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+AMP_NAMES = {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -82,7 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--post-repeats", type=int, default=None, help="post-processing rounds (default 50)"
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler (CUDA)")
+    p.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=("auto", "fp16", "bf16"),
+        help="autocast: fp16 (with a GradScaler, CUDA), bf16, or auto (train.amp's default: "
+        "bf16 where the GPU has it, else fp16); --amp alone is auto",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="every model in channels-last memory order"
+    )
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE}, 1 round: a smoke run")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--seed", type=int, default=0)
@@ -103,8 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch, --repeats and --post-repeats must be >= 1, --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    if args.amp and args.device != "cuda":
-        p.error("--amp needs --device cuda")
+    if args.amp in ("auto", "fp16") and args.device != "cuda":
+        p.error(f"--amp {args.amp} needs --device cuda (a CPU takes --amp bf16)")
+    if args.amp is not None:  # the engine's rule (pss.engine.step.amp_dtype)
+        bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
+        args.amp = amp_dtype(True if args.amp == "auto" else args.amp, args.device, bf16)
     return args
 
 
@@ -193,20 +209,20 @@ def postprocess_parts(model: Detector, out: HeadOutputs) -> dict[str, Callable[[
     return {"nms_boxes": nms_boxes, "nms_select": nms_select}
 
 
-def autocast(device: torch.device, amp: bool):
-    if amp:
-        return torch.autocast(device.type, dtype=torch.float16)
+def autocast(device: torch.device, amp: torch.dtype | None):
+    if amp is not None:
+        return torch.autocast(device.type, dtype=amp)
     return contextlib.nullcontext()
 
 
 def make_step(
-    loss_fn: Callable[[], Tensor], model: nn.Module, lr: float, amp: bool
+    loss_fn: Callable[[], Tensor], model: nn.Module, lr: float, amp: torch.dtype | None
 ) -> Callable[[], None]:
     """One optimiser step as the engine takes it (pss.engine.train.optimizer_step):
     backward, clipping at norm 35, SGD."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     return lambda: optimizer_step(loss_fn(), opt, scaler, grad_clip=35.0)
 
 
@@ -227,7 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"bench_head: torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"device {device.type} ({what}), threads {torch.get_num_threads()} (interop "
-        f"{torch.get_num_interop_threads()}), amp {'fp16' if amp else 'off'}"
+        f"{torch.get_num_interop_threads()}), amp {AMP_NAMES[amp]}, memory order "
+        f"{'channels-last' if args.channels_last else 'contiguous'}"
     )
     print(
         f"input {hw[0]}x{hw[1]} padded to {phw[0]}x{phw[1]} (to a multiple of 32, as both data "
@@ -257,6 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
     tv_bn = build_torchvision(args.backbone, False, phw, device)
     tv_fz = build_torchvision(args.backbone, True, phw, device)
     models = (fcos, pss, tv_bn, tv_fz)
+    for m in models:
+        to_memory_format(m, args.channels_last)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     report = Report()
     results: dict = {
         "torch": torch.__version__,
@@ -267,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         "padded_size": list(phw),
         "batch": batch,
         "backbone": args.backbone,
-        "amp": amp,
+        "amp": AMP_NAMES[amp],
+        "channels_last": args.channels_last,
         "repeats": rounds,
     }
 
@@ -533,7 +555,7 @@ def train_parts(
     targets: list[dict],
     clock: Clock,
     rounds: int,
-    amp: bool,
+    amp: torch.dtype | None,
 ) -> dict[str, float]:
     """ms of the losses alone (no backward) on fixed head outputs, and of torchvision's transform.
 

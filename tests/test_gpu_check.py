@@ -1,9 +1,11 @@
 """``benchmarks/gpu_check.py`` (``make gpu-check``) in its reduced CPU form, so it cannot rot.
 
 No GPU is lent to CI: the real check (float16 with a GradScaler, GPU memory,
-NCCL) runs on a GPU machine only. Here the same four steps run at tiny sizes
-on the CPU (bfloat16, resident memory, gloo); what the figures say is not
-tested, only that every step ran and gave finite numbers.
+NCCL, host synchronisations) runs on a GPU machine only. Here the same six steps
+run at tiny sizes on the CPU (bfloat16, resident memory, gloo), and the four
+figure steps once more where MLflow cannot be imported, as on a lent GPU machine;
+what the figures say is not tested, only that every step ran, printed its figures
+and gave finite numbers.
 """
 
 from __future__ import annotations
@@ -21,18 +23,31 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-STEPS = (
-    "bench_head.py without and with AMP",
-    "short AMP training of the smoke config",
+FIGURES = (
     "peak memory per image at batch 2 and 4",
-    "DDP at world size 1",
+    "bench_head.py in float32 and with AMP",
+    "precision and memory order",
+    "one-to-one matching host synchronisations",
 )
+TRACKED = ("short AMP training of the smoke config", "DDP at world size 1")
 
 
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run the script in its own session; the whole session is killed if it overruns."""
+def run(*args: str, timeout: float, block_mlflow: bool = False) -> subprocess.CompletedProcess:
+    """Run the script in its own session; the whole session is killed if it overruns.
+
+    ``block_mlflow``: in an interpreter where ``import mlflow`` fails, as on a GPU
+    machine lent without the tracking stack.
+    """
+    prefix = [sys.executable, str(SCRIPT)]
+    if block_mlflow:
+        code = (
+            "import runpy, sys; sys.modules['mlflow'] = None; "
+            f"sys.path.insert(0, {str(SCRIPT.parent)!r}); sys.argv = sys.argv[1:]; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+        )
+        prefix = [sys.executable, "-c", code, str(SCRIPT)]
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
+        [*prefix, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -62,14 +77,48 @@ def test_reduced_gpu_check_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all steps ran" in proc.stdout
     figures = json.loads(out.read_text())
-    assert list(figures) == list(STEPS) and finite(figures)
-    bench, training, memory, ddp = (figures[name] for name in STEPS)
-    assert bench["fp32"]["forward_ratio"] > 0
+    assert list(figures) == [*FIGURES, *TRACKED] and finite(figures)
+    memory, bench, precision, matching, training, ddp = (figures[n] for n in figures)
+    assert bench["fp32"]["forward_ratio"] > 0 and bench["amp"]["amp"] == "bf16"
     assert training["amp"] == "bf16" and training["grad_scaler_scale"] is None
     assert {"2", "4"} == set(memory["batches"])
     assert all(b["peak_mib"] > 0 for b in memory["batches"].values())
     assert ddp["backend"] == "gloo" and "joined a gloo process group: rank 0 of 1" in proc.stdout
     assert "mAP_e2e" in ddp["stdout"]  # pss.train printed its metrics
+
+
+@pytest.mark.slow
+def test_the_figures_need_no_mlflow(tmp_path):
+    # What the lent GPU machine runs, on a CPU where MLflow cannot be imported: every
+    # figure is printed, and the steps that train through MLflow say they did not run.
+    out = tmp_path / "figures.json"
+    args = ("--reduced", "--figures-only", "--workdir", str(tmp_path), "--json", str(out))
+    proc = run(*args, timeout=900, block_mlflow=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "mlflow imported: no" in proc.stdout and "all steps ran" in proc.stdout
+    assert f"not run (--figures-only): {', '.join(TRACKED)}" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert list(figures) == list(FIGURES) and finite(figures)
+    memory, bench, precision, matching = (figures[n] for n in FIGURES)
+    for line in ("tv_train_ratio", "postprocess_ratio", "forward_ratio", "train_ratio"):
+        assert bench["fp32"][line] > 0 and bench["amp"][line] > 0, line
+    ratios = precision["ratios"]
+    for what in ("forward", "train_step"):
+        assert ratios[f"{what}_bf16_over_fp32"] > 0
+        assert ratios[f"{what}_fp32_channels_last"] > 0 and ratios[f"{what}_bf16_channels_last"] > 0
+    assert matching["2"]["syncs"] == {"matching": None, "pss_loss": None, "losses": None}
+    assert matching["2"]["ms"]["matching"] > 0 and matching["2"]["candidate_pairs"] > 0
+    printed = proc.stdout
+    for text in (
+        "train step ours / tv (FrozenBN)",
+        "post-proc e2e / nms",
+        "forward bf16 / fp32",
+        "train_step bf16 channels-last / contig",
+        "channels-last at train.amp's default here (fp32)",
+        "host synchronisations: matching cpu",
+        "one more image costs",
+    ):
+        assert text in printed, text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the real check runs")
