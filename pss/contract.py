@@ -63,10 +63,13 @@ def metric_name(name: str, mode: str) -> str:
     return f"{name}_{mode}"
 
 
+COST = (SEC_PER_ITER, IMAGES_PER_SEC, GPU_HOURS)  # what a run cost (a table may show them)
+
+
 def known_metrics() -> list[str]:
     """Every per-run result metric a job logs, sorted (losses and lr aside)."""
     per_mode = [metric_name(m, mode) for m in (*ACCURACY, POSTPROCESS_MS) for mode in MODES]
-    return sorted([*per_mode, FORWARD_MS])
+    return sorted([*per_mode, FORWARD_MS, *COST])
 
 
 def is_known_metric(name: str) -> bool:

@@ -26,6 +26,10 @@ cells:
   - id: pss
   - id: fcos
     overrides: {model.name: fcos}
+table:
+  title: PSS and its cost
+  rows: [{key: cell, header: Cell}]
+  columns: [{columns: [{metric: "mAP_{mode}", label: mAP}, {metric: gpu_hours, label: GPU-h}]}]
 """
 # One thread a job: on a CPU the cost is the process's CPU time (cost_clock), which
 # threads spinning on a loaded machine would inflate; one thread's does not move.
@@ -61,7 +65,7 @@ def test_the_estimate_after_calibration_is_within_25_percent_of_every_cell(smoke
     text = capfd.readouterr().out
     assert "(measured: 12 steps at " in text and "GPU-hours (measured) for the 2 of 2" in text
 
-    assert sweep([str(spec), *on, "--executor", "local", "--no-report"]) == 0
+    assert sweep([str(spec), *on, "--executor", "local"]) == 0
     capfd.readouterr()
     runs = search_runs("cal-smoke")
     spent = {r.data.tags["pss.cell"]: r.data.metrics["gpu_hours"] for r in runs}
@@ -79,6 +83,15 @@ def test_the_estimate_after_calibration_is_within_25_percent_of_every_cell(smoke
     assert all(row[-1] == "measured" and row[-2].endswith("%") for row in rows.values())
     total = sum(spent.values())
     assert float(rows["total"][2]) == pytest.approx(total, rel=0.01)
+
+    # the report: GPU-hours as a column of its table, and its cost table (Markdown, LaTeX)
+    out = spec.parent / "reports" / "out" / "cal-smoke"
+    table = (out / "cal.md").read_text()
+    assert "GPU-h" in table and f"{spent['pss']:.2f}" in table
+    cost = (out / "cost.md").read_text()
+    assert "| Total" in cost and "GPU-h estimated" in cost and f"with {profile}" in cost
+    assert cost.count(" measured |") == 3 and (out / "cost.tex").is_file()
+    assert "### Cost of cal (smoke): GPU-hours" in (out / "REPORT.md").read_text()
 
 
 def test_a_config_is_one_shape_and_a_second_calibration_keeps_the_first(

@@ -444,7 +444,7 @@ def test_table1_content(store: Store, tmp_path: Path):
     assert "x101dcn-atss_pss: failed (run <x101dcn-atss_pss/s0>), no traceback.txt" in md
     assert "r50-atss_pss: running (run <r50-atss_pss/s0>)" in md
     assert "r2n101dcn-atss_pss: not run yet" in md
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["REPORT.md", "table1.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["REPORT.md", "cost.md", "table1.md"]
 
 
 # --------------------------------------------------------------------- LaTeX

@@ -31,6 +31,7 @@ from pss.report.collect import (
     fetch_runs,
     report_jobs,
 )
+from pss.report.cost import cost_table
 from pss.report.figures import figure_panels, plot, store_history
 from pss.report.layout import build_table
 from pss.report.table import Table
@@ -101,6 +102,7 @@ def make_report(
     *,
     client: Any = None,
     engine: str | None = None,
+    cluster: str | None = None,
 ) -> Report:
     """Build a spec's tables and figures from its MLflow runs; returns what was written.
 
@@ -112,6 +114,8 @@ def make_report(
     client: an MlflowClient to read through; default: the store of ``MLFLOW_TRACKING_URI``
     (or MLflow's default), read directly where it is a local SQLite store.
     engine: the runs of every cell trained on this engine (``--engine``; docs/specs.md).
+    cluster: the profile whose estimates the cost table sets against what was spent
+    (pss.report.cost; None: estimates learned from other seeds only).
     """
     chosen = parse_formats(formats)
     loaded = load_spec(spec_path, engine)
@@ -132,6 +136,8 @@ def make_report(
     if table is not None and smoke:  # keep the spec's caption: it explains the columns
         paper = f" Paper's setting: {table.caption}" if table.caption else ""
         table.caption = SMOKE_NOTE + paper
+    costs = cost_table(loaded, smoke, runs, cluster)  # GPU-hours estimated and spent
+    writers = {"md": markdown.render, "tex": latex.render, "csv": Table.csv}
     panels, notes = ([], [])
     if spec.figure is not None:
         history = store_history(results, spec.figure.metric, client=client)
@@ -140,12 +146,15 @@ def make_report(
     if table is not None:
         report.table, report.markdown = table, markdown.render(table)
         sections.append(_table_section(report.markdown, spec.name, chosen))
-        writers = {"md": markdown.render, "tex": latex.render, "csv": Table.csv}
         for fmt in chosen:
             report.files.append(write_text(out / f"{spec.name}.{fmt}", writers[fmt](table)))
     if spec.figure is not None:
         report.files += plot(spec.figure, panels, out / spec.name)
         sections.append(_figure_section(spec.figure.title, spec.name, notes))
+    rendered = tuple(f for f in chosen if f != "csv")  # the cost table has no numbers frame
+    sections.append(_table_section(markdown.render(costs), costs.name, rendered))
+    for fmt in rendered:
+        report.files.append(write_text(out / f"{costs.name}.{fmt}", writers[fmt](costs)))
     picture = _modes_picture(results, out, client)
     if picture is not None:
         report.files.append(out / contract.MODES_FIGURE)

@@ -35,6 +35,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--smoke", action="store_true", help="read the <name>-smoke experiment")
     p.add_argument(
+        "--cluster",
+        metavar="PROFILE",
+        help="cluster profile whose estimates (calibration, GPU) the cost table shows",
+    )
+    p.add_argument(
         "--engine",
         choices=ENGINES,
         default=None,
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             with_paper=args.with_paper,
             engine=args.engine,
+            cluster=args.cluster,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,17 +2,20 @@
 
 Accuracy metrics are in percent, one decimal, higher is better; times are in
 milliseconds, two decimals (as the paper prints them: at 5,000 val images a
-per-image mean is resolved well below 0.01 ms), lower is better. ``{mode}`` in
+per-image mean is resolved well below 0.01 ms), lower is better; the cost metrics
+(``gpu_hours``, ``sec_per_iter``, ``images_per_sec``) two decimals, lower is better but
+for images per second. ``{mode}`` in
 a spec's metric stands for the cell's primary mode (``e2e`` for the PSS
 models, ``nms`` for the baselines).
 """
 
 from __future__ import annotations
 
-from pss.contract import MODE_PLACEHOLDER
+from pss.contract import COST, GPU_HOURS, IMAGES_PER_SEC, MODE_PLACEHOLDER, SEC_PER_ITER
 
 MODE = MODE_PLACEHOLDER
 MODE_LABELS = {"e2e": "w/o NMS", "nms": "w/ NMS", "raw": "raw"}  # column and axis text
+COST_LABELS = {GPU_HOURS: "GPU-hours", SEC_PER_ITER: "s / iteration", IMAGES_PER_SEC: "images / s"}
 
 
 def is_time(metric: str) -> bool:
@@ -26,11 +29,11 @@ def mode_of(metric: str) -> str | None:
 
 
 def decimals(metric: str) -> int:
-    return 2 if is_time(metric) else 1
+    return 2 if is_time(metric) or metric in COST else 1
 
 
 def lower_is_better(metric: str) -> bool:
-    return is_time(metric)
+    return is_time(metric) or metric in (SEC_PER_ITER, GPU_HOURS)
 
 
 def resolve(metric: str, mode: str) -> str:
@@ -53,6 +56,8 @@ def axis_label(metric: str) -> str:
     """'mAP w/o NMS (%)' for mAP_e2e, 'forward (ms)' for forward_ms."""
     parts = metric.split("_")
     mode = MODE_LABELS.get(parts[-1]) if len(parts) > 1 else None
+    if metric in COST:
+        return COST_LABELS[metric]
     if is_time(metric):
         name = metric.split("_ms")[0].replace("_", " ")
         return f"{name}{' ' + mode if mode else ''} (ms)"

@@ -50,13 +50,7 @@ class SweepCost:
 
     def sources(self, states: list[JobState]) -> str:
         """'derived', 'learned 2, derived 8', ... for these jobs."""
-        counts = {src: 0 for src in SOURCES}
-        for s in states:
-            counts[self.estimates[s.job.key].source] += 1
-        used = [(src, n) for src, n in counts.items() if n]
-        if len(used) == 1:
-            return used[0][0]
-        return ", ".join(f"{src} {n}" for src, n in used)
+        return sources([self.estimates[s.job.key] for s in states])
 
 
 def sweep_cost(
@@ -177,16 +171,37 @@ class CellCost:
 
 def cell_costs(costs: SweepCost) -> list[CellCost]:
     """Per cell (its stages and seeds together), in the sweep's order."""
-    by_cell: dict[str, list[JobState]] = {}
-    for s in costs.states:
-        by_cell.setdefault(s.job.cell, []).append(s)
+    spent = {s.job.key: h for s in costs.states if (h := spent_hours(s)) is not None}
+    return costs_by_cell([s.job for s in costs.states], spent, costs.estimates)
+
+
+def costs_by_cell(
+    jobs: list[Job], spent: dict[str, float], estimates: dict[str, Estimate]
+) -> list[CellCost]:
+    """Per cell of ``jobs``, in their order: the GPU-hours its runs ``spent`` (by job key)
+    and its jobs' ``estimates`` (by job key) added up."""
+    by_cell: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_cell.setdefault(job.cell, []).append(job)
     out = []
-    for cell, states in by_cell.items():
-        estimated, unknown = costs.total(states)
-        spent = sum(h for s in states if (h := spent_hours(s)) is not None)
-        estimate = None if unknown else estimated
-        out.append(CellCost(cell, len(states), spent, estimate, costs.sources(states)))
+    for cell, cell_jobs in by_cell.items():
+        hours = [estimates[j.key].gpu_hours for j in cell_jobs]
+        estimated = None if None in hours else sum(h for h in hours if h is not None)
+        used = sources([estimates[j.key] for j in cell_jobs])
+        total_spent = sum(spent.get(j.key, 0.0) for j in cell_jobs)
+        out.append(CellCost(cell, len(cell_jobs), total_spent, estimated, used))
     return out
+
+
+def sources(estimates: list[Estimate]) -> str:
+    """'derived', 'learned 2, derived 8', ... for these estimates."""
+    counts = {src: 0 for src in SOURCES}
+    for e in estimates:
+        counts[e.source] += 1
+    used = [(src, n) for src, n in counts.items() if n]
+    if len(used) == 1:
+        return used[0][0]
+    return ", ".join(f"{src} {n}" for src, n in used)
 
 
 def totals(cells: list[CellCost]) -> CellCost:

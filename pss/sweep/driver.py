@@ -306,7 +306,7 @@ def run_sweep(loaded: LoadedSpec, jobs: list[Job], options: SweepOptions) -> int
     final = _wait(experiment, jobs, ledger, local, options.max_parallel or 1)
     print(format_table(final))
     if options.report and (loaded.spec.table or loaded.spec.figure):
-        shown = _report(loaded.path, loaded.spec.engine, experiment, options.smoke)
+        shown = _report(loaded.path, loaded.spec.engine, experiment, options)
         print(f"MLflow UI on these runs (experiment '{shown}'):")
         print(sweep_hint(loaded, shown))
     failed = [s for s in final if s.state != FINISHED_S]
@@ -340,12 +340,15 @@ def _wait(
         shown.close()
 
 
-def _report(path: Path, engine: str, experiment: str, smoke: bool) -> str:
+def _report(path: Path, engine: str, experiment: str, options: SweepOptions) -> str:
     """Build the sweep's report; print its table and where it went. Returns the
     experiment it read."""
     from pss.report import make_report  # the report's tables and figures: only here
 
-    report = make_report(path, smoke=smoke, out_dir=REPORTS_OUT / experiment, engine=engine)
+    out = REPORTS_OUT / experiment
+    report = make_report(
+        path, smoke=options.smoke, out_dir=out, engine=engine, cluster=options.cluster
+    )
     if report.markdown:
         print()
         print(report.markdown)
