@@ -1,4 +1,4 @@
-"""python -m pss.calibrate (issue 26): measured step times beside a profile, the dry-run's
+"""python -m pss.sweep.calibrate (issue 26): measured step times beside a profile, the dry-run's
 ``measured`` estimates, and those estimates against what a CPU smoke sweep spent."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pss.calibrate import main as calibrate
 from pss.sweep import calibration
+from pss.sweep.calibrate import main as calibrate
 from pss.sweep.driver import main as sweep
 from pss.testing import REPO
 from pss.testing.configs import tiny_train_overrides, write_spec, write_tiny_overlay

@@ -1,8 +1,8 @@
-"""Measured step times beside a cluster profile: what ``python -m pss.calibrate`` writes
+"""Measured step times beside a cluster profile: what ``python -m pss.sweep.calibrate`` writes
 and the dry-run's **measured** estimates read.
 
     slurm/v100x8.yaml               # the profile
-    slurm/v100x8.calibration.json   # {shape: Calibration}, written by pss.calibrate
+    slurm/v100x8.calibration.json   # {shape: Calibration}, written by pss.sweep.calibrate
 
 A :class:`Calibration` is one cell shape (:func:`pss.sweep.cost.shape`: its config but
 the seed, and its engine) timed on the profile's device: seconds per training step of
@@ -98,7 +98,8 @@ def read(profile: str | Path | None) -> dict[str, Calibration]:
                 raise ValueError(f"entry {shape}: a time that is not a number of seconds")
     except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(
-            f"not a calibration file ({exc}); delete it and run python -m pss.calibrate again",
+            f"not a calibration file ({exc}); delete it and time the shapes again "
+            "(python -m pss.sweep.calibrate)",
             str(path),
         ) from None
     return out

@@ -12,7 +12,7 @@ Each job's estimate has a source:
 - **learned**: finished runs of the same *shape* (the job's config but its seed; the
   same engine) logged ``gpu_hours`` (:meth:`pss.tracking.logger.Tracker.log_cost`): their
   mean. Another seed of a finished cell, or a cell trained again, is learned.
-- **measured**: ``python -m pss.calibrate`` timed a few training steps and an evaluation
+- **measured**: ``python -m pss.sweep.calibrate`` timed a few training steps and an evaluation
   of the job's shape on the profile's device and stored them beside the profile
   (:mod:`pss.sweep.calibration`, which has the formula): the job's steps, epochs and
   evaluations at those times. Below learned: a finished run of the shape measured the
@@ -87,7 +87,7 @@ def shape(job: Job) -> str:
 
 
 def shape_of(cfg: ExperimentConfig, engine: str) -> str:
-    """:func:`shape` of a config trained on ``engine`` (what pss.calibrate keys by)."""
+    """:func:`shape` of a config trained on ``engine`` (what pss.sweep.calibrate keys by)."""
     flat = {k: v for k, v in cfg.flat().items() if k != "train.seed"}
     return fingerprint({**flat, "engine": engine})
 

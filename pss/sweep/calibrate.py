@@ -1,8 +1,8 @@
 """Time a few training steps and an evaluation of each distinct cell shape, and store the
 times beside a cluster profile: the dry-run's **measured** estimates (pss.sweep.cost).
 
-    python -m pss.calibrate CONFIG... --cluster PROFILE [--set KEY=VALUE ...]
-    python -m pss.calibrate SPEC --cluster PROFILE [--smoke] [--engine torch]
+    python -m pss.sweep.calibrate CONFIG... --cluster PROFILE [--set KEY=VALUE ...]
+    python -m pss.sweep.calibrate SPEC --cluster PROFILE [--smoke] [--engine torch]
         [--steps 10] [--warmup 3] [--eval-images 200] [--executor local|slurm]
 
 CONFIG... are experiment files merged in order (as ``python -m pss.train``): one shape.
@@ -240,7 +240,7 @@ def say(text: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pss.calibrate",
+        prog="python -m pss.sweep.calibrate",
         description="Time a few training steps and an evaluation of each distinct cell "
         "shape; store them beside the cluster profile (the dry-run's measured estimates).",
     )
