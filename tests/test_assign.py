@@ -10,10 +10,11 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from pss.config import AssignConfig
+from pss.config import AssignConfig, LossConfig
 from pss.models.assign import atss_assign, fcos_assign
 from pss.models.boxes import aligned_iou, make_priors
-from pss.models.selector import match_quality, one_to_one, one_to_one_targets
+from pss.models.losses import focal_loss_on_prob, rank_loss
+from pss.models.selector import match_quality, one_to_one, one_to_one_targets, pss_losses
 
 STRIDES = (8, 16, 32, 64, 128)
 RANGES = torch.tensor([[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, 1e8]])
@@ -256,3 +257,44 @@ def test_batched_targets_without_candidates():
         torch.zeros(1, 4, 3), torch.zeros(1, 4, 4), targets, (empty, empty, empty), AssignConfig()
     )
     assert [c.tolist() for c in chosen] == [[-1, -1]]
+
+
+def per_image_pss_losses(log_p, chosen, targets, cfg):
+    """L_pss and L_rank image by image (what pss_losses computes for the batch at once)."""
+    target = torch.zeros_like(log_p)
+    ranks, num_sel = [], 0
+    for b, (sel, t) in enumerate(zip(chosen, targets)):
+        served = sel >= 0
+        loc, cls = sel[served], t["labels"][served]
+        target[b, loc, cls] = 1.0
+        num_sel += len(loc)
+        if len(loc):
+            ranks.append(rank_loss(log_p[b], loc, cls, cfg.rank_margin, cfg.rank_negatives))
+    focal = focal_loss_on_prob(log_p, target, cfg.focal_alpha, cfg.focal_gamma)
+    rank = torch.stack(ranks).sum() if ranks else log_p.sum() * 0
+    return {
+        "loss_pss": cfg.pss_weight * focal / max(num_sel, 1),
+        "loss_rank": cfg.rank_weight * rank / max(len(ranks), 1),
+    }
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_batched_pss_losses_equal_image_by_image(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    batch, n, classes = 3, 50, 6
+    log_p = (-torch.rand(batch, n, classes, generator=g) * 5).requires_grad_()
+    targets, chosen = [], []
+    for _ in range(batch):
+        m = int(torch.randint(0, 5, (), generator=g))  # some images without objects
+        targets.append({"boxes": torch.zeros(m, 4), "labels": torch.randint(0, classes, (m,))})
+        sel = torch.randperm(n, generator=g)[:m]
+        sel[torch.rand(m, generator=g) < 0.3] = -1  # objects left without a location
+        chosen.append(sel)
+    cfg = LossConfig(rank_weight=0.25)
+    batched = pss_losses(log_p, chosen, targets, cfg)
+    reference = per_image_pss_losses(log_p, chosen, targets, cfg)
+    assert batched.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.allclose(batched[key], value, rtol=1e-6, atol=0), key
+    grads = [torch.autograd.grad(sum(x.values()), log_p)[0] for x in (batched, reference)]
+    assert torch.allclose(*grads, rtol=1e-6, atol=1e-12)

@@ -106,16 +106,24 @@ def pss_losses(
     the images that have one; under DDP both counts are those of the whole global
     batch (:func:`pss.dist.reduce_mean`, at least 1). log_p [B, N, C] (float32);
     chosen: :func:`one_to_one_targets`' answer.
+
+    The batch's selections are gathered at once: two waits for a GPU a step (the
+    served objects, their count per image), whatever the batch size.
     """
+    device = log_p.device
     target = torch.zeros_like(log_p)
-    selected = []
-    for b, (sel, t) in enumerate(zip(chosen, targets)):
-        served = sel >= 0
-        loc, cls = sel[served], t["labels"][served]
-        target[b, loc, cls] = 1.0
-        selected.append((loc, cls))
-    num_sel = sum(len(loc) for loc, _ in selected)
-    norm = reduce_mean(log_p.new_tensor(float(num_sel))).clamp(min=1.0)
+    sel = torch.cat(chosen)  # [sum M], -1: not served
+    labels = torch.cat([t["labels"] for t in targets])
+    image = torch.cat(
+        [torch.full((len(c),), b, dtype=torch.long, device=device) for b, c in enumerate(chosen)]
+    )
+    served = torch.nonzero(sel >= 0).squeeze(1)
+    loc, cls, img = sel[served], labels[served], image[served]
+    target[img, loc, cls] = 1.0
+    per_image = torch.bincount(img, minlength=len(chosen)).tolist()
+    selected = list(zip(loc.split(per_image), cls.split(per_image)))
+    num_sel = served.numel()
+    norm = reduce_mean(_scalar(num_sel, device)).clamp(min=1.0)
     result = {
         "loss_pss": cfg.pss_weight
         * losses.focal_loss_on_prob(log_p, target, cfg.focal_alpha, cfg.focal_gamma)
@@ -128,9 +136,14 @@ def pss_losses(
             if loc.numel() > 0
         ]
         rank = torch.stack(ranks).sum() if ranks else log_p.sum() * 0
-        images = reduce_mean(log_p.new_tensor(float(len(ranks)))).clamp(min=1.0)
+        images = reduce_mean(_scalar(len(ranks), device)).clamp(min=1.0)
         result["loss_rank"] = cfg.rank_weight * rank / images
     return result
+
+
+def _scalar(value: float, device: torch.device) -> Tensor:
+    """A float32 0-d tensor on ``device``, filled there (no host-to-device copy)."""
+    return torch.full((), float(value), dtype=torch.float32, device=device)
 
 
 def match_quality(prob: Tensor, iou: Tensor, kind: str = "mul", alpha: float = 0.8) -> Tensor:
