@@ -115,7 +115,8 @@ def test_the_figures_need_no_mlflow(tmp_path):
         "forward bf16 / fp32",
         "train_step bf16 channels-last / contig",
         "channels-last at train.amp's default here (fp32)",
-        "host synchronisations: matching cpu",
+        "host synchronisations: matching cpu, pss_loss cpu, losses cpu (targets matching <= 1: "
+        "cpu, pss_loss <= 3: cpu)",
         "one more image costs",
     ):
         assert text in printed, text
