@@ -49,7 +49,8 @@ def states(capsys, spec) -> dict[str, str]:
     capsys.readouterr()
     main(["status", str(spec), "--smoke"])
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines()[2:-1]]
+    table = out.split("\n\n")[0]  # the job table; the cost table follows a blank line
+    rows = [line.split() for line in table.splitlines()[2:-1]]
     return {f"{r[0]}@{r[1]}": r[3] for r in rows}
 
 
