@@ -21,6 +21,7 @@ from pss.engine.checkpoint import load_checkpoint
 from pss.sweep.driver import main
 from pss.sweep.server import ensure_server, stop_server
 from pss.testing import REPO
+from pss.testing.commands import run_command
 from pss.testing.configs import write_spec, write_tiny_overlay
 from pss.testing.slurm import (
     cancel_jobs_submitted_from,
@@ -248,3 +249,32 @@ def test_eight_concurrent_slurm_jobs_lose_nothing(workdir, monkeypatch, store):
         for name, values in expected.items():
             history = client.get_metric_history(run.info.run_id, name)
             assert sorted((m.step, m.value) for m in history) == values, (index, name)
+
+
+CALIBRATED = """
+name: calslurm
+base: @EXP@/fcos_pss_r50_3x.yaml
+smoke: overlay.yaml
+cells:
+  - id: pss
+"""
+
+
+def test_calibration_as_a_job_of_the_profile(workdir, capsys):
+    """``python -m pss.sweep.calibrate --executor slurm``, run as a person runs it: the
+    timing is one job of the profile, its answer written beside the profile here."""
+    spec = write_spec(workdir / "calslurm.yaml", CALIBRATED)
+    profile = workdir / "dev.yaml"
+    profile.write_text((REPO / "slurm" / "dev.yaml").read_text())
+    argv = ["-m", "pss.sweep.calibrate", spec, "--smoke", "--cluster", profile]
+    done = run_command([*argv, "--executor", "slurm", "--steps", "2", "--warmup", "1"], workdir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "submitted SLURM job " in done.stderr
+    written = profile.with_name("dev.calibration.json")
+    assert done.stdout.strip() == f"wrote 1 shapes to {written}"
+    (entry,) = json.loads(written.read_text()).values()
+    assert entry["name"] == "pss" and entry["steps"] == 2 and entry["sec_per_iter"] > 0
+    assert entry["device"].endswith("(1 threads)")  # the profile's cpus_per_task
+    assert main([str(spec), "--smoke", "--cluster", str(profile), "--dry-run", "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)
+    assert job["cost_source"] == "measured" and job["gpu_hours"] > 0

@@ -339,4 +339,8 @@ def _on_slurm(job: Calibrate, profile: ClusterProfile, res: Resources) -> dict[s
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The module's own classes, not __main__'s copies: a SLURM job and the process each
+    # shape is timed in unpickle them by this module's name.
+    from pss.sweep.calibrate import main as calibrate
+
+    sys.exit(calibrate())
