@@ -19,7 +19,9 @@ third of a tiny smoke job's first epoch). A job's GPU-hours are then
                  + evaluations x val_images / processes x sec_per_eval_image) / 3600
 
 in the seconds of :func:`pss.tracking.logger.cost_clock` (wall on a GPU, the process's
-CPU time on a CPU), as the runs log them.
+CPU time on a CPU), as the runs log them. Not counted: the run's MLflow writes (losses
+every ``train.log_interval`` steps, metrics after an evaluation: tens of milliseconds
+an epoch; the smoke test's cells spent 96-111% of their estimate).
 
 each process training its share of the global batch (at the job's own share, ``batch``,
 the calibration timed exactly that step), and the evaluation split between them. No
