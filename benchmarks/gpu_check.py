@@ -19,7 +19,7 @@ has only the repository and torch:
    (``train.channels_last`` stays off unless it helps).
 4. The one-to-one matching: host synchronisations of ``one_to_one_targets`` and
    of the whole PSS loss per step (``torch.cuda.set_sync_debug_mode``; targets,
-   whatever the batch: one for the matching, three for the PSS loss with it), and
+   whatever the batch: one for the matching, two for the PSS loss with it), and
    their milliseconds, at batch 2 and 8.
 
 With the tracking stack (MLflow), and unless ``--figures-only``:
@@ -87,8 +87,8 @@ MIB = 2**20
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 HALF_MAX = 1.0  # float16 / float32 time
 # Host synchronisations a step, whatever the batch: the matching's copy of its scores;
-# with the PSS loss's two (the served objects, their count per image).
-SYNC_TARGETS = {"matching": 1, "pss_loss": 3}
+# with the PSS loss's one (the count of served objects per image).
+SYNC_TARGETS = {"matching": 1, "pss_loss": 2}
 CHANNELS_LAST_GAIN = 0.97  # channels-last helps when it takes at most this share of the time
 
 

@@ -116,7 +116,7 @@ def test_the_figures_need_no_mlflow(tmp_path):
         "train_step bf16 channels-last / contig",
         "channels-last at train.amp's default here (fp32)",
         "host synchronisations: matching cpu, pss_loss cpu, losses cpu (targets matching <= 1: "
-        "cpu, pss_loss <= 3: cpu)",
+        "cpu, pss_loss <= 2: cpu)",
         "one more image costs",
     ):
         assert text in printed, text

@@ -107,22 +107,25 @@ def pss_losses(
     batch (:func:`pss.dist.reduce_mean`, at least 1). log_p [B, N, C] (float32);
     chosen: :func:`one_to_one_targets`' answer.
 
-    The batch's selections are gathered at once: two waits for a GPU a step (the
-    served objects, their count per image), whatever the batch size.
+    The batch's selections are gathered at once: one wait for a GPU a step (the
+    number of served objects of each image), whatever the batch size.
     """
     device = log_p.device
     target = torch.zeros_like(log_p)
+    sizes = [len(c) for c in chosen]
     sel = torch.cat(chosen)  # [sum M], -1: not served
     labels = torch.cat([t["labels"] for t in targets])
     image = torch.cat(
-        [torch.full((len(c),), b, dtype=torch.long, device=device) for b, c in enumerate(chosen)]
+        [torch.full((m,), b, dtype=torch.long, device=device) for b, m in enumerate(sizes)]
     )
-    served = torch.nonzero(sel >= 0).squeeze(1)
+    mask = sel >= 0
+    per_image = torch.stack([m.sum() for m in mask.split(sizes)]).tolist()  # the one wait
+    num_sel = sum(per_image)
+    # The served objects in batch order: a stable sort puts them first (no nonzero's wait).
+    served = torch.argsort(mask.logical_not().to(torch.uint8), stable=True)[:num_sel]
     loc, cls, img = sel[served], labels[served], image[served]
     target[img, loc, cls] = 1.0
-    per_image = torch.bincount(img, minlength=len(chosen)).tolist()
     selected = list(zip(loc.split(per_image), cls.split(per_image)))
-    num_sel = served.numel()
     norm = reduce_mean(_scalar(num_sel, device)).clamp(min=1.0)
     result = {
         "loss_pss": cfg.pss_weight
