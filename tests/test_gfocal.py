@@ -1,19 +1,22 @@
 """GFocalV2 and GFocalV2_PSS (pss.models.gfocal): the losses, the integral box coder and
 the DGQP against values computed by hand or by torch's own losses, the model in every
-mode, and two-step training from a GFocalV2 checkpoint."""
+mode and exported to ONNX, and two-step training from a GFocalV2 checkpoint."""
 
 from __future__ import annotations
 
 import math
 
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pss.config import ModelConfig, load_config
+from pss.deploy.inference import load_model
 from pss.engine.checkpoint import load_checkpoint
 from pss.engine.train import RunInfo, train
 from pss.errors import UserError
+from pss.export import main as export_main
 from pss.models import Detector
 from pss.models.assign import Positives
 from pss.models.boxes import make_priors
@@ -29,6 +32,7 @@ from pss.models.gfocal import (
 )
 from pss.models.heads import HeadOutputs
 from pss.testing.configs import tiny_train_overrides
+from pss.testing.deploy import assert_same_detections, write_checkpoint
 
 BINS = REG_MAX + 1
 LOG0 = -1e4  # a logit whose probability is 0 to float precision
@@ -257,3 +261,17 @@ def test_end_to_end_gfocalv2_pss_trains_everything(shapes_root, tmp_path, tracki
         assert any(
             k.startswith(part) and not torch.equal(init[k], after[k]) for k in after
         ), part
+
+
+@pytest.mark.parametrize("mode", ["e2e", "nms"])
+def test_onnx_export_gives_pytorchs_detections(tmp_path, mode):
+    ckpt = write_checkpoint(tmp_path / "gfl.pth", "gfocalv2_pss")
+    out = tmp_path / f"gfl-{mode}.onnx"
+    assert export_main([str(ckpt), "--out", str(out), "--mode", mode, "--size", "128x160"]) == 0
+    detector = load_model(ckpt).detector
+    images = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = detector.predict(detector(images), [(128, 160)], mode)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = assert_same_detections(reference, *session.run(None, {"images": images.numpy()}))
+    assert got["detections"] > 0
