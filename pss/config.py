@@ -35,7 +35,8 @@ from pydantic import (
 from pss.contract import MODES, has_pss
 from pss.errors import UserError, nearest, validation_error
 
-MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
+MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss", "gfocalv2", "gfocalv2_pss")
+BASES = ("fcos", "atss", "gfocalv2")  # the one-to-many detectors: a model name's first word
 BACKBONES = (
     "resnet18",
     "resnet18_half",  # ResNet-18 at half width: a CPU backbone for smoke runs
@@ -138,9 +139,18 @@ class ModelConfig(_Section):
     inference: InferenceConfig = InferenceConfig()
 
     @property
-    def base(self) -> Literal["fcos", "atss"]:
-        """The one-to-many detector underneath: 'fcos' or 'atss'."""
-        return "atss" if self.name.startswith("atss") else "fcos"
+    def base(self) -> Literal[BASES]:  # type: ignore[valid-type]
+        """The one-to-many detector underneath: 'fcos', 'atss' or 'gfocalv2'."""
+        return self.name.split("_")[0]
+
+    @model_validator(mode="after")
+    def _quality_branch(self) -> ModelConfig:
+        if self.base == "gfocalv2" and not self.head.centerness:
+            raise ValueError(
+                f"model.head.centerness=false: {self.name} has no center-ness branch to drop "
+                "(its quality predictor, DGQP, takes that place)"
+            )
+        return self
 
     @property
     def has_pss(self) -> bool:

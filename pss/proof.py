@@ -1,21 +1,26 @@
-"""The small-scale proof: FCOS needs NMS, FCOS_PSS does not.
+"""The small-scale proof: FCOS needs NMS, FCOS_PSS does not (and the same of GFocalV2).
 
-    python -m pss.proof [--out DIR] [--set key=value ...] [--threads N]
+    python -m pss.proof [--base fcos|gfocalv2] [--out DIR] [--set key=value ...] [--threads N]
 
-Trains ``fcos`` and then ``fcos_pss`` from scratch on the synthetic shapes set
+Trains the baseline and then its PSS model on the synthetic shapes set
 (``experiments/proof/base.yaml`` + ``experiments/proof/<model>.yaml``; each
 ``--set`` applies to both), one after the other through
 :func:`pss.engine.train.train`, logs both to the MLflow experiment ``proof``
 and prints the four numbers of the claim with AP50, mAR and the time each
 training took:
 
-    fcos      + NMS      the one-to-many baseline as it is meant to be used
-    fcos      raw        the same model, top-100 scores, no NMS
-    fcos_pss  e2e        the PSS score, top-100, no NMS
-    fcos_pss  + NMS      the PSS model's base branch with NMS
+    <base>      + NMS      the one-to-many baseline as it is meant to be used
+    <base>      raw        the same model, top-100 scores, no NMS
+    <base>_pss  e2e        the PSS score, top-100, no NMS
+    <base>_pss  + NMS      the PSS model's base branch with NMS
 
-The claim holds when ``fcos_pss e2e >= fcos nms - 2`` and ``fcos raw`` is
-clearly below ``fcos nms`` (at least ``--raw-gap`` points, default 3).
+``--base fcos`` (the default) trains both from scratch (end-to-end, the paper's
+Table 1). ``--base gfocalv2`` is the authors' README row: GFocalV2 from scratch,
+then two-step training, GFocalV2_PSS starting from its last checkpoint
+(``train.init_from``) with only the PSS head trained (``train.trainable: pss``).
+
+The claim holds when ``<base>_pss e2e >= <base> nms - 2`` and ``<base> raw`` is
+clearly below ``<base> nms`` (at least ``--raw-gap`` points, default 3).
 Everything is seeded (``train.seed``) and the thread count is fixed, so a run
 is deterministic on a given machine. Exit status: 0 the claim holds, 1 it does
 not (or a training failed), 2 bad input.
@@ -31,12 +36,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pss.config import ExperimentConfig, add_config_arguments, load_config
-from pss.contract import AP50, MAP, MAR, TAG_PROOF, TAG_SEED, metric_name
+from pss.contract import AP50, CHECKPOINT, MAP, MAR, TAG_PROOF, TAG_SEED, metric_name
 from pss.data import ensure_shapes
 from pss.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, RunFailed, UserError
 
 PROOF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "proof"
-MODELS = ("fcos", "fcos_pss")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A baseline and its PSS model; ``two_step``: the PSS model starts from the
+    baseline's last checkpoint and trains its PSS head only (its config says
+    ``train.trainable: pss``)."""
+
+    base: str
+    pss: str
+    two_step: bool = False
+
+    @property
+    def models(self) -> tuple[str, str]:
+        return (self.base, self.pss)
+
+
+CLAIMS = {
+    "fcos": Claim("fcos", "fcos_pss"),
+    "gfocalv2": Claim("gfocalv2", "gfocalv2_pss", two_step=True),
+}
 EXPERIMENT = "proof"
 E2E_MARGIN = 2.0  # fcos_pss e2e may be at most this far below fcos with NMS
 RAW_GAP = 3.0  # fcos raw must be at least this far below fcos with NMS ("clearly lower")
@@ -53,7 +78,8 @@ class Trained:
 
 
 def proof_config(model: str, overrides: list[str], out: Path | None = None) -> ExperimentConfig:
-    """The proof's config for ``model`` ('fcos' or 'fcos_pss'), with ``overrides`` applied."""
+    """The proof's config for ``model`` (one of :data:`CLAIMS`' models), with ``overrides``
+    applied."""
     files = [PROOF_DIR / "base.yaml", PROOF_DIR / f"{model}.yaml"]
     cfg = load_config(files, overrides)
     if cfg.model.name != model:
@@ -80,20 +106,21 @@ def train_one(cfg: ExperimentConfig, experiment: str = EXPERIMENT) -> Trained:
 
 
 def verdict(
-    fcos: dict[str, float],
+    base: dict[str, float],
     pss: dict[str, float],
     e2e_margin: float = E2E_MARGIN,
     raw_gap: float = RAW_GAP,
+    claim: Claim = CLAIMS["fcos"],
 ) -> tuple[bool, str]:
     """Whether the claim holds, and one line per condition saying why."""
-    nms, raw = fcos[metric_name(MAP, "nms")], fcos[metric_name(MAP, "raw")]
+    nms, raw = base[metric_name(MAP, "nms")], base[metric_name(MAP, "raw")]
     e2e = pss[metric_name(MAP, "e2e")]
     close = e2e >= nms - e2e_margin
     clear = raw <= nms - raw_gap
     lines = [
-        f"fcos_pss e2e {e2e:.1f} vs fcos + NMS {nms:.1f}: {e2e - nms:+.1f} points "
+        f"{claim.pss} e2e {e2e:.1f} vs {claim.base} + NMS {nms:.1f}: {e2e - nms:+.1f} points "
         f"({'within' if close else 'NOT within'} {e2e_margin:g})",
-        f"fcos raw {raw:.1f} vs fcos + NMS {nms:.1f}: {raw - nms:+.1f} points "
+        f"{claim.base} raw {raw:.1f} vs {claim.base} + NMS {nms:.1f}: {raw - nms:+.1f} points "
         f"({'clearly lower' if clear else 'NOT clearly lower'}: needs <= -{raw_gap:g})",
     ]
     holds = close and clear
@@ -101,14 +128,14 @@ def verdict(
     return holds, "\n".join(lines)
 
 
-def table(results: dict[str, Trained]) -> str:
-    """The four rows of the claim (plus fcos_pss raw) as a Markdown table."""
+def table(results: dict[str, Trained], claim: Claim = CLAIMS["fcos"]) -> str:
+    """The four rows of the claim (plus the PSS model's raw) as a Markdown table."""
     rows = [
-        ("fcos", "nms", "with NMS"),
-        ("fcos", "raw", "raw (no NMS)"),
-        ("fcos_pss", "e2e", "e2e (no NMS)"),
-        ("fcos_pss", "nms", "with NMS"),
-        ("fcos_pss", "raw", "raw base score (no NMS)"),
+        (claim.base, "nms", "with NMS"),
+        (claim.base, "raw", "raw (no NMS)"),
+        (claim.pss, "e2e", "e2e (no NMS)"),
+        (claim.pss, "nms", "with NMS"),
+        (claim.pss, "raw", "raw base score (no NMS)"),
     ]
     out = [
         "| model | inference | mAP | AP50 | mAR | training time |",
@@ -127,15 +154,29 @@ def table(results: dict[str, Trained]) -> str:
 
 
 def run_proof(
-    overrides: list[str], out: Path | None = None, experiment: str = EXPERIMENT
+    overrides: list[str],
+    out: Path | None = None,
+    experiment: str = EXPERIMENT,
+    claim: Claim = CLAIMS["fcos"],
 ) -> dict[str, Trained]:
-    """Validate both configs first (bad input trains nothing), then train them in turn."""
-    configs = {model: proof_config(model, overrides, out) for model in MODELS}
+    """Validate both configs first (bad input trains nothing), then train them in turn;
+    a two-step claim's PSS model starts from the baseline's last checkpoint."""
+    configs = {model: proof_config(model, overrides, out) for model in claim.models}
+    pss_train = configs[claim.pss].train
+    if claim.two_step != (pss_train.trainable == "pss"):
+        raise UserError(
+            f"the proof trains {claim.pss} {'two-step' if claim.two_step else 'end-to-end'}; "
+            "do not override train.trainable",
+            "--set",
+        )
     for cfg in configs.values():  # generate the shapes first: not part of the training time
         if cfg.data.synthetic is not None:
             ensure_shapes(Path(cfg.data.root), cfg.data.synthetic)
     results = {}
     for model, cfg in configs.items():
+        if claim.two_step and model == claim.pss:
+            stage1 = {"init_from": str(configs[claim.base].run_dir / CHECKPOINT)}
+            cfg = cfg.model_copy(update={"train": pss_train.model_copy(update=stage1)})
         log.info("training %s (%s, fingerprint %s)", model, cfg.run_dir, cfg.fingerprint())
         results[model] = train_one(cfg, experiment)
         log.info("%s trained in %.0f s", model, results[model].seconds)
@@ -144,6 +185,12 @@ def run_proof(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pss.proof", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--base",
+        choices=sorted(CLAIMS),
+        default="fcos",
+        help="the baseline and its PSS model (default: %(default)s)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("outputs/proof"), help="run folders (default: %(default)s)"
     )
@@ -167,15 +214,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        results = run_proof(args.overrides, args.out, args.experiment)
+        claim = CLAIMS[args.base]
+        results = run_proof(args.overrides, args.out, args.experiment, claim)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    holds, why = verdict(results["fcos"].metrics, results["fcos_pss"].metrics, raw_gap=args.raw_gap)
-    print(table(results))
+    base, pss = (results[m].metrics for m in claim.models)
+    holds, why = verdict(base, pss, raw_gap=args.raw_gap, claim=claim)
+    print(table(results, claim))
     print()
     print(why)
     return EXIT_OK if holds else EXIT_FAILED

@@ -96,6 +96,12 @@ def _dry_run(spec, capsys, *extra: str) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
+def test_a_model_mmdet_has_no_head_for_is_refused_naming_the_ones_it_has():
+    cfg = load_config([REPO / "experiments/gfocalv2_r50_2x.yaml"])
+    with pytest.raises(UserError, match="model.name=gfocalv2 is not translated.*fcos, atss"):
+        mmdet_config(cfg)
+
+
 def test_engine_of_a_spec_a_cell_and_the_command_line(tmp_path, capsys):
     torch_spec = write_spec(tmp_path / "eng.yaml", SPEC)
     on_torch = {j["cell"]: j for j in _dry_run(torch_spec, capsys)}

@@ -11,7 +11,8 @@ import re
 
 import torch
 
-from pss.proof import MODELS, main, proof_config, verdict
+from pss.contract import CHECKPOINT
+from pss.proof import CLAIMS, main, proof_config, verdict
 from pss.tracking.logger import search_runs
 
 TINY = [
@@ -31,10 +32,26 @@ TINY = [
 
 
 def test_configs_differ_only_in_the_model():
-    fcos, pss = (proof_config(m, []) for m in MODELS)
+    fcos, pss = (proof_config(m, []) for m in CLAIMS["fcos"].models)
     assert (fcos.model.name, pss.model.name) == ("fcos", "fcos_pss")
     diff = {k for k, v in fcos.flat().items() if pss.flat()[k] != v}
     assert diff == {"name", "model.name"}
+
+
+def test_gfocalv2_configs_are_fcos_ones_but_the_model_and_the_second_step():
+    fcos = proof_config("fcos", [])
+    base, pss = (proof_config(m, []) for m in CLAIMS["gfocalv2"].models)
+    assert {k for k, v in fcos.flat().items() if base.flat()[k] != v} == {"name", "model.name"}
+    diff = {k for k, v in base.flat().items() if pss.flat()[k] != v}
+    assert diff == {"name", "model.name", "train.trainable", "train.epochs", "train.lr_steps"}
+    assert pss.train.trainable == "pss" and pss.train.epochs < base.train.epochs
+
+
+def test_verdict_names_the_claims_models():
+    holds, why = verdict(
+        {"mAP_nms": 30.0, "mAP_raw": 20.0}, {"mAP_e2e": 29.0}, claim=CLAIMS["gfocalv2"]
+    )
+    assert holds and why.splitlines()[0].startswith("gfocalv2_pss e2e 29.0 vs gfocalv2 + NMS")
 
 
 def test_verdict():
@@ -76,3 +93,35 @@ def test_bad_override_trains_nothing(tmp_path, tracking, capsys):
     assert code == 2
     assert "train.epochs" in capsys.readouterr().err
     assert search_runs("proof-bad") == [] and not (tmp_path / "out").exists()
+
+
+def test_gfocalv2_proof_trains_two_step_from_the_baselines_checkpoint(tmp_path, tracking, capsys):
+    argv = ["--base", "gfocalv2", "--out", str(tmp_path / "out"), "--experiment", "proof-g"]
+    argv += ["--threads", str(torch.get_num_threads())]
+    argv += [a for o in [f"data.root={tmp_path / 'shapes'}", *TINY] for a in ("--set", o)]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    rows = {
+        (m.group(1), m.group(2).split()[0])
+        for m in re.finditer(r"^\| (gfocalv2(?:_pss)?) \| ([^|]+?) \| ([\d.]+) \|", out, re.M)
+    }
+    assert {("gfocalv2", "with"), ("gfocalv2", "raw"), ("gfocalv2_pss", "e2e")} <= rows
+    assert "gfocalv2_pss e2e" in out and re.search(r"claim (HOLDS|DOES NOT HOLD)", out)
+    runs = {r.info.run_name: r for r in search_runs("proof-g")}
+    assert sorted(runs) == ["proof-gfocalv2", "proof-gfocalv2_pss"]
+    stage2 = runs["proof-gfocalv2_pss"].data.params
+    assert stage2["train.init_from"] == str(tmp_path / "out" / "gfocalv2" / CHECKPOINT)
+    assert stage2["train.trainable"] == "pss"
+    # stage 2 is frozen but for its PSS head: the same NMS result as stage 1
+    nms = [r.data.metrics["mAP_nms"] for r in runs.values()]
+    assert nms[0] == nms[1]
+
+
+def test_two_step_proof_refuses_an_end_to_end_override(tmp_path, tracking, capsys):
+    code = main(
+        ["--base", "gfocalv2", "--out", str(tmp_path / "out"), "--experiment", "proof-bad2"]
+        + ["--set", "train.trainable=all"]
+    )
+    assert code == 2 and "two-step" in capsys.readouterr().err
+    assert search_runs("proof-bad2") == [] and not (tmp_path / "out").exists()

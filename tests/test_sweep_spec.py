@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pss.config import load_config
 from pss.sweep.driver import main
 from pss.sweep.expand import expand
 from pss.sweep.schema import load_spec
@@ -16,7 +17,7 @@ from pss.testing.configs import write_spec
 
 TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
-    "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3,
+    "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3, "authors_readme": 14,
 }
 KEYS = {
     "cell", "seed", "overrides", "fingerprint", "stage", "depends_on", "engine",
@@ -63,6 +64,26 @@ def test_table3_two_step_cell_is_stage2_of_a_baseline(clean_cwd, capsys):
     assert stages["stage2"]["overrides"]["train.trainable"] == "pss"
     assert stages["stage2"]["depends_on"] == ["two_step"] and stages["stage1"]["depends_on"] == []
     assert stages["stage1"]["fingerprint"] != stages["stage2"]["fingerprint"]
+
+
+def test_authors_readme_two_step_stages_are_the_gfocalv2_experiment_files(clean_cwd, capsys):
+    """Each GFocalV2_PSS cell: stage 1 trains experiments/gfocalv2_<bb>_2x.yaml, stage 2
+    is experiments/gfocalv2_pss_<bb>_two_step.yaml started from stage 1's checkpoint;
+    the reference values are headed as the README's."""
+    loaded = load_spec(REPO / "sweeps" / "authors_readme.yaml")
+    assert loaded.spec.paper_source == "authors' README"
+    jobs = {(j.cell, j.stage): j for j in expand(loaded)}
+    ignored = {"name", "output_dir", "train.init_from"}
+    for bb, cell in [
+        ("r50", "r50"), ("x101_32x4d_dcn", "x101dcn"), ("r2n101_dcn", "r2n101dcn")
+    ]:  # fmt: skip
+        stage1, stage2 = (jobs[(f"{cell}-gfocalv2_pss-two_step", s)] for s in ("stage1", "stage2"))
+        for job, file in ((stage1, f"gfocalv2_{bb}_2x"), (stage2, f"gfocalv2_pss_{bb}_two_step")):
+            expected = load_config(REPO / "experiments" / f"{file}.yaml").flat()
+            got = job.config.flat()
+            assert {k for k in got if got[k] != expected[k]} <= ignored, file
+        assert stage2.config.train.init_from == str(stage1.config.run_dir / "last.pth")
+        assert stage2.after == ["stage1"] and not stage1.after
 
 
 def fingerprints(spec: Path, capsys) -> dict[str, str]:

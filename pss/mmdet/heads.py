@@ -47,6 +47,7 @@ from pss.config import AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
 from pss.models import selector
 from pss.models.decode import check_mode, score_factor, top_pairs, unpad
+from pss.models.heads import flatten_levels
 
 ONE_TO_ONE_KEYS = ("match", "alpha", "solver")
 LOSS_KEYS = ("pss_weight", "rank_weight", "rank_margin", "rank_negatives")
@@ -65,11 +66,6 @@ def _section(kind, given: dict | None, keys: tuple[str, ...] | None, argument: s
         return kind(**given)
     except ValidationError as exc:
         raise validation_error(exc, kind, f"head argument '{argument}'") from None
-
-
-def _flatten(maps: list[Tensor]) -> Tensor:
-    """[B, K, H, W] per level -> [B, sum(H * W), K] (level-major, row-major)."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
 
 
 class PSSHeadMixin:
@@ -167,11 +163,11 @@ class PSSHeadMixin:
         sizes = [tuple(m.shape[-2:]) for m in cls_scores]
         with torch.autocast(cls_scores[0].device.type, enabled=False):
             log_p = selector.log_prob(
-                _flatten(cls_scores).float(),
-                _flatten(centernesses).squeeze(-1).float(),
-                _flatten(pss_logits).squeeze(-1).float(),
+                flatten_levels(cls_scores).float(),
+                flatten_levels(centernesses).squeeze(-1).float(),
+                flatten_levels(pss_logits).squeeze(-1).float(),
             )
-            boxes = self.decode_all(sizes, _flatten(bbox_preds).float().detach())
+            boxes = self.decode_all(sizes, flatten_levels(bbox_preds).float().detach())
         targets = [
             {"boxes": get_box_tensor(g.bboxes).float(), "labels": g.labels}
             for g in batch_gt_instances
@@ -213,10 +209,10 @@ class PSSHeadMixin:
             )
         sizes = [tuple(m.shape[-2:]) for m in cls_scores]
         priors = self.flat_priors(sizes, cls_scores[0].device)
-        cls = _flatten(cls_scores).detach()
-        reg = _flatten(bbox_preds).detach().float()
-        ctr = _flatten(score_factors).detach().squeeze(-1)
-        factor = score_factor(mode, cls, ctr, _flatten(pss_logits).detach().squeeze(-1))
+        cls = flatten_levels(cls_scores).detach()
+        reg = flatten_levels(bbox_preds).detach().float()
+        ctr = flatten_levels(score_factors).detach().squeeze(-1)
+        factor = score_factor(mode, cls, ctr, flatten_levels(pss_logits).detach().squeeze(-1))
 
         def boxes_at(locs: Tensor) -> Tensor:  # [B, K] -> [B, K, 4], clipped to each image
             metas = enumerate(zip(locs, batch_img_metas))

@@ -152,6 +152,11 @@ def mmdet_config(
     if refused:
         key = refused[0]
         raise UserError(f"{key} is not translated to mmdet ({NOT_TRANSLATED[key]})")
+    if cfg.model.base not in CLS_CONV:
+        raise UserError(
+            f"model.name={cfg.model.name} is not translated to mmdet "
+            f"(mmdet cells: {', '.join(CLS_CONV)} and their _pss models)"
+        )
     if cfg.train.batch_size % world_size:
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} is not divisible by {world_size} processes"

@@ -1,4 +1,4 @@
-"""Detectors: ``Detector(cfg.model)`` builds fcos, atss, fcos_pss or atss_pss."""
+"""Detectors: ``Detector(cfg.model)`` builds fcos, atss, gfocalv2 or their _pss models."""
 
 from pss.contract import MODES
 from pss.models.detector import Detector

@@ -16,11 +16,27 @@ in :mod:`pss.models.selector`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
 from pss.models.boxes import box_to_distance
+
+
+@dataclass
+class Positives:
+    """The one-to-many positives of a batch, P of them: location ``loc[p]`` of image
+    ``img[p]`` is positive for an object of box ``boxes[p]`` and class ``labels[p]``.
+
+    img, loc, labels: [P] long; boxes: [P, 4] (x1, y1, x2, y2).
+    """
+
+    img: Tensor
+    loc: Tensor
+    boxes: Tensor
+    labels: Tensor
 
 
 def fcos_assign(

@@ -8,7 +8,8 @@
 The score of the pair (location i, class c) is sigma(s_i(c)) * f_i, where the
 per-location factor f_i (:func:`score_factor`) is sigma(ctr_i) in ``raw`` and ``nms``
 and sigma(ctr_i) sigma(pss_i) in ``e2e`` (so that the score is P_i(c)); without a
-center-ness branch sigma(ctr_i) is 1.
+center-ness branch sigma(ctr_i) is 1. (GFocalV2's ctr_i is its quality predictor's
+logit: sigma(s_i(c)) sigma(ctr_i) is its joint classification-quality score.)
 
 * ``e2e`` / ``raw`` (:func:`top_pairs`): the K best pairs, no NMS. Only the K
   locations whose best class scores highest can hold them, so only those locations'
@@ -41,6 +42,7 @@ from pss.config import InferenceConfig, ModelConfig
 from pss.contract import MODES
 from pss.errors import UserError
 from pss.models.boxes import Priors, decode_deltas, distance_to_box
+from pss.models.gfocal import integral
 from pss.models.heads import HeadOutputs
 
 Detections = dict[str, Tensor]  # one image: boxes [K, 4], scores [K], labels [K]
@@ -83,10 +85,13 @@ def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor)
     with centres [..., K, 2] and strides [..., K] (leading dims broadcast).
 
     FCOS: distances / stride (ReLU); ATSS: deltas from square anchors of side
-    ``anchor_scale * stride``.
+    ``anchor_scale * stride``; GFocalV2: distributions of distances / stride (their
+    means, :func:`pss.models.gfocal.integral`; reg [..., K, 4 (reg_max + 1)]).
     """
     if cfg.base == "fcos":
         return distance_to_box(points, F.relu(reg) * strides[..., None])
+    if cfg.base == "gfocalv2":
+        return distance_to_box(points, integral(reg) * strides[..., None])
     half = (cfg.assign.anchor_scale * strides / 2)[..., None]
     return decode_deltas(torch.cat((points - half, points + half), dim=-1), reg)
 
@@ -148,7 +153,7 @@ def detect(
         return nms_pairs(out.cls, factor, clip_boxes(boxes, sizes), priors.counts, ic, exportable)
 
     def boxes_at(locs: Tensor) -> Tensor:
-        reg = out.reg.float().gather(1, locs[..., None].expand(-1, -1, 4))
+        reg = out.reg.float().gather(1, locs[..., None].expand(-1, -1, out.reg.shape[2]))
         boxes = decode_boxes(cfg, reg, priors.points[locs], priors.strides[locs])
         return clip_boxes(boxes, sizes)
 

@@ -1,4 +1,5 @@
-"""FCOS, ATSS, FCOS_PSS and ATSS_PSS: one detector class, its losses and its three inference modes.
+"""FCOS, ATSS, GFocalV2 and their _PSS models: one detector class, its losses and its three
+inference modes.
 
     model = Detector(cfg.model)
     out = model(images)                          # [B, 3, H, W] normalised, padded
@@ -11,7 +12,9 @@ be removed.
 
 Base loss (one-to-many): focal loss / #positives, GIoU weighted by the
 center-ness target / sum of those targets (x giou_weight), center-ness BCE /
-#positives. PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
+#positives; GFocalV2's are in :mod:`pss.models.gfocal` (its head is
+:class:`~pss.models.gfocal.GFocalHead`, its one-to-many assignment ATSS's).
+PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
 P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see docs/method.md.
 
 Under DDP each rank computes its images' loss *sums* over the normalisers of the
@@ -31,10 +34,11 @@ from torch import Tensor, nn
 
 from pss.config import ModelConfig
 from pss.dist import reduce_mean
-from pss.models import assign, losses, selector
+from pss.models import assign, gfocal, losses, selector
 from pss.models.backbone import Backbone
 from pss.models.boxes import Priors, box_to_distance, centerness_target, make_priors
 from pss.models.decode import Detections, decode_boxes, detect, unpad
+from pss.models.gfocal import GFocalHead
 from pss.models.heads import DenseHead, HeadOutputs
 
 
@@ -43,7 +47,8 @@ class Detector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.head.channels)
-        self.head = DenseHead(cfg, num_levels=len(Backbone.strides))
+        head = GFocalHead if cfg.base == "gfocalv2" else DenseHead
+        self.head = head(cfg, num_levels=len(Backbone.strides))
         self.register_buffer(
             "regress_ranges", torch.tensor(cfg.assign.regress_ranges), persistent=False
         )
@@ -88,7 +93,6 @@ class Detector(nn.Module):
             return self._losses(_float32(out), targets)
 
     def _losses(self, out: HeadOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        lc = self.cfg.loss
         priors = self.priors(out)
         boxes = self.decode(out)  # [B, N, 4]
         with torch.no_grad():
@@ -99,16 +103,33 @@ class Detector(nn.Module):
         gt_labels = torch.cat([t["labels"] for t in targets])
         offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets], device=gt_boxes.device)
         flat_j = pos_j + offsets.cumsum(0)[pos_b]  # object index into gt_boxes
+        positives = assign.Positives(pos_b, pos_i, gt_boxes[flat_j], gt_labels[flat_j])
 
+        if self.cfg.base == "gfocalv2":
+            result = gfocal.gfocal_losses(out, boxes, priors, positives, self.cfg.loss)
+        else:
+            result = self.dense_losses(out, boxes, priors, positives)
+        if out.pss is not None:
+            result.update(self.pss_losses(out, boxes, targets, pos_b, pos_i, pos_j))
+        result["loss"] = sum(result.values())
+        return result
+
+    def dense_losses(
+        self, out: HeadOutputs, boxes: Tensor, priors: Priors, positives: assign.Positives
+    ) -> dict[str, Tensor]:
+        """FCOS / ATSS's one-to-many losses: loss_cls, loss_box, loss_ctr (see the module).
+        boxes [B, N, 4]: the decoded predictions."""
+        lc = self.cfg.loss
+        pos_b, pos_i = positives.img, positives.loc
+        target_boxes = positives.boxes
         num_pos = reduce_mean(pos_b.new_tensor(pos_b.numel(), dtype=torch.float32)).clamp(min=1.0)
         cls_target = torch.zeros_like(out.cls, dtype=torch.float32)
-        cls_target[pos_b, pos_i, gt_labels[flat_j]] = 1.0
+        cls_target[pos_b, pos_i, positives.labels] = 1.0
         result = {
             "loss_cls": losses.focal_loss(out.cls, cls_target, lc.focal_alpha, lc.focal_gamma)
             / num_pos
         }
 
-        target_boxes = gt_boxes[flat_j]
         ctr_target = centerness_target(box_to_distance(priors.points[pos_i], target_boxes))
         ctr_norm = reduce_mean(ctr_target.sum()).clamp(min=1e-6)
         result["loss_box"] = (
@@ -122,10 +143,6 @@ class Detector(nn.Module):
                 * losses.centerness_loss(out.ctr[pos_b, pos_i], ctr_target)
                 / num_pos
             )
-
-        if out.pss is not None:
-            result.update(self.pss_losses(out, boxes, targets, pos_b, pos_i, pos_j))
-        result["loss"] = sum(result.values())
         return result
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The dense head shared by all four detectors, and the PSS head.
+"""The dense head of FCOS and ATSS (+PSS), and the PSS head (GFocalV2's: pss.models.gfocal).
 
 Per FPN level (shared weights across levels):
 
@@ -28,8 +28,10 @@ class HeadOutputs:
 
     cls:  [B, N, C] classification logits s
     reg:  [B, N, 4] box regression (FCOS: distances / stride before ReLU;
-          ATSS: anchor deltas), already multiplied by the level's scale
-    ctr:  [B, N] center-ness logits, or None without the branch
+          ATSS: anchor deltas; GFocalV2: [B, N, 4 (reg_max + 1)] logits of each
+          side's distance distribution), already multiplied by the level's scale
+    ctr:  [B, N] logits of the per-location quality (FCOS / ATSS: center-ness;
+          GFocalV2: its quality predictor's), or None without the branch
     pss:  [B, N] PSS logits, or None for the baselines
     sizes: (H, W) of each level's map
     """
@@ -80,21 +82,32 @@ class PSSHead(nn.Module):
         return self.out(self.convs(x))
 
 
-def _flatten(maps: list[Tensor]) -> Tensor:
+def flatten_levels(maps: list[Tensor]) -> Tensor:
     """[B, K, H, W] per level -> [B, sum(H * W), K] (a view of each map, contiguous or
     channels-last, until the one copy that concatenates them)."""
     return torch.cat([m.permute(0, 2, 3, 1).flatten(1, 2) for m in maps], dim=1)
 
 
 class DenseHead(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_levels: int = 5) -> None:
+    """FCOS / ATSS's head; a subclass changes the box output's width (``box_channels``)
+    and the per-location quality (:meth:`quality_logits`, center-ness here)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_levels: int = 5,
+        box_channels: int = 4,
+        centerness: bool | None = None,
+    ) -> None:
+        """``centerness``: build the center-ness branch (None: ``cfg.head.centerness``)."""
         super().__init__()
         ch, n = cfg.head.channels, cfg.head.num_convs
+        centerness = cfg.head.centerness if centerness is None else centerness
         self.cls_tower = conv_tower(ch, n)
         self.reg_tower = conv_tower(ch, n)
         self.cls_logits = nn.Conv2d(ch, cfg.num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(ch, 4, 3, padding=1)
-        self.centerness = nn.Conv2d(ch, 1, 3, padding=1) if cfg.head.centerness else None
+        self.bbox_pred = nn.Conv2d(ch, box_channels, 3, padding=1)
+        self.centerness = nn.Conv2d(ch, 1, 3, padding=1) if centerness else None
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
         self.pss = PSSHead(ch, cfg.pss.num_convs) if cfg.has_pss else None
         self.pss_from_cls = cfg.pss.branch == "classification"
@@ -107,22 +120,29 @@ class DenseHead(nn.Module):
         prior = cfg.head.prior_prob
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior) / prior))
 
+    def quality_logits(self, reg_feat: Tensor, box: Tensor) -> Tensor | None:
+        """One level's per-location quality logits [B, 1, H, W] (center-ness), or None
+        without the branch. reg_feat: the reg tower's output; box: the box output."""
+        return None if self.centerness is None else self.centerness(reg_feat)
+
     def forward(self, feats: list[Tensor]) -> HeadOutputs:
         cls, reg, ctr, pss = [], [], [], []
         for feat, scale in zip(feats, self.scales):
             cls_feat = self.cls_tower(feat)
             reg_feat = self.reg_tower(feat)
+            box = scale(self.bbox_pred(reg_feat))
             cls.append(self.cls_logits(cls_feat))
-            reg.append(scale(self.bbox_pred(reg_feat)))
-            if self.centerness is not None:
-                ctr.append(self.centerness(reg_feat))
+            reg.append(box)
+            quality = self.quality_logits(reg_feat, box)
+            if quality is not None:
+                ctr.append(quality)
             if self.pss is not None:
                 pss_in = cls_feat if self.pss_from_cls else reg_feat
                 pss.append(self.pss(pss_in.detach() if self.stop_grad else pss_in))
         return HeadOutputs(
-            cls=_flatten(cls),
-            reg=_flatten(reg),
-            ctr=_flatten(ctr).squeeze(-1) if ctr else None,
-            pss=_flatten(pss).squeeze(-1) if pss else None,
+            cls=flatten_levels(cls),
+            reg=flatten_levels(reg),
+            ctr=flatten_levels(ctr).squeeze(-1) if ctr else None,
+            pss=flatten_levels(pss).squeeze(-1) if pss else None,
             sizes=[tuple(f.shape[-2:]) for f in feats],
         )

@@ -117,11 +117,11 @@ def _header(spec: Spec, with_paper: bool) -> list[HeaderGroup]:
                 HeaderGroup(group.title, tuple(_column(c, c.label) for c in group.columns))
             )
         elif group.title:
-            cols = [col for c in group.columns for col in _with_paper(c, c.label)]
+            cols = [col for c in group.columns for col in _with_paper(c, c.label, spec)]
             header.append(HeaderGroup(group.title, tuple(cols)))
         else:
             for c in group.columns:
-                header.append(HeaderGroup(c.label, tuple(_with_paper(c, "ours"))))
+                header.append(HeaderGroup(c.label, tuple(_with_paper(c, "ours", spec))))
     return header
 
 
@@ -129,8 +129,10 @@ def _column(spec: ColumnSpec, text: str, kind: ColumnKind = "ours") -> Column:
     return Column(text, spec.metric, kind, metrics.decimals(spec.metric))
 
 
-def _with_paper(spec: ColumnSpec, text: str) -> list[Column]:
-    return [_column(spec, text), _column(spec, "paper", "paper"), _column(spec, "Δ", "diff")]
+def _with_paper(column: ColumnSpec, text: str, spec: Spec) -> list[Column]:
+    """Our column, the reference's (headed by ``spec.paper_source``) and the difference."""
+    source = _column(column, spec.paper_source, "paper")
+    return [_column(column, text), source, _column(column, "Δ", "diff")]
 
 
 def paper_value(spec: Spec, row: dict[str, Any], metric: str, mode: str | None) -> float | None:

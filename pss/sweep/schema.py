@@ -183,6 +183,9 @@ class Spec(_Strict):
     max_cells: int = Field(MAX_CELLS, ge=1)
     resources: Resources = Resources()
     paper: list[PaperRow] = []
+    # Where the values of ``paper`` come from: the header of their column in reports
+    # ("authors' README" for sweeps/authors_readme.yaml).
+    paper_source: str = Field("paper", min_length=1)
     table: TableSpec | None = None
     figure: FigureSpec | None = None
     search: SearchSpec | None = None
