@@ -50,7 +50,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -91,10 +91,19 @@ def read_annotations(ann_file: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UserError("not valid JSON (not UTF-8 text)", src) from None
     validate_annotations(data, src)
-    for ann in data["annotations"]:  # COCO evaluation sorts boxes into sizes by 'area'
+    fill_area(data["annotations"])
+    return data
+
+
+def fill_area(annotations: Iterable[dict[str, Any]]) -> None:
+    """Give each annotation without COCO's ``area`` its box's, ``w * h`` in square pixels.
+
+    COCO evaluation sorts objects into small / medium / large by ``area`` and fails with
+    ``KeyError: 'area'`` without it; many converters leave it out.
+    """
+    for ann in annotations:
         if "area" not in ann:
             ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
-    return data
 
 
 def _is_id(value: Any) -> bool:

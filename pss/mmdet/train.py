@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmdet.registry import DATA_SAMPLERS, HOOKS, LOOPS
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATA_SAMPLERS, DATASETS, HOOKS, LOOPS
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import Hook
@@ -61,6 +62,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from pss import contract, dist
 from pss.config import ExperimentConfig, SyntheticConfig, fingerprint, flatten
 from pss.data import ensure_shapes
+from pss.data.check import fill_area
 from pss.engine.evaluate import untimed_batches
 from pss.engine.lifecycle import (
     Opening,
@@ -115,6 +117,16 @@ class EpochSampler(DefaultSampler):
         return self.per_epoch
 
 
+@DATASETS.register_module()
+class CocoDatasetAreaOptional(CocoDataset):
+    """mmdet's CocoDataset reading annotations without COCO's ``area`` as ours does (the
+    box's, :func:`pss.data.check.fill_area`); mmdet's fails on them with KeyError."""
+
+    def parse_data_info(self, raw_data_info: dict) -> dict | list[dict]:
+        fill_area(raw_data_info["raw_ann_info"])
+        return super().parse_data_info(raw_data_info)
+
+
 class _Stopwatch:
     """Seconds spent in one method of an object, but in its first ``untimed`` calls.
 
@@ -159,6 +171,9 @@ class ModesValLoop(ValLoop):
     def __init__(self, runner, dataloader, evaluator, fp16: bool = False, modes=None) -> None:
         super().__init__(runner, dataloader, evaluator, fp16)
         self.modes = None if modes is None else tuple(modes)
+        for metric in self.evaluator.metrics:  # CocoMetric reads the file itself, 'area' too
+            if getattr(metric, "_coco_api", None) is not None:
+                fill_area(metric._coco_api.anns.values())
 
     def run(self) -> dict[str, float]:
         self.runner.call_hook("before_val")
@@ -349,6 +364,10 @@ def _settle(cfg: Config, work: Path, data_root: str | Path | None, log_interval:
     cfg.work_dir = str(work)
     cfg.val_cfg = {"type": "ModesValLoop", "modes": (cfg.get("val_cfg") or {}).get("modes")}
     cfg.val_evaluator.metric_items = list(COCO_ITEMS)
+    for split in ("train", "val", "test"):
+        dataset = (cfg.get(f"{split}_dataloader") or {}).get("dataset") or {}
+        if dataset.get("type") == "CocoDataset":
+            dataset.type = CocoDatasetAreaOptional.__name__
     cfg.default_hooks.logger.interval = log_interval
     synthetic = cfg.get("pss_synthetic")
     if synthetic:

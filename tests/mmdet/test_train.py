@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 from mlflow.tracking import MlflowClient
 from twins import CONFIGS
@@ -144,3 +147,22 @@ def test_inference_mode_sets_a_pss_heads_mode_and_puts_it_back():
         inference_mode(baseline, "e2e"),
     ):
         pass
+
+
+@pytest.mark.slow
+def test_boxes_without_area_evaluate(shapes_root, tracking, tmp_path):
+    """Many converters leave COCO's 'area' out. mmdet's CocoDataset (at loading) and its
+    CocoMetric (at the first evaluation, after an epoch) read it and used to fail with
+    KeyError: 'area'; as on our engine, an object's area is its box's when absent."""
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / split).symlink_to(shapes_root / split)
+        data = json.loads((shapes_root / "annotations" / f"{split}.json").read_text())
+        for ann in data["annotations"]:
+            del ann["area"]
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(data))
+    tiny = {**TINY, "train_cfg.max_epochs": 1}
+    metrics = train(FILES, tiny, work_dir=tmp_path / "work", data_root=root)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics[contract.metric_name("mAP", "nms")] >= 0
