@@ -35,8 +35,20 @@ from pydantic import (
 from pss.contract import MODES, has_pss
 from pss.errors import UserError, nearest, validation_error
 
-MODEL_NAMES = ("fcos", "atss", "fcos_pss", "atss_pss", "gfocalv2", "gfocalv2_pss")
-BASES = ("fcos", "atss", "gfocalv2")  # the one-to-many detectors: a model name's first word
+MODEL_NAMES = (
+    "fcos",
+    "atss",
+    "fcos_pss",
+    "atss_pss",
+    "gfocalv2",
+    "gfocalv2_pss",
+    "condinst",
+    "condinst_pss",
+)
+# The one-to-many detectors: a model name's first word.
+BASES = ("fcos", "atss", "gfocalv2", "condinst")
+# The instance segmentation bases and the box detector each one is built on.
+MASK_BASES = {"condinst": "fcos"}
 BACKBONES = (
     "resnet18",
     "resnet18_half",  # ResNet-18 at half width: a CPU backbone for smoke runs
@@ -140,8 +152,19 @@ class ModelConfig(_Section):
 
     @property
     def base(self) -> Literal[BASES]:  # type: ignore[valid-type]
-        """The one-to-many detector underneath: 'fcos', 'atss' or 'gfocalv2'."""
+        """The one-to-many detector underneath: 'fcos', 'atss', 'gfocalv2' or 'condinst'."""
         return self.name.split("_")[0]
+
+    @property
+    def box_base(self) -> str:
+        """The box detector: ``base``, or the one an instance segmentation model is built
+        on (CondInst: FCOS). Box decoding and the one-to-many assignment follow it."""
+        return MASK_BASES.get(self.base, self.base)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model predicts instance masks (CondInst)."""
+        return self.base in MASK_BASES
 
     @model_validator(mode="after")
     def _quality_branch(self) -> ModelConfig:

@@ -45,6 +45,9 @@ MODES = ("e2e", "nms", "raw")
 # COCO accuracy metrics, in percent, logged as f"{name}_{mode}" with step = epoch.
 MAP, MAR, AP50 = "mAP", "mAR", "AP50"  # AP @ IoU 0.5:0.95, AR @ 100 detections, AP @ 0.5
 ACCURACY = (MAP, MAR, AP50, "AP75", "APs", "APm", "APl")
+# Mask accuracy of instance segmentation models (COCOeval iouType "segm"): the same
+# family, logged as f"{name}_segm_{mode}" (mAP_segm_e2e, AP50_segm_nms, ...).
+SEGM = "segm"
 LOSS = "loss"  # the total training loss, logged with step = global iteration
 FORWARD_MS = "forward_ms"  # mean forward time per image (ms)
 POSTPROCESS_MS = "postprocess_ms"  # logged as f"postprocess_ms_{mode}" (ms per image)
@@ -63,19 +66,28 @@ def metric_name(name: str, mode: str) -> str:
     return f"{name}_{mode}"
 
 
+def segm_name(name: str) -> str:
+    """'mAP' -> 'mAP_segm': an accuracy metric of the masks (then per mode: mAP_segm_e2e)."""
+    return f"{name}_{SEGM}"
+
+
+# Every per-mode result: box accuracy, mask accuracy, post-processing time.
+PER_MODE = (*ACCURACY, *(segm_name(m) for m in ACCURACY), POSTPROCESS_MS)
+
+
 COST = (SEC_PER_ITER, IMAGES_PER_SEC, GPU_HOURS)  # what a run cost (a table may show them)
 
 
 def known_metrics() -> list[str]:
     """Every per-run result metric a job logs, sorted (losses and lr aside)."""
-    per_mode = [metric_name(m, mode) for m in (*ACCURACY, POSTPROCESS_MS) for mode in MODES]
+    per_mode = [metric_name(m, mode) for m in PER_MODE for mode in MODES]
     return sorted([*per_mode, FORWARD_MS, *COST])
 
 
 def is_known_metric(name: str) -> bool:
     """A result metric, or one with MODE_PLACEHOLDER for its mode ('mAP_{mode}')."""
     return name in known_metrics() or any(
-        name == metric_name(m, MODE_PLACEHOLDER) for m in (*ACCURACY, POSTPROCESS_MS)
+        name == metric_name(m, MODE_PLACEHOLDER) for m in PER_MODE
     )
 
 

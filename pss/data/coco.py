@@ -12,13 +12,17 @@ image's pixels), ``labels`` [M] int64 (contiguous 0..C-1, indices into
 ``dataset.cat_ids``), ``iscrowd`` [M] bool, ``image_id`` int, ``orig_size``
 (h, w) of the file, ``size`` (h, w) after resizing, ``scale`` (float,
 resized / original: original boxes = boxes / scale when not flipped) and
-``flipped`` (bool; only training flips).
+``flipped`` (bool; only training flips). A dataset built with ``masks=True``
+(instance segmentation models) adds ``masks`` [M, h, w] uint8: each object's
+``segmentation`` (polygons or RLE, :mod:`pss.data.masks`) at the resized image's
+size, aligned with its box through every transform.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import random
 from collections.abc import Callable
 from functools import cached_property, partial
@@ -42,9 +46,10 @@ from pss.data.check import (
     read_annotations,
     split_files,
 )
+from pss.data.masks import decode_segmentation
 from pss.data.sampler import ShardedBatches
 from pss.data.transforms import Compose, Normalize, Target, build_transforms
-from pss.errors import RunFailed
+from pss.errors import RunFailed, UserError
 
 # ----------------------------------------------------------------------------
 # Dataset (the rules of a valid file, image and box live in pss.data.check)
@@ -67,7 +72,7 @@ class ImageFailed(RunFailed):
 
 
 class CocoDetection(Dataset):
-    """Images and box targets of a COCO-format dataset.
+    """Images and box (and, with ``masks=True``, mask) targets of a COCO-format dataset.
 
     ``dataset[i]`` is ``(image [3, H, W] float32 normalised, target)``, see the
     module docstring. With ``train=True`` crowd boxes and the boxes the data
@@ -75,7 +80,8 @@ class CocoDetection(Dataset):
     outside the image, normalised) are removed (images left without boxes
     stay: they are valid negatives). Randomness comes from
     ``random.Random(f"{seed}-{epoch}-{i}")``, so a sample is a pure function of
-    (seed, epoch, index); call ``set_epoch``.
+    (seed, epoch, index); call ``set_epoch``. With ``masks=True`` every kept object
+    needs a ``segmentation`` (crowd regions are dropped before, as their boxes are).
     """
 
     def __init__(
@@ -86,8 +92,10 @@ class CocoDetection(Dataset):
         train: bool,
         seed: int = 0,
         max_images: int | None = None,
+        masks: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
+        self.masks = masks
         self.ann_file = Path(ann_file)
         data = read_annotations(self.ann_file)
         check_image_files(data, self.image_dir, str(self.ann_file))
@@ -131,6 +139,42 @@ class CocoDetection(Dataset):
         self._labels = np.searchsorted(np.array(self.cat_ids), cat_of_box).astype(np.int64)
         self._crowd = np.fromiter((bool(anns[k].get("iscrowd", 0)) for k in kept), bool, len(kept))
         self._relative = in_unit_square(self._boxes)  # the file holds 0-1 coordinates
+        if self.masks:
+            self._flatten_segmentations([anns[k] for k in kept])
+
+    def _flatten_segmentations(self, anns: list[dict[str, Any]]) -> None:
+        """Each annotation's ``segmentation`` as JSON bytes in one flat uint8 array (the
+        same copy-on-read reason as :meth:`_flatten`), decoded when its image loads.
+        Crowd regions may go without one (training drops them); any other object
+        without one is refused, naming the file and the annotation."""
+        blobs = []
+        for ann, crowd in zip(anns, self._crowd):
+            if "segmentation" not in ann and not crowd:
+                raise UserError(
+                    f"annotation {ann.get('id')} (image {ann['image_id']}) has no "
+                    "'segmentation'; an instance segmentation model needs every object's "
+                    "mask (a shapes set generated before masks existed: delete it to "
+                    "generate it again)",
+                    str(self.ann_file),
+                )
+            blobs.append(json.dumps(ann.get("segmentation", [])).encode())
+        sizes = np.fromiter((len(b) for b in blobs), np.int64, len(blobs))
+        self._seg_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._segs = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def load_masks(self, box_index: np.ndarray, height: int, width: int) -> Tensor:
+        """Masks [M, height, width] uint8 of the objects at ``box_index`` [M] (indices
+        into the flat box arrays)."""
+        masks = np.zeros((len(box_index), height, width), dtype=np.uint8)
+        for slot, k in enumerate(box_index):
+            blob = self._segs[self._seg_offsets[k] : self._seg_offsets[k + 1]].tobytes()
+            try:
+                masks[slot] = decode_segmentation(json.loads(blob), height, width)
+            except ValueError as exc:
+                raise ImageFailed(
+                    f"{self.ann_file}: a segmentation of a {width}x{height} image: {exc}"
+                ) from None
+        return torch.from_numpy(masks)
 
     @cached_property
     def coco(self) -> COCO:
@@ -164,16 +208,20 @@ class CocoDetection(Dataset):
         """Target of item ``index`` in file pixels: boxes [M, 4] x1y1x2y2 clipped to the image."""
         lo, hi = self._offsets[index], self._offsets[index + 1]
         xywh, labels, crowd = self._boxes[lo:hi], self._labels[lo:hi], self._crowd[lo:hi]
+        box_index = np.arange(lo, hi)
         if self.train:
             keep = ~crowd & (box_reasons(xywh, (width, height), self._relative) == USABLE)
             xywh, labels, crowd = xywh[keep], labels[keep], crowd[keep]
+            box_index = box_index[keep]
         boxes = torch.from_numpy(xywh.copy())
         labels = torch.from_numpy(labels.copy())
         crowd = torch.from_numpy(crowd.copy())
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
         boxes[:, 1::2].clamp_(0, height)
+        extra = {"masks": self.load_masks(box_index, height, width)} if self.masks else {}
         return {
+            **extra,
             "boxes": boxes,
             "labels": labels,
             "iscrowd": crowd,
@@ -298,13 +346,15 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
         loader.dataset.set_epoch(epoch)
 
 
-def build_dataset(cfg: DataConfig, split: Literal["train", "val"], seed: int = 0) -> CocoDetection:
+def build_dataset(
+    cfg: DataConfig, split: Literal["train", "val"], seed: int = 0, masks: bool = False
+) -> CocoDetection:
     """The train or val dataset of ``cfg``, paths relative to ``cfg.root``.
 
     With ``cfg.synthetic`` set, the shapes dataset is generated into the root
     first if it is not there (its layout: ``train/``, ``val/``,
     ``annotations/train.json``, ``annotations/val.json``). ``cfg.max_val_images``
-    keeps the first N val images by id.
+    keeps the first N val images by id. ``masks``: targets with masks (see the module).
     """
     images, ann_file = split_files(cfg, split)
     train = split == "train"
@@ -315,4 +365,5 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "val"], seed: int = 0
         train=train,
         seed=seed,
         max_images=None if train else cfg.max_val_images,
+        masks=masks,
     )

@@ -17,7 +17,8 @@ spread log-uniformly from ~12 px to ~200 px at 256 px (FPN strides 8-128;
 occlude earlier ones. A shape that would hide more than
 60% of an earlier one is re-drawn elsewhere, so every shape in the image is
 annotated and none is mostly hidden. ``bbox`` is the full shape's box,
-``area`` its visible pixel count.
+``segmentation`` the exact mask of its visible pixels (compressed RLE, the
+pixels the image shows in its colour) and ``area`` their count.
 
 Everything about image ``index`` of ``split`` comes from one numpy Generator
 seeded with ``(seed, split, index)``: the same seed gives byte-identical
@@ -41,6 +42,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from pss.config import SyntheticConfig
+from pss.data.masks import encode_masks
 from pss.errors import EXIT_INVALID, UserError
 
 SHAPE_CATEGORIES: list[dict[str, Any]] = [
@@ -138,8 +140,9 @@ def render(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Image ``index`` of ``split``: pixels [size, size, 3] uint8 and its objects.
 
-    Each object is ``{"category_id", "bbox": [x, y, w, h], "area"}`` (area =
-    visible pixels), in drawing order. ``sides``: the objects' side range in
+    Each object is ``{"category_id", "bbox": [x, y, w, h], "area", "segmentation"}``
+    (area = visible pixels, segmentation = their mask as compressed RLE), in drawing
+    order. ``sides``: the objects' side range in
     pixels (default: :func:`default_sides`).
     """
     sides = sides or default_sides(size)
@@ -191,9 +194,11 @@ def render(
             break
 
     visible = np.bincount(owner[owner >= 0], minlength=len(objects))
-    for obj, area in zip(objects, visible):
+    masks = owner[None] == np.arange(len(objects))[:, None, None]  # [K, size, size]
+    for obj, area, rle in zip(objects, visible, encode_masks(masks)):
         obj["area"] = float(area)
         obj["bbox"] = [round(v, 2) for v in obj["bbox"]]
+        obj["segmentation"] = rle
     noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(3, 10))
     image = np.clip(image + noise, 0, 255)
     if rng.random() < 0.3:  # some images slightly blurred

@@ -6,8 +6,10 @@ global RNG: a sample's augmentation is then a pure function of (seed, epoch,
 index), whatever the DataLoader's worker count.
 
 ``target`` is a dict holding at least ``boxes`` [M, 4] float32 (x1, y1, x2,
-y2 in the current image's pixels); the transforms keep ``size`` (h, w) of
-the current image and ``scale`` (current / original size) up to date.
+y2 in the current image's pixels), and for instance segmentation ``masks``
+[M, h, w] uint8 (0 / 1, the current image's size), kept aligned with the boxes;
+the transforms keep ``size`` (h, w) of the current image and ``scale`` (current /
+original size) up to date.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -30,6 +33,19 @@ PIXEL_STD = (0.229, 0.224, 0.225)
 
 Target = dict[str, Any]
 Transform = Callable[[Any, Target, random.Random], tuple[Any, Target]]
+
+
+def resize_masks(masks: Tensor, height: int, width: int) -> Tensor:
+    """Masks [M, h, w] uint8 resized to [M, height, width] uint8: bilinear (pixel
+    centres aligned, as the image's resize), then >= 0.5."""
+    if masks.shape[-2:] == (height, width):
+        return masks
+    if len(masks) == 0:
+        return masks.new_zeros((0, height, width))
+    soft = F.interpolate(
+        masks[None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    return (soft[0] >= 0.5).to(torch.uint8)
 
 
 def resized_shape(
@@ -49,7 +65,8 @@ class RandomResize:
 
     Boxes are multiplied by the one float ``scale`` (not the per-axis ratios
     of the rounded size, which differ by < 0.5 px), so that original boxes are
-    exactly ``boxes / target["scale"]``.
+    exactly ``boxes / target["scale"]``; masks take the image's new size
+    (:func:`resize_masks`).
     """
 
     def __init__(self, scales: Sequence[int], max_size: int | None = None) -> None:
@@ -68,13 +85,15 @@ class RandomResize:
             image = image.resize((new_w, new_h), Image.BILINEAR)
         target = dict(target)
         target["boxes"] = target["boxes"] * scale
+        if "masks" in target:
+            target["masks"] = resize_masks(target["masks"], new_h, new_w)
         target["size"] = (new_h, new_w)
         target["scale"] = target.get("scale", 1.0) * scale
         return image, target
 
 
 class HorizontalFlip:
-    """Mirror left-right with probability ``p``: x1, x2 -> W - x2, W - x1."""
+    """Mirror left-right with probability ``p``: x1, x2 -> W - x2, W - x1 (masks mirrored)."""
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
@@ -90,6 +109,8 @@ class HorizontalFlip:
         boxes = target["boxes"].clone()
         boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
         target["boxes"] = boxes
+        if "masks" in target:
+            target["masks"] = target["masks"].flip(-1)
         target["flipped"] = not target.get("flipped", False)
         return image, target
 

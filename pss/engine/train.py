@@ -263,7 +263,8 @@ def _iters_per_epoch(cfg: ExperimentConfig, train_set: CocoDetection) -> int:
 
 def _datasets(cfg: ExperimentConfig) -> tuple[CocoDetection, CocoDetection]:
     """The train and val sets; ``model.num_classes`` follows the annotations unless set."""
-    train_set = build_dataset(cfg.data, "train", seed=cfg.train.seed)
+    masks = cfg.model.has_masks
+    train_set = build_dataset(cfg.data, "train", seed=cfg.train.seed, masks=masks)
     val_set = build_dataset(cfg.data, "val", seed=cfg.train.seed)
     if "num_classes" not in cfg.model.model_fields_set:  # not set: follow the annotations
         cfg.model.num_classes = train_set.num_classes
@@ -376,7 +377,8 @@ def train_step(
     """One optimizer step on one batch of this process (images [b, 3, H, W], the loader's
     targets), the schedule stepped after it; returns the global batch's losses."""
     images = images.to(loop.device, non_blocking=True)
-    targets = [{k: tg[k].to(loop.device) for k in ("boxes", "labels")} for tg in targets]
+    kept = ("boxes", "labels", "masks")  # masks: instance segmentation models' sets only
+    targets = [{k: tg[k].to(loop.device) for k in kept if k in tg} for tg in targets]
     loss, losses = forward_losses(loop.model, loop.detector, images, targets, loop.amp)
     _check_losses(loop, epoch, losses)
     if not optimizer_step(loss, loop.optimizer, loop.scaler, loop.cfg.train.grad_clip):

@@ -3,6 +3,7 @@
     check_mode(mode, cfg.has_pss, cfg.name)                          # e2e needs a PSS head
     boxes, scores, labels = detect(cfg, out, priors, mode, sizes)   # [B, K, 4], [B, K], [B, K]
     dets = unpad(boxes, scores, labels)             # per image: dict(boxes, scores, labels)
+    *padded, locs = detect(cfg, out, priors, mode, sizes, locations=True)  # + locs [B, K]
     rows = coco_rows(dets[0], image_id, category_ids, scale)        # COCO results entries
 
 The score of the pair (location i, class c) is sigma(s_i(c)) * f_i, where the
@@ -21,11 +22,14 @@ Everything is tensor code that ``torch.onnx.export`` traces:
 :class:`pss.deploy.graph.DeployedDetector` exports it and
 :meth:`pss.models.Detector.predict` evaluates with it (dropping the empty slots).
 Outputs have exactly K slots per image, sorted by score; an empty slot holds score 0,
-label :data:`EMPTY_LABEL` and a zero box. The nms path runs one image at a time:
-exported (``exportable=True``), shapes must not depend on the data, so it takes each
-level's top-k before the threshold and suppresses all classes in one NMS call; in eager
-mode it thresholds first and calls torchvision's ``batched_nms``, which keep the same
-pairs and are faster (few pairs pass the threshold).
+label :data:`EMPTY_LABEL` and a zero box. With ``locations=True`` each slot also says
+which location it came from (0 in an empty slot): an instance segmentation model
+(:mod:`pss.models.condinst`) computes the masks of those locations only. The nms path
+runs one image at a time: exported (``exportable=True``), shapes must not depend on
+the data, so it takes each level's top-k before the threshold and suppresses all
+classes in one NMS call; in eager mode it thresholds first and calls torchvision's
+``batched_nms``, which keep the same pairs and are faster (few pairs pass the
+threshold).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pss.models.heads import HeadOutputs
 
 Detections = dict[str, Tensor]  # one image: boxes [K, 4], scores [K], labels [K]
 Padded = tuple[Tensor, Tensor, Tensor]  # boxes [B, K, 4], scores [B, K], labels [B, K]
+Located = tuple[Tensor, Tensor, Tensor, Tensor]  # Padded + locations [B, K] (long)
 EMPTY_LABEL = -1  # label of an unused slot (its score is 0)
 
 
@@ -88,7 +93,7 @@ def decode_boxes(cfg: ModelConfig, reg: Tensor, points: Tensor, strides: Tensor)
     ``anchor_scale * stride``; GFocalV2: distributions of distances / stride (their
     means, :func:`pss.models.gfocal.integral`; reg [..., K, 4 (reg_max + 1)]).
     """
-    if cfg.base == "fcos":
+    if cfg.box_base == "fcos":
         return distance_to_box(points, F.relu(reg) * strides[..., None])
     if cfg.base == "gfocalv2":
         return distance_to_box(points, integral(reg) * strides[..., None])
@@ -142,22 +147,27 @@ def detect(
     mode: str,
     sizes: Sequence[tuple[int, int]],
     exportable: bool = False,
-) -> Padded:
+    locations: bool = False,
+) -> Padded | Located:
     """Detections of head outputs in ``mode`` (see the module), boxes clipped to each
-    image's (h, w) in ``sizes`` (one size: every image's). ``priors``: of ``out.sizes``."""
+    image's (h, w) in ``sizes`` (one size: every image's). ``priors``: of ``out.sizes``.
+    ``locations``: each slot's location too (:data:`Located`)."""
     check_mode(mode, out.pss is not None, cfg.name)
     ic = cfg.inference
     factor = score_factor(mode, out.cls, out.ctr, out.pss)
     if mode == "nms":
         boxes = decode_boxes(cfg, out.reg.float(), priors.points, priors.strides)
-        return nms_pairs(out.cls, factor, clip_boxes(boxes, sizes), priors.counts, ic, exportable)
+        boxes = clip_boxes(boxes, sizes)
+        return nms_pairs(out.cls, factor, boxes, priors.counts, ic, exportable, locations)
 
     def boxes_at(locs: Tensor) -> Tensor:
         reg = out.reg.float().gather(1, locs[..., None].expand(-1, -1, out.reg.shape[2]))
         boxes = decode_boxes(cfg, reg, priors.points[locs], priors.strides[locs])
         return clip_boxes(boxes, sizes)
 
-    return top_pairs(out.cls, factor, boxes_at, ic.max_per_image, ic.e2e_score_thresh)
+    return top_pairs(
+        out.cls, factor, boxes_at, ic.max_per_image, ic.e2e_score_thresh, locations
+    )
 
 
 def top_pairs(
@@ -166,13 +176,15 @@ def top_pairs(
     boxes_at: Callable[[Tensor], Tensor],
     k: int,
     thresh: float = 0.0,
-) -> Padded:
+    locations: bool = False,
+) -> Padded | Located:
     """e2e / raw: the ``k`` best (location, class) pairs of each image scoring above
     ``thresh``, no NMS.
 
     cls [B, N, C] class logits, factor [B, N] (:func:`score_factor`); boxes_at(locs
     [B, K]) -> the boxes [B, K, 4] of those locations. Only the k locations whose best
     class scores highest can hold the k best pairs: only their pairs are scored.
+    ``locations``: each pair's location [B, k] too.
     """
     num_classes = cls.shape[2]
     best = pair_scores(cls.amax(dim=2, keepdim=True), factor).squeeze(2)  # [B, N]
@@ -180,10 +192,12 @@ def top_pairs(
     pair_logits = cls.gather(1, locs[..., None].expand(-1, -1, num_classes))
     scores = pair_scores(pair_logits, factor.gather(1, locs))  # [B, k1, C]
     top, idx = scores.flatten(1).topk(torch.sym_min(k, scores.shape[1] * num_classes), dim=1)
-    boxes = boxes_at(locs.gather(1, idx // num_classes))  # [B, k2, 4]
+    pair_locs = locs.gather(1, idx // num_classes)  # [B, k2]
+    boxes = boxes_at(pair_locs)  # [B, k2, 4]
     valid = top > thresh
     labels = torch.where(valid, idx % num_classes, EMPTY_LABEL)
-    return pad(boxes * valid[..., None], top * valid, labels, k)
+    padded = pad(boxes * valid[..., None], top * valid, labels, k)
+    return (*padded, pad_locations(pair_locs * valid, k)) if locations else padded
 
 
 def nms_pairs(
@@ -193,14 +207,15 @@ def nms_pairs(
     counts: Sequence[int],
     ic: InferenceConfig,
     exportable: bool = False,
-) -> Padded:
+    locations: bool = False,
+) -> Padded | Located:
     """nms: per image, the score of every pair; per level the ``ic.pre_nms_topk`` best
     above ``ic.score_thresh``, class-aware NMS at ``ic.nms_iou``, the ``ic.max_per_image``
     best.
 
     cls [B, N, C] class logits, factor [B, N] (:func:`score_factor`), boxes [B, N, 4],
     counts: locations per level (level-major order). ``exportable``: static shapes (see
-    the module).
+    the module). ``locations``: each detection's location [B, K] too.
     """
     num_classes = cls.shape[2]
     results = []
@@ -219,9 +234,10 @@ def nms_pairs(
         loc, labels = idx // num_classes, idx % num_classes
         cand = boxes[b][loc]
         keep = _class_nms(cand, top, labels, ic.nms_iou, exportable)[: ic.max_per_image]
-        results.append(pad(cand[keep], top[keep], labels[keep], ic.max_per_image))
-    boxes, scores, labels = zip(*results)
-    return torch.stack(boxes), torch.stack(scores), torch.stack(labels)
+        padded = pad(cand[keep], top[keep], labels[keep], ic.max_per_image)
+        results.append((*padded, pad_locations(loc[keep], ic.max_per_image)))
+    stacked = tuple(torch.stack(parts) for parts in zip(*results))
+    return stacked if locations else stacked[:3]
 
 
 def _best_above(scores: Tensor, k: int, thresh: float, exportable: bool) -> tuple[Tensor, Tensor]:
@@ -261,6 +277,14 @@ def pad(boxes: Tensor, scores: Tensor, labels: Tensor, k: int) -> Padded:
     scores = torch.cat((scores, scores.new_zeros(*lead, k)), dim=-1)[..., :k]
     labels = torch.cat((labels, labels.new_full((*lead, k), EMPTY_LABEL)), dim=-1)[..., :k]
     return boxes, scores, labels
+
+
+def pad_locations(locs: Tensor, k: int) -> Tensor:
+    """Locations [..., M] padded with 0 (an empty slot's) to exactly k on the last axis."""
+    n = locs.shape[-1]
+    if isinstance(n, int) and n == k:
+        return locs
+    return torch.cat((locs, locs.new_zeros(*locs.shape[:-1], k)), dim=-1)[..., :k]
 
 
 def unpad(boxes: Tensor, scores: Tensor, labels: Tensor) -> list[Detections]:

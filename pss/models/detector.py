@@ -1,5 +1,5 @@
-"""FCOS, ATSS, GFocalV2 and their _PSS models: one detector class, its losses and its three
-inference modes.
+"""FCOS, ATSS, GFocalV2, CondInst and their _PSS models: one detector class, its losses and
+its three inference modes.
 
     model = Detector(cfg.model)
     out = model(images)                          # [B, 3, H, W] normalised, padded
@@ -7,13 +7,16 @@ inference modes.
     dets = model.predict(out, image_sizes, "e2e")  # or "nms", "raw"
 
 ``targets`` is a list (one per image) of dicts with ``boxes`` [M, 4] (x1, y1,
-x2, y2 in input pixels) and ``labels`` [M] (0..C-1). Crowd boxes must already
-be removed.
+x2, y2 in input pixels) and ``labels`` [M] (0..C-1), and for CondInst ``masks``
+[M, h, w] (0 / 1, input pixels). Crowd boxes must already be removed. CondInst's
+detections also hold ``masks`` [K, H/4, W/4]: probabilities at a quarter of the
+padded input (:func:`pss.models.condinst.paste_masks` takes them to an image).
 
 Base loss (one-to-many): focal loss / #positives, GIoU weighted by the
 center-ness target / sum of those targets (x giou_weight), center-ness BCE /
 #positives; GFocalV2's are in :mod:`pss.models.gfocal` (its head is
-:class:`~pss.models.gfocal.GFocalHead`, its one-to-many assignment ATSS's).
+:class:`~pss.models.gfocal.GFocalHead`, its one-to-many assignment ATSS's). CondInst
+is FCOS with the dice loss of its positives' masks (:mod:`pss.models.condinst`).
 PSS (one-to-one): L = lambda1 * L_pss + lambda2 * L_rank on
 P_i(c) = sigma(pss_i) sigma(s_i(c)) sigma(ctr_i), see docs/method.md.
 
@@ -34,10 +37,11 @@ from torch import Tensor, nn
 
 from pss.config import ModelConfig
 from pss.dist import reduce_mean
-from pss.models import assign, gfocal, losses, selector
+from pss.models import assign, condinst, gfocal, losses, selector
 from pss.models.backbone import Backbone
 from pss.models.boxes import Priors, box_to_distance, centerness_target, make_priors
-from pss.models.decode import Detections, decode_boxes, detect, unpad
+from pss.models.condinst import CondInstHead
+from pss.models.decode import EMPTY_LABEL, Detections, decode_boxes, detect, unpad
 from pss.models.gfocal import GFocalHead
 from pss.models.heads import DenseHead, HeadOutputs
 
@@ -47,7 +51,7 @@ class Detector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.head.channels)
-        head = GFocalHead if cfg.base == "gfocalv2" else DenseHead
+        head = {"gfocalv2": GFocalHead, "condinst": CondInstHead}.get(cfg.base, DenseHead)
         self.head = head(cfg, num_levels=len(Backbone.strides))
         self.register_buffer(
             "regress_ranges", torch.tensor(cfg.assign.regress_ranges), persistent=False
@@ -79,7 +83,7 @@ class Detector(nn.Module):
     def one_to_many(self, priors: Priors, gt_boxes: Tensor) -> Tensor:
         """gt_index [N] of the base detector's assignment (-1: background)."""
         a = self.cfg.assign
-        if self.cfg.base == "fcos":
+        if self.cfg.box_base == "fcos":
             ranges = self.regress_ranges[priors.levels]
             return assign.fcos_assign(
                 priors.points, priors.strides, ranges, gt_boxes, a.center_sampling_radius
@@ -109,6 +113,8 @@ class Detector(nn.Module):
             result = gfocal.gfocal_losses(out, boxes, priors, positives, self.cfg.loss)
         else:
             result = self.dense_losses(out, boxes, priors, positives)
+        if self.cfg.has_masks:
+            result.update(condinst.mask_loss(out, priors, pos_b, pos_i, flat_j, targets))
         if out.pss is not None:
             result.update(self.pss_losses(out, boxes, targets, pos_b, pos_i, pos_j))
         result["loss"] = sum(result.values())
@@ -188,11 +194,20 @@ class Detector(nn.Module):
         self, out: HeadOutputs, image_sizes: list[tuple[int, int]], mode: str = "e2e"
     ) -> list[Detections]:
         """Detections per image in ``mode`` (:func:`pss.models.decode.detect`), boxes
-        clipped to the (unpadded) image size (h, w), sorted by score."""
-        return unpad(*detect(self.cfg, out, self.priors(out), mode, image_sizes))
+        clipped to the (unpadded) image size (h, w), sorted by score; with ``masks`` for
+        CondInst (the detections' own, see the module)."""
+        priors = self.priors(out)
+        if not self.cfg.has_masks:
+            return unpad(*detect(self.cfg, out, priors, mode, image_sizes))
+        *padded, locs = detect(self.cfg, out, priors, mode, image_sizes, locations=True)
+        masks = condinst.instance_masks(out, priors, locs)  # [B, K, H4, W4]
+        keep = padded[2] != EMPTY_LABEL
+        return [
+            {**det, "masks": m[k]} for det, m, k in zip(unpad(*padded), masks, keep, strict=True)
+        ]
 
 
 def _float32(out: HeadOutputs) -> HeadOutputs:
     """The head outputs as float32 (they are float16 / bfloat16 under autocast)."""
-    maps = {k: getattr(out, k) for k in ("cls", "reg", "ctr", "pss")}
+    maps = {k: getattr(out, k) for k in ("cls", "reg", "ctr", "pss", "params", "mask_feats")}
     return replace(out, **{k: v.float() for k, v in maps.items() if v is not None})

@@ -1,4 +1,5 @@
-"""The dense head of FCOS and ATSS (+PSS), and the PSS head (GFocalV2's: pss.models.gfocal).
+"""The dense head of FCOS and ATSS (+PSS), and the PSS head (GFocalV2's: pss.models.gfocal;
+CondInst's: pss.models.condinst).
 
 Per FPN level (shared weights across levels):
 
@@ -34,6 +35,9 @@ class HeadOutputs:
           GFocalV2: its quality predictor's), or None without the branch
     pss:  [B, N] PSS logits, or None for the baselines
     sizes: (H, W) of each level's map
+    params: [B, N, K] per-location parameters of an instance segmentation head
+          (CondInst: its dynamic mask head's), or None
+    mask_feats: [B, D, H3, W3] the mask branch's map at P3's size (CondInst), or None
     """
 
     cls: Tensor
@@ -41,6 +45,8 @@ class HeadOutputs:
     ctr: Tensor | None
     pss: Tensor | None
     sizes: list[tuple[int, int]]
+    params: Tensor | None = None
+    mask_feats: Tensor | None = None
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -125,8 +131,13 @@ class DenseHead(nn.Module):
         without the branch. reg_feat: the reg tower's output; box: the box output."""
         return None if self.centerness is None else self.centerness(reg_feat)
 
+    def location_params(self, reg_feat: Tensor) -> Tensor | None:
+        """One level's per-location parameters [B, K, H, W] of an instance segmentation
+        head (CondInst's controller), None for box detectors."""
+        return None
+
     def forward(self, feats: list[Tensor]) -> HeadOutputs:
-        cls, reg, ctr, pss = [], [], [], []
+        cls, reg, ctr, pss, params = [], [], [], [], []
         for feat, scale in zip(feats, self.scales):
             cls_feat = self.cls_tower(feat)
             reg_feat = self.reg_tower(feat)
@@ -136,6 +147,9 @@ class DenseHead(nn.Module):
             quality = self.quality_logits(reg_feat, box)
             if quality is not None:
                 ctr.append(quality)
+            level_params = self.location_params(reg_feat)
+            if level_params is not None:
+                params.append(level_params)
             if self.pss is not None:
                 pss_in = cls_feat if self.pss_from_cls else reg_feat
                 pss.append(self.pss(pss_in.detach() if self.stop_grad else pss_in))
@@ -145,4 +159,5 @@ class DenseHead(nn.Module):
             ctr=flatten_levels(ctr).squeeze(-1) if ctr else None,
             pss=flatten_levels(pss).squeeze(-1) if pss else None,
             sizes=[tuple(f.shape[-2:]) for f in feats],
+            params=flatten_levels(params) if params else None,
         )

@@ -53,7 +53,8 @@ def paper_keys(metric: str, mode: str | None) -> list[str]:
 
 
 def axis_label(metric: str) -> str:
-    """'mAP w/o NMS (%)' for mAP_e2e, 'forward (ms)' for forward_ms."""
+    """'mAP w/o NMS (%)' for mAP_e2e, 'mAP segm w/ NMS (%)' for mAP_segm_nms, 'forward
+    (ms)' for forward_ms."""
     parts = metric.split("_")
     mode = MODE_LABELS.get(parts[-1]) if len(parts) > 1 else None
     if metric in COST:
@@ -61,5 +62,5 @@ def axis_label(metric: str) -> str:
     if is_time(metric):
         name = metric.split("_ms")[0].replace("_", " ")
         return f"{name}{' ' + mode if mode else ''} (ms)"
-    name = parts[0]
+    name = " ".join(parts[:-1] if mode else parts)  # 'mAP', 'mAP segm' (masks)
     return f"{name}{' ' + mode if mode else ''} (%)"
