@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from pss.config import load_config
 from pss.engine.train import RunInfo, train
-from pss.sweep import cost
+from pss.sweep import budget, cost
 from pss.sweep.driver import main
 from pss.testing import REPO
 from pss.testing.configs import (
@@ -60,6 +60,9 @@ def test_units_of_the_pure_functions():
     assert cost.wall_hours([8, 8, 8], gpus_per_job=8, parallel=2) == pytest.approx(2.0)
     assert cost.wall_hours([16, 8, 8], gpus_per_job=8, parallel=16) == pytest.approx(2.0)
     assert cost.wall_hours([], 8, 4) == 0.0
+    # days where they help: not "0.0601 h (0.0 days)" for a smoke sweep
+    assert budget.wall_text(0.0601) == "0.0601 h"
+    assert budget.wall_text(22.3) == "22.3 h (0.9 days)"
 
 
 def test_sizes_steps_and_evaluations_of_a_paper_config():

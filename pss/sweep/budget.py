@@ -89,6 +89,11 @@ def hours_text(hours: float | None) -> str:
     return f"{hours:,.1f}" if hours < 100 else f"{hours:,.0f}"
 
 
+def wall_text(hours: float) -> str:
+    """Wall-clock hours as the CLI prints them, in days too from half a day on."""
+    return f"{hours_text(hours)} h" + (f" ({hours / 24:.1f} days)" if hours >= 12 else "")
+
+
 def print_dry_run(jobs: list[Job], costs: SweepCost, as_json: bool, cluster: str | None) -> None:
     """The jobs, each with its estimate; then the total and the wall-clock time of the
     jobs still to run (``--dry-run``, docs/cli.md)."""
@@ -128,7 +133,7 @@ def print_dry_run(jobs: list[Job], costs: SweepCost, as_json: bool, cluster: str
         print(
             f"estimate: {hours_text(hours)} GPU-hours ({costs.sources(todo)}) for the "
             f"{len(todo)} of {len(jobs)} jobs still to run{some}; wall clock about "
-            f"{hours_text(wall)} h ({wall / 24:.1f} days){' or more' if unknown else ''} at {at}"
+            f"{wall_text(wall)}{' or more' if unknown else ''} at {at}"
         )
 
 
