@@ -4,7 +4,8 @@
 
 One row per image, one column per inference mode: ``raw`` (base score, no
 NMS: the duplicate boxes), ``nms`` (base score + NMS) and ``e2e`` (PSS score, no
-NMS; only for *_pss checkpoints), every box labelled with its class and score.
+NMS; only for *_pss checkpoints), every box labelled with its class and score (a
+CondInst checkpoint's masks filled semi-transparent and outlined).
 IMAGE may be a folder (its images, sorted). See :func:`pss.deploy.draw.draw_modes`.
 ``--out``: a PNG (or JPEG) file, replaced if there, or an existing folder (``modes.png``
 in it), checked before the checkpoint is loaded. An image over Pillow's size limit is

@@ -286,3 +286,52 @@ def test_box_models_log_no_mask_metrics(shapes_root, tmp_path, tracking):
     )
     metrics = train(cfg, run=RunInfo(experiment="condinst"))
     assert "mAP_nms" in metrics and not any("segm" in k for k in metrics)
+
+
+# ---------------------------------------------------------------------- pictures
+
+
+def test_a_condinst_checkpoint_predicts_masks_at_the_files_pixels_and_draws_them(tmp_path):
+    from PIL import Image
+
+    from pss.deploy.draw import MASK_OPACITY, PALETTE, draw_detections, draw_modes
+    from pss.deploy.inference import TorchRunner, load_model
+    from pss.testing.deploy import write_checkpoint
+
+    ckpt = tmp_path / "condinst_pss.pth"
+    write_checkpoint(ckpt, "condinst_pss")
+    model = load_model(ckpt)
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    for mode in MODES:
+        det = TorchRunner(model, mode)(image)
+        assert det["masks"].dtype == torch.bool
+        assert det["masks"].shape == (len(det["scores"]), 100, 150)
+    figure = draw_modes(model, [image], tmp_path / "modes.png", score_thresh=0.0)
+    assert (tmp_path / "modes.png").is_file() and figure.width > 3 * 150
+
+    grey = Image.new("RGB", (400, 400), (100, 100, 100))  # no enlargement (min side 384)
+    mask = torch.zeros(1, 400, 400, dtype=torch.bool)
+    mask[0, 100:200, 150:300] = True
+    det = {"boxes": torch.tensor([[150.0, 100, 300, 200]]), "scores": torch.tensor([0.9]),
+           "labels": torch.tensor([1]), "masks": mask}
+    drawn = np.asarray(draw_detections(grey, det, model.categories)).astype(float)
+    colour = np.array(PALETTE[1], dtype=float)
+    inside = (1 - MASK_OPACITY) * 100 + MASK_OPACITY * colour
+    assert np.allclose(drawn[150, 220], inside, atol=1)  # filled, semi-transparent
+    assert np.allclose(drawn[300, 50], 100)  # outside: untouched
+
+
+def test_the_condinst_proof_judges_mask_ap_against_the_pss_models_own_nms():
+    from pss.proof import CLAIMS, verdict
+
+    claim = CLAIMS["condinst"]
+    base = {"mAP_nms": 50.0, "mAP_raw": 30.0, "mAP_segm_nms": 40.0, "mAP_segm_raw": 25.0}
+    pss = {"mAP_e2e": 48.0, "mAP_nms": 49.0, "mAP_segm_e2e": 36.5, "mAP_segm_nms": 38.0}
+    holds, why = verdict(base, pss, claim=claim)
+    assert holds, why  # 36.5 >= 38.0 - 2 (its own masks with NMS), 25 <= 40 - 3
+    assert "condinst_pss e2e mask AP 36.5 vs condinst_pss + NMS 38.0" in why
+    holds, why = verdict(base, {**pss, "mAP_segm_nms": 39.0}, claim=claim)
+    assert not holds and "NOT within" in why  # 36.5 < 39.0 - 2
+    holds, why = verdict({**base, "mAP_segm_raw": 38.0}, pss, claim=claim)
+    assert not holds and "NOT clearly lower" in why

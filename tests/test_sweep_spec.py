@@ -18,6 +18,7 @@ from pss.testing.configs import write_spec
 TRAINED_CELLS = {
     "table1": 10, "table2": 4, "table3": 2, "table4": 4, "table5": 6, "table6": 4,
     "table7": 3, "table8": 8, "table9": 4, "fig3": 4, "fig4": 3, "authors_readme": 14,
+    "condinst": 5,
 }
 KEYS = {
     "cell", "seed", "overrides", "fingerprint", "stage", "depends_on", "engine",
@@ -165,6 +166,32 @@ def test_spec_reference_values_are_the_papers(name):
         if row.get("model") != "defcn"
     )
     assert ours == theirs
+
+
+def test_condinst_reference_values_are_the_authors_readmes():
+    """Box and mask AP of each CondInst row, in the mode the README reports it in."""
+    shared = yaml.safe_load((Path(__file__).parent / "data" / "paper_tables.yaml").read_text())
+    spec = yaml.safe_load((REPO / "sweeps" / "condinst.yaml").read_text())
+    assert spec["paper_source"] == "authors' README"
+    labels = {c["id"]: c["labels"] for c in spec["cells"]}
+    ours = sorted(
+        (tuple(sorted(labels[row["where"]["cell"]].items())), sorted(row["values"].items()))
+        for row in spec["paper"]
+    )
+    theirs = []
+    for row in shared["authors_readme"]["instance_segmentation"]["rows"]:
+        mode = "nms" if row["nms"] else "e2e"
+        where = {k: row[k] for k in ("backbone", "model", "schedule")}
+        values = {f"mAP_{mode}": row["mAP"], f"mAP_segm_{mode}": row["mAP_segm"]}
+        theirs.append((tuple(sorted(where.items())), sorted(values.items())))
+    assert ours == sorted(theirs)
+    for cell in spec["cells"]:  # each cell trains its row's model, backbone and schedule
+        cfg = load_config([REPO / "sweeps" / cell["base"]])
+        epochs = {"1x": 12, "3x": 36}[cell["labels"]["schedule"]]
+        assert cfg.model.name == cell["labels"]["model"] and cfg.train.epochs == epochs
+        assert cfg.model.backbone.name == {"R50": "resnet50", "R101": "resnet101"}[
+            cell["labels"]["backbone"]
+        ]
 
 
 GOOD = """

@@ -6,8 +6,9 @@
 :func:`draw_modes` is the picture of what PSS removes: for each image (a row),
 the detections of ``raw`` (the base scores without NMS: duplicates), ``nms``
 and ``e2e`` (no NMS) of one trained checkpoint, every box with its class and
-score. ``pss.predict`` draws its PNGs with :func:`draw_detections`,
-``pss.visualize`` is :func:`draw_modes` on the command line.
+score (and, for an instance segmentation model, its mask: semi-transparent, outlined).
+``pss.predict`` draws its PNGs with :func:`draw_detections`, ``pss.visualize`` is
+:func:`draw_modes` on the command line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pss.deploy.inference import (
@@ -39,6 +42,7 @@ MODE_TITLES = {
 SCORE_THRESH = 0.3  # default: boxes drawn (and written by pss.predict) score above this
 MIN_SIDE = 384  # small images are enlarged to this shorter side, so labels stay readable
 FONT_SIZE = 14
+MASK_OPACITY = 0.45  # of a mask's fill (its outline is opaque)
 # Distinct colours for classes (tab10), cycled.
 PALETTE = (
     (31, 119, 180),
@@ -88,8 +92,10 @@ def draw_detections(
 ) -> Image.Image:
     """A copy of ``image`` with the boxes scoring above ``score_thresh``, labelled 'name 0.87'.
 
-    ``det`` holds boxes [K, 4] in the image's pixels, scores [K], labels [K].
-    Images whose shorter side is under ``min_side`` are enlarged first. Labels
+    ``det`` holds boxes [K, 4] in the image's pixels, scores [K], labels [K], and
+    optionally masks [K, h, w] (bool, the image's pixels): filled semi-transparent in the
+    class colour and outlined. Images whose shorter side is under ``min_side`` are
+    enlarged first. Labels
     sit above their box (inside it at the top edge); a label that would cover
     a better-scoring one moves down inside its box until it does not (or stays,
     under it, when the box has no room). Better boxes are drawn last, on top.
@@ -100,9 +106,11 @@ def draw_detections(
         canvas = canvas.resize(
             (round(image.width * zoom), round(image.height * zoom)), Image.BILINEAR
         )
+    keep = det["scores"] > score_thresh
+    if "masks" in det:
+        canvas = _draw_masks(canvas, det["masks"][keep], det["labels"][keep], det["scores"][keep])
     draw = ImageDraw.Draw(canvas)
     font = _font()
-    keep = det["scores"] > score_thresh
     boxes = (det["boxes"][keep] * zoom).tolist()
     scores, labels = det["scores"][keep].tolist(), det["labels"][keep].tolist()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])  # best first
@@ -127,6 +135,29 @@ def draw_detections(
         draw.rectangle(rect, fill=PALETTE[int(labels[i]) % len(PALETTE)])
         draw.text(origin, text, fill=(255, 255, 255), font=font)
     return canvas
+
+
+def _draw_masks(
+    canvas: Image.Image, masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
+) -> Image.Image:
+    """``canvas`` with masks [K, h, w] (bool, the image's pixels; the canvas may be an
+    enlargement) filled at ``MASK_OPACITY`` and outlined in their class colours, the best
+    scoring on top."""
+    pixels = np.asarray(canvas, dtype=np.float32).copy()
+    size = canvas.size
+    for k in torch.argsort(scores).tolist():  # worst first: the best is drawn last
+        mask = np.asarray(
+            Image.fromarray(masks[k].cpu().numpy().astype(np.uint8) * 255).resize(size)
+        ) > 127
+        colour = np.array(PALETTE[int(labels[k]) % len(PALETTE)], dtype=np.float32)
+        pixels[mask] = (1 - MASK_OPACITY) * pixels[mask] + MASK_OPACITY * colour
+        inner = mask.copy()  # a pixel all of whose 4 neighbours are in the mask
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        pixels[mask & ~inner] = colour
+    return Image.fromarray(pixels.round().astype(np.uint8))
 
 
 def _free(label: tuple[float, float, float, float], placed: list[tuple[float, ...]]) -> bool:

@@ -11,7 +11,9 @@ ImageNet mean / std), pad it at the bottom / right (to a multiple of
 ``data.size_divisibility``, or to the fixed input size of an ONNX export) and
 run :class:`pss.deploy.graph.DeployedDetector`, in PyTorch or in ONNX Runtime, so
 they give the same detections. Every problem with an input is one
-:class:`~pss.errors.UserError` naming the file.
+:class:`~pss.errors.UserError` naming the file. An instance segmentation checkpoint
+(CondInst) runs in PyTorch through the detector itself, whose detections also hold
+``masks`` [K, h, w] (bool, the file's pixels); its ONNX export has boxes only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pss.deploy.graph import DeployedDetector
 from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.errors import UserError
 from pss.models import Detector
+from pss.models.condinst import paste_masks
 from pss.models.decode import Detections, unpad
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -259,11 +262,19 @@ class TorchRunner:
         self.preprocess = Preprocess.from_config(model.cfg)
         self.categories = model.categories
         self.mode = mode
+        self.detector = model.detector if model.cfg.model.has_masks else None
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> Detections:
         batch, scale = self.preprocess(image)
-        return to_file_pixels(unpad(*self.graph(batch))[0], scale, image.size[::-1])
+        file_size = image.size[::-1]
+        if self.detector is None:
+            return to_file_pixels(unpad(*self.graph(batch))[0], scale, file_size)
+        out = self.detector(batch)
+        det = self.detector.predict(out, [tuple(batch.shape[-2:])], self.mode)[0]
+        resized = tuple(min(round(n * scale), p) for n, p in zip(file_size, batch.shape[-2:]))
+        det = {**det, "masks": paste_masks(det["masks"], resized, file_size)}
+        return to_file_pixels(det, scale, file_size)
 
 
 class OnnxRunner:

@@ -51,7 +51,11 @@ class Detector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.head.channels)
-        head = {"gfocalv2": GFocalHead, "condinst": CondInstHead}.get(cfg.base, DenseHead)
+        head = DenseHead
+        if cfg.base == "gfocalv2":
+            head = GFocalHead
+        elif cfg.base == "condinst":
+            head = CondInstHead
         self.head = head(cfg, num_levels=len(Backbone.strides))
         self.register_buffer(
             "regress_ranges", torch.tensor(cfg.assign.regress_ranges), persistent=False

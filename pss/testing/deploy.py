@@ -31,7 +31,7 @@ SCORE_ATOL = 5e-5
 def lively(detector: Detector, seed: int = 0) -> Detector:
     gen = torch.Generator().manual_seed(seed)
     head = detector.head
-    fcos = detector.cfg.base == "fcos"
+    fcos = detector.cfg.box_base == "fcos"
     layers = [
         (head.cls_logits, 0.3, -1.0),
         (head.bbox_pred, 0.3, 2.0 if fcos else 0.0),  # FCOS: ~2 strides each side
