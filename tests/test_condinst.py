@@ -335,3 +335,33 @@ def test_the_condinst_proof_judges_mask_ap_against_the_pss_models_own_nms():
     assert not holds and "NOT within" in why  # 36.5 < 39.0 - 2
     holds, why = verdict({**base, "mAP_segm_raw": 38.0}, pss, claim=claim)
     assert not holds and "NOT clearly lower" in why
+
+
+# ----------------------------------------------------------------------- report
+
+
+def test_the_condinst_report_shows_box_and_mask_ap_beside_the_authors_readme(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pss.report import make_report
+    from pss.testing import REPO
+    from pss.testing.mlflow_runs import FakeRun, seed_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec = REPO / "sweeps" / "condinst.yaml"
+    runs = []
+    for cell, model in [("r50-condinst-1x", "condinst"), ("r50-condinst-3x", "condinst"),
+                        ("r50-condinst_pss-1x", "condinst_pss"),
+                        ("r50-condinst_pss-3x", "condinst_pss"),
+                        ("r101-condinst_pss-3x", "condinst_pss")]:
+        modes = ("e2e", "nms") if model.endswith("_pss") else ("nms",)
+        metrics = {f"mAP_{m}": 40.25 for m in modes} | {f"mAP_segm_{m}": 35.25 for m in modes}
+        runs.append(FakeRun(cell=cell, params={"model.name": model}, metrics=metrics))
+    seed_runs(MlflowClient(uri), "condinst", runs, artifact_root=tmp_path / "artifacts")
+    make_report(spec, out_dir=tmp_path / "out", formats="md", with_paper=True)
+    md = (tmp_path / "out" / "condinst.md").read_text()
+    assert "mask AP (%)" in md and "box AP (%)" in md and "authors' README" in md
+    assert "35.2" in md or "35.3" in md  # our mask AP
+    for value in ("34.1", "37.0", "34.4", "36.8", "38.2"):  # the README's mask AP
+        assert value in md, value
