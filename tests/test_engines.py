@@ -96,10 +96,22 @@ def _dry_run(spec, capsys, *extra: str) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
-def test_a_model_mmdet_has_no_head_for_is_refused_naming_the_ones_it_has():
-    cfg = load_config([REPO / "experiments/gfocalv2_r50_2x.yaml"])
-    with pytest.raises(UserError, match="model.name=gfocalv2 is not translated.*fcos, atss"):
-        mmdet_config(cfg)
+def test_gfocalv2_translates_to_the_plugin_heads_on_gfl_and_its_two_step_is_refused():
+    cfg = load_config([REPO / "experiments/gfocalv2_r50_2x.yaml"], {"model.loss.focal_gamma": 1.5})
+    files, options = mmdet_config(cfg)
+    assert [f.name for f in files] == ["gfocalv2_r50_2x.py"] and files[0].is_file()
+    # QFL's beta is our focal_gamma; GFL has neither center-ness nor focal alpha.
+    assert options["model.bbox_head.loss_cls.beta"] == 1.5
+    assert not any("centerness" in k or k.endswith("alpha") for k in options)
+    assert options["model.bbox_head.init_cfg"]["override"]["name"] == "gfl_cls"
+    assert options["model.train_cfg.assigner.topk"] == 9 and "model.bbox_head.pss" not in options
+    pss = load_config([REPO / "experiments/gfocalv2_r50_2x.yaml"], {"model.name": "gfocalv2_pss"})
+    files, options = mmdet_config(pss)
+    assert [f.name for f in files] == ["gfocalv2_pss_r50_2x.py"] and files[0].is_file()
+    assert options["model.bbox_head.loss_pss"]["focal_alpha"] == 0.25
+    two_step = load_config([REPO / "experiments/gfocalv2_pss_r50_two_step.yaml"])
+    with pytest.raises(UserError, match="train.init_from is not translated"):
+        mmdet_config(two_step)
 
 
 def test_engine_of_a_spec_a_cell_and_the_command_line(tmp_path, capsys):

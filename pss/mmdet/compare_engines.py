@@ -104,7 +104,7 @@ def build_mmdet_training(cfg: ExperimentConfig, loop: Loop) -> MmdetTraining:
 
     from pss.mmdet.config import build_model
     from pss.mmdet.config import load_config as load_mmdet_config
-    from pss.mmdet.convert import copy_weights, mmdet_key
+    from pss.mmdet.convert import PREDICTOR_PREFIX, copy_weights, mmdet_key
 
     files, options = mmdet_config(cfg, classes=loop.train_set.class_names)
     mcfg = load_mmdet_config(files, options)
@@ -118,7 +118,7 @@ def build_mmdet_training(cfg: ExperimentConfig, loop: Loop) -> MmdetTraining:
         PARAM_SCHEDULERS.build(dict(s), default_args={"optimizer": wrapper})
         for s in mcfg.param_scheduler
     ]
-    prefix = "atss_" if cfg.model.base == "atss" else "conv_"
+    prefix = PREDICTOR_PREFIX[cfg.model.base]
     names = {
         k: mmdet_key(k, prefix)
         for k in loop.detector.state_dict()

@@ -1,4 +1,5 @@
-"""Weights of a :class:`pss.models.Detector` in an mmdet FCOS / ATSS (+ PSS head) model.
+"""Weights of a :class:`pss.models.Detector` in an mmdet FCOS / ATSS / GFocalV2 (+ PSS
+head) model.
 
     zeroed = copy_weights(detector, mmdet_model)
 
@@ -6,8 +7,10 @@ copies every parameter and buffer across (torchvision ResNet and mmdet's ResNet
 share their names; FPN and head modules are renamed) and returns the mmdet keys
 our model has no counterpart for, which are set to zero: the tower conv biases
 before GroupNorm of mmdet configs with ``conv_bias=True`` (FCOS). BatchNorm's
-``num_batches_tracked`` counters are left as they are. Any other key that does
-not fit, or FCOS weights into ATSS (and back), is a UserError.
+``num_batches_tracked`` counters and GFLHead's ``integral.project`` (the bins 0..16, a
+constant) are left as they are. Any other key that does
+not fit, or one base's weights into another's model (FCOS into ATSS, say), is a
+UserError.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from torch import Tensor, nn
 
 from pss.errors import UserError
 
-# (our key pattern, mmdet key template); {p} is the predictor prefix (conv_ / atss_).
+# The prefix of each base's predictor convs in mmdet (conv_cls, atss_cls, gfl_cls, ...).
+PREDICTOR_PREFIX = {"fcos": "conv_", "atss": "atss_", "gfocalv2": "gfl_"}
+# mmdet buffers that are not weights: BatchNorm's step counters, GFLHead's bins 0..16.
+LEFT_AS_THEY_ARE = ("num_batches_tracked", "bbox_head.integral.project")
+# (our key pattern, mmdet key template).
 _RULES: list[tuple[str, str]] = [
     (r"backbone\.body\.(.+)", r"backbone.\1"),
     (r"backbone\.fpn\.lateral\.(\d+)\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
@@ -28,6 +35,8 @@ _RULES: list[tuple[str, str]] = [
     (r"backbone\.fpn\.p7\.(weight|bias)", r"neck.fpn_convs.4.conv.\1"),
     (r"head\.scales\.(\d+)\.scale", r"bbox_head.scales.\1.scale"),
     (r"head\.pss\.out\.(weight|bias)", r"bbox_head.conv_pss.\1"),
+    # GFocalV2's quality predictor: the same module (pss.models.gfocal.DGQP) on both sides.
+    (r"head\.quality\.(hidden|out)\.(weight|bias)", r"bbox_head.quality.\1.\2"),
 ]
 # Towers: nn.Sequential of [conv, GroupNorm, ReLU] -> ModuleList of ConvModule(conv, gn).
 _TOWERS = {"cls_tower": "cls_convs", "reg_tower": "reg_convs", "pss.convs": "pss_convs"}
@@ -52,7 +61,7 @@ def mmdet_key(key: str, predictor_prefix: str) -> str | None:
 
 
 def to_mmdet_state(state: dict[str, Tensor], predictor_prefix: str) -> dict[str, Tensor]:
-    """Our state dict renamed for mmdet (``predictor_prefix``: 'conv_' FCOS, 'atss_' ATSS)."""
+    """Our state dict renamed for mmdet (``predictor_prefix``: PREDICTOR_PREFIX's)."""
     out = {}
     for key, value in state.items():
         name = mmdet_key(key, predictor_prefix)
@@ -66,13 +75,18 @@ def to_mmdet_state(state: dict[str, Tensor], predictor_prefix: str) -> dict[str,
 def copy_weights(detector: nn.Module, model: nn.Module) -> list[str]:
     """Load ``detector``'s weights into the mmdet ``model``; returns the keys set to zero."""
     target = model.state_dict()
-    prefix = "atss_" if "bbox_head.atss_cls.weight" in target else "conv_"
+    theirs = next(
+        (b for b, p in PREDICTOR_PREFIX.items() if f"bbox_head.{p}cls.weight" in target), None
+    )
+    if theirs is None:
+        heads = ", ".join(PREDICTOR_PREFIX)
+        raise UserError(f"mmdet's {type(model).__name__} has none of the heads of {heads}")
     # FCOS's and ATSS's (one anchor a location) weights have the same shapes: only the
     # detector's base tells them apart.
     base = getattr(getattr(detector, "cfg", None), "base", None)
-    if base is not None and (base == "atss") != (prefix == "atss_"):
+    if base is not None and base != theirs:
         raise UserError(f"{base.upper()} weights do not fit mmdet's {type(model).__name__}")
-    state = to_mmdet_state(detector.state_dict(), prefix)
+    state = to_mmdet_state(detector.state_dict(), PREDICTOR_PREFIX[theirs])
     unexpected = sorted(set(state) - set(target))
     if unexpected:
         raise UserError(f"the mmdet model has no weights {unexpected[:5]} (of {len(unexpected)})")
@@ -83,7 +97,7 @@ def copy_weights(detector: nn.Module, model: nn.Module) -> list[str]:
             )
     missing = sorted(set(target) - set(state))
     zeroed = [k for k in missing if re.fullmatch(r"bbox_head\.\w+_convs\.\d+\.conv\.bias", k)]
-    others = [k for k in missing if k not in zeroed and not k.endswith("num_batches_tracked")]
+    others = [k for k in missing if k not in zeroed and not k.endswith(LEFT_AS_THEY_ARE)]
     if others:
         raise UserError(f"our model has no weights for mmdet's {others[:5]} (of {len(others)})")
     for key in zeroed:

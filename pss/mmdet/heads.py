@@ -1,19 +1,29 @@
-"""FCOSPSSHead and ATSSPSSHead: mmdet's FCOS / ATSS heads plus the positive sample selector.
+"""FCOSPSSHead, ATSSPSSHead and GFocalV2PSSHead: mmdet dense heads plus the positive
+sample selector; GFocalV2Head: mmdet's GFLHead plus GFocalV2's quality predictor.
 
-Each is its mmdet base head, unchanged (towers, one-to-many assignment, base losses,
-NMS post-processing), plus:
+GFocalV2Head is mmdet's :class:`GFLHead` (GFL v1: towers, distribution box regression,
+ATSS assignment, QFL, DFL, GIoU, NMS post-processing; mmdet 3.3 has no v2 head) with
+v2's distribution-guided quality predictor (:class:`pss.models.gfocal.DGQP`, the module
+our ``GFocalHead`` uses) on each level's box distribution. It returns the class logits,
+the distribution logits and the quality logits (the third output, where FCOS / ATSS
+return center-ness); its losses and predictions hand GFLHead the joint score
+sigma(s) sigma(q) as a logit (:func:`joint_logit`), so that GFLHead's own sigmoid gives
+it back: its QFL, box weights and post-processing then run on GFocalV2's joint score.
+
+Each PSS head is its mmdet base head, unchanged (towers, one-to-many assignment, base
+losses, NMS post-processing), plus:
 
 * a PSS branch per level: ``pss.num_convs`` x [conv 3x3, norm, ReLU] + a 1-channel
   conv 3x3, fed from the regression tower (or the classification tower), detached
   when ``pss.stop_grad`` (docs/method.md);
 * L_pss and L_rank, from :mod:`pss.models.selector` (the functions ``pss.models.Detector``
   uses): the one-to-one target is chosen among the positives that *mmdet's* own
-  one-to-many assignment gives each object (FCOS: its point targets; ATSS: its
-  ``ATSSAssigner``);
+  one-to-many assignment gives each object (FCOS: its point targets; ATSS and GFL:
+  their ``ATSSAssigner``);
 * prediction in the mode ``test_cfg.mode`` names: ``e2e`` (P_i(c) = sigma(pss)
-  sigma(cls) sigma(ctr), top ``max_per_img`` pairs, no NMS), ``nms`` (mmdet's own
-  post-processing of the base detector, the PSS branch ignored) or ``raw`` (base
-  scores, top-k, no NMS).
+  sigma(cls) sigma(ctr), ctr GFocalV2's quality logit, top ``max_per_img`` pairs, no
+  NMS), ``nms`` (mmdet's own post-processing of the base detector, the PSS branch
+  ignored) or ``raw`` (base scores, top-k, no NMS).
 
 Head arguments beyond the base head's (defaults: the paper's):
 
@@ -21,7 +31,9 @@ Head arguments beyond the base head's (defaults: the paper's):
     one_to_one=dict(match='mul', alpha=0.8, solver='hungarian')
     loss_pss=dict(pss_weight=1.0, rank_weight=0.25, rank_margin=0.5, rank_negatives=100)
 
-The focal loss of L_pss takes alpha and gamma from ``loss_cls``.
+The focal loss of L_pss takes alpha and gamma from ``loss_cls`` (GFocalV2PSSHead: gamma
+is the QFL's beta, as ``loss.focal_gamma`` is both in our config, and alpha a key of
+``loss_pss``, ``focal_alpha``, default 0.25).
 """
 
 from __future__ import annotations
@@ -31,8 +43,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from mmdet.models.dense_heads import ATSSHead, FCOSHead
+from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead
 from mmdet.models.dense_heads.anchor_free_head import AnchorFreeHead
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import multi_apply
@@ -47,7 +60,9 @@ from pss.config import AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
 from pss.models import selector
 from pss.models.decode import check_mode, score_factor, top_pairs, unpad
+from pss.models.gfocal import DGQP, REG_MAX, integral
 from pss.models.heads import flatten_levels
+from pss.models.losses import log_complement
 
 ONE_TO_ONE_KEYS = ("match", "alpha", "solver")
 LOSS_KEYS = ("pss_weight", "rank_weight", "rank_margin", "rank_negatives")
@@ -71,6 +86,8 @@ def _section(kind, given: dict | None, keys: tuple[str, ...] | None, argument: s
 class PSSHeadMixin:
     """The PSS branch, losses and prediction modes; mixed into an mmdet dense head."""
 
+    loss_pss_keys: tuple[str, ...] = LOSS_KEYS  # the keys head argument loss_pss takes
+
     def __init__(
         self,
         *args,
@@ -85,10 +102,13 @@ class PSSHeadMixin:
             AssignConfig, one_to_one, ONE_TO_ONE_KEYS, "one_to_one"
         )
         super().__init__(*args, **kwargs)
-        focal = {"focal_alpha": self.loss_cls.alpha, "focal_gamma": self.loss_cls.gamma}
         self.loss_pss_cfg: LossConfig = _section(
-            LossConfig, loss_pss, LOSS_KEYS, "loss_pss"
-        ).model_copy(update=focal)
+            LossConfig, loss_pss, self.loss_pss_keys, "loss_pss"
+        ).model_copy(update=self.pss_focal())
+
+    def pss_focal(self) -> dict[str, float]:
+        """The focal settings of L_pss taken from the base head's classification loss."""
+        return {"focal_alpha": self.loss_cls.alpha, "focal_gamma": self.loss_cls.gamma}
 
     def _init_layers(self) -> None:
         super()._init_layers()
@@ -359,6 +379,126 @@ class ATSSPSSHead(PSSHeadMixin, ATSSHead):
             index[inside] = (result.gt_inds - 1).clamp(min=-1)
             gt_index.append(index)
         return torch.stack(gt_index)
+
+
+def joint_logit(cls_score: Tensor, quality: Tensor) -> Tensor:
+    """The logit of GFocalV2's joint score p = sigma(s) sigma(q), log p - log(1 - p),
+    [B, C, H, W] (float32) from class logits [B, C, H, W] and quality logits [B, 1, H, W]:
+    what GFLHead takes as its classification output (it applies the sigmoid itself)."""
+    log_p = F.logsigmoid(cls_score.float()) + F.logsigmoid(quality.float())
+    return log_p - log_complement(log_p)
+
+
+@MODELS.register_module()
+class GFocalV2Head(GFLHead):
+    """GFocalV2: mmdet's :class:`GFLHead` plus v2's distribution-guided quality predictor
+    (DGQP) on the box distribution; the classification score is sigma(s) sigma(q)."""
+
+    def __init__(self, *args, reg_max: int = REG_MAX, **kwargs) -> None:
+        if reg_max != REG_MAX:
+            raise UserError(
+                f"head argument 'reg_max': GFocalV2's quality predictor takes {REG_MAX} "
+                f"(pss.models.gfocal.REG_MAX), got {reg_max}"
+            )
+        super().__init__(*args, reg_max=reg_max, **kwargs)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()
+        self.quality = DGQP()
+
+    def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], ...]:
+        """cls_scores (class logits), bbox_preds (distribution logits), qualities (DGQP
+        logits): one map per level each."""
+        return multi_apply(self.forward_single, x, self.scales)
+
+    def towers(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The classification and regression towers' outputs of one level."""
+        cls_feat = reg_feat = x
+        for conv in self.cls_convs:
+            cls_feat = conv(cls_feat)
+        for conv in self.reg_convs:
+            reg_feat = conv(reg_feat)
+        return cls_feat, reg_feat
+
+    def outputs(self, cls_feat: Tensor, reg_feat: Tensor, scale) -> tuple[Tensor, ...]:
+        """GFLHead.forward_single's outputs (same arithmetic), plus the quality logits."""
+        bbox_pred = scale(self.gfl_reg(reg_feat)).float()
+        return self.gfl_cls(cls_feat), bbox_pred, self.quality(bbox_pred)
+
+    def forward_single(self, x: Tensor, scale) -> tuple[Tensor, ...]:
+        return self.outputs(*self.towers(x), scale)
+
+    def loss_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        qualities: list[Tensor],
+        batch_gt_instances: list[InstanceData],
+        batch_img_metas: list[dict],
+        batch_gt_instances_ignore: list[InstanceData] | None = None,
+    ) -> dict[str, Tensor]:
+        """GFLHead's losses (QFL, GIoU, DFL) on the joint score."""
+        return super().loss_by_feat(
+            list(map(joint_logit, cls_scores, qualities)),
+            bbox_preds,
+            batch_gt_instances,
+            batch_img_metas,
+            batch_gt_instances_ignore,
+        )
+
+    def predict_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        qualities: list[Tensor],
+        batch_img_metas: list[dict] | None = None,
+        cfg=None,
+        rescale: bool = False,
+        with_nms: bool = True,
+    ) -> list[InstanceData]:
+        """GFLHead's post-processing (NMS) on the joint score."""
+        return super().predict_by_feat(
+            list(map(joint_logit, cls_scores, qualities)),
+            bbox_preds,
+            None,
+            batch_img_metas=batch_img_metas,
+            cfg=cfg,
+            rescale=rescale,
+            with_nms=with_nms,
+        )
+
+
+@MODELS.register_module()
+class GFocalV2PSSHead(PSSHeadMixin, GFocalV2Head):
+    """GFocalV2_PSS: :class:`GFocalV2Head` plus the positive sample selector; P_i(c) =
+    sigma(pss) sigma(s) sigma(q) with q the DGQP's logit."""
+
+    loss_pss_keys = (*LOSS_KEYS, "focal_alpha")
+
+    def pss_focal(self) -> dict[str, float]:
+        return {"focal_gamma": self.loss_cls.beta}
+
+    def forward_single(self, x: Tensor, scale) -> tuple[Tensor, ...]:
+        """GFocalV2Head.forward_single, plus the PSS logits."""
+        cls_feat, reg_feat = self.towers(x)
+        return (*self.outputs(cls_feat, reg_feat, scale), self.forward_pss(cls_feat, reg_feat))
+
+    def flat_priors(self, sizes: list[tuple[int, int]], device) -> Tensor:
+        """(x, y, stride, stride) of every location, [N, 4]: the anchors' centres."""
+        anchors = self.prior_generator.grid_priors(sizes, device=device)
+        return torch.cat(
+            [
+                torch.cat((self.anchor_center(a), a.new_tensor(s).expand(len(a), 2)), dim=1)
+                for a, s in zip(anchors, self.prior_generator.strides)
+            ]
+        )
+
+    def decode_boxes(self, priors: Tensor, reg: Tensor, max_shape=None) -> Tensor:
+        distances = integral(reg) * priors[..., 2:3]  # the distribution's mean x stride
+        return self.bbox_coder.decode(priors[..., :2], distances, max_shape=max_shape)
+
+    # GFLHead assigns as ATSSHead does (the same anchors, flags and ATSSAssigner).
+    one_to_many = ATSSPSSHead.one_to_many
 
 
 def modes_of(model, wanted: Sequence[str] | None = None) -> tuple[str, ...]:

@@ -6,14 +6,15 @@
 A cell trains on one of ``contract.ENGINES``: ``torch``, this project's own loop
 (:mod:`pss.engine`), or ``mmdet``, mmengine's Runner on an MMDetection config
 (:mod:`pss.mmdet`). An mmdet cell starts from the config of its model in
-``experiments/mmdet/`` (``<model.name>_r50_3x.py``: mmdet's own FCOS / ATSS, the
-paper's recipe, the PSS head) and :func:`mmdet_config` sets, from the cell's resolved
-config, every setting that config has a counterpart for (``MMDET_KEYS``): the
-backbone, FPN and head, the one-to-many and one-to-one assignment, the losses, the
-post-processing, the data and its scales, the schedule and the optimizer. The
-settings without one (``NOT_TRANSLATED``) may keep their default only; anything else
-is a :class:`~pss.errors.UserError` naming the key, raised when a spec is expanded,
-before anything is submitted.
+``experiments/mmdet/`` (:func:`config_file`: ``<model.name>_r50_3x.py``, mmdet's own
+FCOS / ATSS and the paper's recipe, or ``<model.name>_r50_2x.py``, mmdet's GFL with
+GFocalV2's quality predictor and GFocalV2's recipe; the PSS head) and
+:func:`mmdet_config` sets, from the cell's resolved config, every setting that config
+has a counterpart for (``MMDET_KEYS``): the backbone, FPN and head, the one-to-many
+and one-to-one assignment, the losses, the post-processing, the data and its scales,
+the schedule and the optimizer. The settings without one (``NOT_TRANSLATED``) may
+keep their default only; anything else is a :class:`~pss.errors.UserError` naming the
+key, raised when a spec is expanded, before anything is submitted.
 
 What a job knows only where it runs comes in as arguments: the number of processes
 (``train.batch_size`` is their total), whether it has CUDA (``train.amp``) and the
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pss.config import ExperimentConfig, TrainConfig
-from pss.contract import MMDET
+from pss.contract import MMDET, PSS_SUFFIX
 from pss.errors import UserError
 
 # The mmdet config each model starts from (in this checkout).
@@ -100,7 +101,9 @@ MMDET_KEYS = (
     "eval.",
 )
 # Each head's classification conv, whose bias starts at the prior probability.
-CLS_CONV = {"fcos": "conv_cls", "atss": "atss_cls"}
+CLS_CONV = {"fcos": "conv_cls", "atss": "atss_cls", "gfocalv2": "gfl_cls"}
+# The schedule in the name of each base's config file (its own recipe's).
+SCHEDULES = {"fcos": "3x", "atss": "3x", "gfocalv2": "2x"}
 # The sampler of an mmdet cell's training data (registered by pss.mmdet.train).
 EPOCH_SAMPLER = "EpochSampler"
 # What a job on mmdet's engine imports (installed by `make mmdet`).
@@ -166,7 +169,13 @@ def mmdet_config(
         **_data(cfg, classes),
         **_schedule(cfg, world_size, cuda),
     }
-    return [MMDET_CONFIGS / f"{cfg.model.name}_r50_3x.py"], options
+    return [config_file(cfg.model.name)], options
+
+
+def config_file(model_name: str) -> Path:
+    """The mmdet config of ``experiments/mmdet/`` a model's cells start from."""
+    base = model_name.removesuffix(PSS_SUFFIX)
+    return MMDET_CONFIGS / f"{model_name}_r50_{SCHEDULES[base]}.py"
 
 
 def _backbone(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -253,16 +262,21 @@ def _model(cfg: ExperimentConfig) -> dict[str, Any]:
                 "bias_prob": m.head.prior_prob,
             },
         },
-        f"{head}.loss_cls.alpha": m.loss.focal_alpha,
-        f"{head}.loss_cls.gamma": m.loss.focal_gamma,
         f"{head}.loss_bbox.loss_weight": m.loss.giou_weight,
-        f"{head}.loss_centerness.loss_weight": m.loss.centerness_weight,
         "model.test_cfg.score_thr": m.inference.score_thresh,
         "model.test_cfg.nms.iou_threshold": m.inference.nms_iou,
         "model.test_cfg.nms_pre": m.inference.pre_nms_topk,
         "model.test_cfg.max_per_img": m.inference.max_per_image,
         "model.data_preprocessor.pad_size_divisor": cfg.data.size_divisibility,
     }
+    if m.base == "gfocalv2":
+        # QFL's beta is loss.focal_gamma (pss.models.gfocal); no center-ness branch, so
+        # neither its loss weight nor loss.focal_alpha (L_pss's only) has a use here.
+        options[f"{head}.loss_cls.beta"] = m.loss.focal_gamma
+    else:
+        options[f"{head}.loss_cls.alpha"] = m.loss.focal_alpha
+        options[f"{head}.loss_cls.gamma"] = m.loss.focal_gamma
+        options[f"{head}.loss_centerness.loss_weight"] = m.loss.centerness_weight
     a = m.assign
     if m.base == "fcos":
         options[f"{head}.center_sample_radius"] = a.center_sampling_radius
@@ -270,8 +284,9 @@ def _model(cfg: ExperimentConfig) -> dict[str, Any]:
     else:
         options["model.train_cfg.assigner.topk"] = a.atss_topk
         options[f"{head}.anchor_generator.octave_base_scale"] = a.anchor_scale
-        # Our ATSS's anchors sit on the centres of their cells (mmdet's on the corners)
-        # and our FPN computes P7 from ReLU(P6) (mmdet's ATSS config from P6).
+        # Our ATSS's (and GFocalV2's) anchors sit on the centres of their cells (mmdet's
+        # on the corners) and our FPN computes P7 from ReLU(P6) (mmdet's ATSS and GFL
+        # configs from P6).
         options[f"{head}.anchor_generator.center_offset"] = 0.5
         options["model.neck.relu_before_extra_convs"] = True
     if m.has_pss:
@@ -283,6 +298,8 @@ def _model(cfg: ExperimentConfig) -> dict[str, Any]:
             "rank_margin": m.loss.rank_margin,
             "rank_negatives": m.loss.rank_negatives,
         }
+        if m.base == "gfocalv2":  # GFocalV2PSSHead: QFL has no alpha to take it from
+            options[f"{head}.loss_pss"]["focal_alpha"] = m.loss.focal_alpha
         options["model.test_cfg.e2e_score_thr"] = m.inference.e2e_score_thresh
     return options
 

@@ -125,7 +125,7 @@ def quality_focal_loss(log_score: Tensor, target: Tensor, beta: float = 2.0) -> 
     """
     log_p = log_score.float().clamp(max=0)
     p = log_p.exp()
-    log_not_p = torch.log((-torch.expm1(log_p)).clamp(min=1e-12))
+    log_not_p = losses.log_complement(log_p)
     ce = -(target * log_p + (1 - target) * log_not_p)
     return ((target - p).abs() ** beta * ce).sum()
 

@@ -22,6 +22,11 @@ def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: floa
     return (weight * (1 - p_t) ** gamma * ce).sum()
 
 
+def log_complement(log_p: Tensor) -> Tensor:
+    """log(1 - p) from log p (any shape; log p <= 0), floored at log 1e-12 where p -> 1."""
+    return torch.log((-torch.expm1(log_p)).clamp(min=1e-12))
+
+
 def focal_loss_on_prob(
     log_prob: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tensor:
@@ -32,7 +37,7 @@ def focal_loss_on_prob(
     """
     log_prob = log_prob.float().clamp(max=0)
     p = log_prob.exp()
-    log_not_p = torch.log((-torch.expm1(log_prob)).clamp(min=1e-12))
+    log_not_p = log_complement(log_prob)
     pos = -alpha * targets * (1 - p) ** gamma * log_prob
     neg = -(1 - alpha) * (1 - targets) * p**gamma * log_not_p
     return (pos + neg).sum()

@@ -7,19 +7,29 @@ import subprocess
 import sys
 
 import pytest
-from twins import CONFIGS, NAMES, REPO
+from twins import CONFIGS, GFOCAL_NAMES, NAMES, REPO
 
 from pss.config import load_config as load_ours
 from pss.errors import UserError
 from pss.mmdet.config import build_model, load_config
+from pss.mmdet.convert import LEFT_AS_THEY_ARE
+from pss.mmdet.heads import GFocalV2Head
+from pss.mmdet.translate import config_file
 from pss.models import Detector
+from pss.models.gfocal import DFL_WEIGHT, DGQP, REG_MAX
 
 SMOKE = CONFIGS / "smoke" / "overlay.py"
+# Our experiment file of each model (its model section is what counts here).
+OUR_EXPERIMENT = {
+    **{name: f"{name}_r50_3x.yaml" for name in NAMES},
+    "gfocalv2": "gfocalv2_r50_2x.yaml",
+    "gfocalv2_pss": "gfocalv2_pss_r50_two_step.yaml",
+}
 
 
 def count(module) -> int:
     """Learnable values: parameters, and the affine of frozen BatchNorm (a buffer in ours)."""
-    stats = ("running_mean", "running_var", "num_batches_tracked")
+    stats = ("running_mean", "running_var", *LEFT_AS_THEY_ARE)
     return sum(v.numel() for k, v in module.state_dict().items() if not k.endswith(stats))
 
 
@@ -71,9 +81,39 @@ def test_r50_config_builds_with_the_paper_recipe_and_our_parameter_count(name: s
         assert count(ours) == 32_295_322  # FCOS R50, measured here
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GFOCAL_NAMES)
+def test_gfocalv2_config_builds_with_its_recipe_and_our_parameter_count(name: str):
+    cfg = load_config([config_file(name)])
+    assert cfg.train_cfg.max_epochs == 24
+    assert cfg.param_scheduler[1].milestones == [16, 22]
+    assert cfg.param_scheduler[0].start_factor == pytest.approx(0.001)
+    assert cfg.param_scheduler[0].end == 501
+    assert cfg.optim_wrapper.optimizer.lr == 0.01 and cfg.optim_wrapper.clip_grad is None
+    scales = cfg.train_dataloader.dataset.pipeline[2].scales
+    assert [s for _, s in scales] == list(range(480, 961, 32))
+    assert cfg.test_dataloader.dataset.pipeline[1].scale == (1333, 800)
+    head = cfg.model.bbox_head
+    assert (head.loss_cls.type, head.loss_cls.beta) == ("QualityFocalLoss", 2.0)
+    assert head.loss_dfl.loss_weight == DFL_WEIGHT and head.reg_max == REG_MAX
+    assert head.loss_bbox.type == "GIoULoss" and head.loss_bbox.loss_weight == 2.0
+    model = build_model(cfg)
+    built = model.bbox_head
+    assert isinstance(built, GFocalV2Head) and isinstance(built.quality, DGQP)
+    assert built.prior_generator.octave_base_scale == 8 and built.assigner.topk == 9
+    if name.endswith("_pss"):
+        assert cfg.model.test_cfg.mode == "e2e" and built.pss_cfg.num_convs == 2
+        loss = built.loss_pss_cfg
+        assert (loss.focal_alpha, loss.focal_gamma) == (0.25, 2.0)  # gamma: the QFL's beta
+    ours = Detector(
+        load_ours([REPO / "experiments" / OUR_EXPERIMENT[name]], ["model.backbone.weights=null"])
+        .model
+    )
+    assert count(model) == count(ours)
+
+
+@pytest.mark.parametrize("name", NAMES + GFOCAL_NAMES)
 def test_smoke_overlay_fits_every_config(name: str):
-    cfg = load_config([CONFIGS / f"{name}_r50_3x.py", SMOKE])
+    cfg = load_config([config_file(name), SMOKE])
     backbone = cfg.model.backbone
     assert (backbone.depth, backbone.base_channels, backbone.init_cfg) == (18, 32, None)
     assert cfg.model.bbox_head.num_classes == 3 and cfg.model.neck.out_channels == 64
@@ -85,7 +125,7 @@ def test_smoke_overlay_fits_every_config(name: str):
     model = build_model(cfg)
     ours = Detector(
         load_ours(
-            [REPO / "experiments" / f"{name}_r50_3x.yaml", REPO / "experiments/smoke/overlay.yaml"]
+            [REPO / "experiments" / OUR_EXPERIMENT[name], REPO / "experiments/smoke/overlay.yaml"]
         ).model
     )
     assert count(model) == count(ours)  # one for one: no tower conv biases
@@ -116,6 +156,17 @@ def test_plugin_heads_come_from_custom_imports_and_check_their_arguments():
         cfg = load_config([CONFIGS / "fcos_pss_r50_3x.py", SMOKE], bad)
         with pytest.raises(UserError, match=message):
             build_model(cfg)
+    # GFocalV2PSSHead takes L_pss's alpha in loss_pss (its QFL has none), its gamma from
+    # the QFL's beta; the quality predictor is built for 17 bins.
+    for bad, message in [
+        ({"model.bbox_head.loss_pss": {"focal_gamma": 1.0}}, "'loss_pss': unknown keys"),
+        ({"model.bbox_head.reg_max": 8}, "'reg_max': .* takes 16"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            build_model(load_config([config_file("gfocalv2_pss"), SMOKE], bad))
+    options = {"model.bbox_head.loss_pss.focal_alpha": 0.5, "model.bbox_head.loss_cls.beta": 1.5}
+    head = build_model(load_config([config_file("gfocalv2_pss"), SMOKE], options)).bbox_head
+    assert (head.loss_pss_cfg.focal_alpha, head.loss_pss_cfg.focal_gamma) == (0.5, 1.5)
     with pytest.raises(UserError, match="not found"):
         load_config([CONFIGS / "fcos_pss_r18.py"])
 

@@ -1,21 +1,27 @@
 """Loss for loss: our Detector and mmdet's model of the shipped configs, same weights.
 
-For FCOS, ATSS, FCOS_PSS and ATSS_PSS (ResNet-18, 64-channel heads, weights after a
-few training steps, every norm statistic and bias moved off its initial value), on
-the same two images and targets:
+For FCOS, ATSS, FCOS_PSS, ATSS_PSS, GFocalV2 and GFocalV2_PSS (the last two: the plugin
+heads on mmdet's GFLHead; all with ResNet-18, 64-channel heads, weights after a few
+training steps, every norm statistic and bias moved off its initial value), on the
+same two images and targets:
 
 * the one-to-many positives (Omega) are the same locations for the same objects;
-* the base losses (focal, GIoU, center-ness), L_pss and L_rank agree (LOSS_TOL);
+* the base losses (focal, GIoU, center-ness; GFocalV2: QFL, GIoU, DFL), L_pss and
+  L_rank agree (LOSS_TOL);
 * the one-to-one selections are the same locations;
 * the gradients of the total loss agree on every parameter (GRAD_NORM_RTOL): the stop-grad
   and everything backward of the losses are the same too;
 * the detections agree in e2e and nms mode (DET_TOL), from one model each.
 
 Differences by design (set on the mmdet side, see twins.BY_DESIGN and twins.py):
-ATSS anchors centred on the cells (mmdet: on their corners; without this setting the
-ATSS losses differ by 30-150 %); a ReLU before P7 in the ATSS FPN (mmdet's ATSS
-config: none; on these small images the losses barely feel it, 51 gradients do);
-mmdet's data preprocessor is not run.
+ATSS (and GFL) anchors centred on the cells (mmdet: on their corners; without this
+setting the ATSS losses differ by 30-150 %); a ReLU before P7 in the ATSS (and GFL)
+FPN (mmdet's configs: none; on these small images the losses barely feel it, 51
+gradients do); mmdet's data preprocessor is not run.
+By construction of the GFocalV2 plugin (pss.mmdet.heads): GFLHead takes class logits
+and applies the sigmoid itself (in its QFL, its box weights, its post-processing), so
+GFocalV2Head hands it the joint score's logit log p - log(1 - p), p = sigma(s) sigma(q):
+mmdet's QFL on the logit (use_sigmoid=True) against ours on log p, the same function.
 Also by design, and not reached by these inputs:
 * normalisers: mmdet's ATSS divides the focal and center-ness sums by the sum over
   images of max(positives, 1) (ours: the batch's positives, at least 1) and the GIoU
@@ -23,12 +29,20 @@ Also by design, and not reached by these inputs:
   an image without positives, or a target sum below 1;
 * ATSS box decoding: mmdet clamps log(w/w_anchor) to +-log(1000/16), ours only from
   above (boxes smaller than 1/62 of their anchor);
+* GFocalV2's normalisers: mmdet's QFL divides by the sum over images of
+  max(positives, 1), as its ATSS; its DFL targets are the distances in strides
+  clamped to reg_max - 0.1 (mmdet's DistancePointBBoxCoder.encode, eps 0.1; GFocalV2's
+  own code too), ours to reg_max - 0.01 (pss.models.gfocal.distribution_focal_loss):
+  they differ only for a side more than 15.9 strides from its location;
+* the joint score's logit is floored where p -> 1 (log(1 - p) at log 1e-12, as our
+  QFL's): both sigmoids saturated;
 * nms mode: mmdet thresholds (score_thr) and takes the per-level top-k (nms_pre) on
   sigma(cls) and multiplies by sigma(ctr) afterwards, and drops zero-size boxes; ours
   thresholds and ranks sigma(cls) sigma(ctr). Compared with no threshold and every
   pair kept, where the two rules give the same candidates (twins.*_NMS_NEUTRAL).
-* numerics: mmdet's FCOS computes GIoU on boxes in units of the stride (the same
-  value up to rounding), with eps 1e-6 (torchvision: 1e-7).
+* numerics: mmdet's FCOS and GFL compute GIoU (GFL: and the IoU targets of its QFL)
+  on boxes in units of the stride (the same value up to rounding), with eps 1e-6
+  (torchvision: 1e-7).
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ from twins import (
 )
 
 from pss.errors import UserError
-from pss.mmdet.convert import copy_weights, mmdet_key
+from pss.mmdet.convert import PREDICTOR_PREFIX, copy_weights, mmdet_key
 
 # Measured (float32): losses within 5e-7 relative, boxes within 5e-5 px, scores within
 # 7e-7. Gradients: within 1.5e-5 of each tensor's largest entry on the CPU these tests
@@ -62,7 +76,9 @@ from pss.mmdet.convert import copy_weights, mmdet_key
 # ATSS's still within the old bound. It is float32 rounding in mmdet's own FCOSHead path:
 # there its cls-tower gradients are 7e-4 from its own float64 ones (ours: 8e-7), and in
 # float64 the two engines agree to 8e-8 (docs/mmdet.md, Trajectories). So each tensor is
-# compared as a whole, within 2e-3 of its norm.
+# compared as a whole, within 2e-3 of its norm. GFocalV2 and GFocalV2_PSS (this CPU):
+# losses within 1.9e-7, gradients within 3.8e-6 of a tensor's norm, boxes within
+# 2.3e-5 px, scores within 1.7e-7.
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-6}
 GRAD_NORM_RTOL = 2e-3  # |ours - theirs| / |theirs| of a whole gradient tensor
 DET_TOL = {"rtol": 1e-5, "atol": 1e-4}  # boxes in pixels, scores in [0, 1]
@@ -72,6 +88,7 @@ LOSS_NAMES = {
     "loss_cls": "loss_cls",
     "loss_box": "loss_bbox",
     "loss_ctr": "loss_centerness",
+    "loss_dfl": "loss_dfl",
     "loss_pss": "loss_pss",
     "loss_rank": "loss_rank",
 }
@@ -82,7 +99,7 @@ def _twins(name: str) -> Twins:
     return make_twins(name, OUR_NMS_NEUTRAL, MMDET_NMS_NEUTRAL)
 
 
-@pytest.fixture(params=["fcos", "atss", "fcos_pss", "atss_pss"])
+@pytest.fixture(params=["fcos", "atss", "fcos_pss", "atss_pss", "gfocalv2", "gfocalv2_pss"])
 def twins(request) -> Twins:
     """Built (and trained) once per module run; each test sets the modes it needs."""
     return _twins(request.param)
@@ -98,21 +115,30 @@ def _mmdet_head_inputs(twins: Twins):
 
 
 def _total(value) -> torch.Tensor:
-    """mmdet's ATSS returns one loss per level: their sum is what it trains on."""
+    """mmdet's ATSS and GFL return one loss per level: their sum is what it trains on."""
     return sum(value) if isinstance(value, list | tuple) else value
 
 
 def test_weights_copy_over_whole(twins: Twins):
     assert twins.zeroed == []  # every mmdet weight has its counterpart
     theirs = twins.theirs.state_dict()
-    prefix = "atss_" if base_of(twins.name) == "atss" else "conv_"
+    prefix = PREDICTOR_PREFIX[base_of(twins.name)]
     for key, value in twins.ours.state_dict().items():
         assert torch.equal(theirs[mmdet_key(key, prefix)], value), key
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("fcos_pss", "atss_pss"), ("atss", "fcos")])
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ("fcos_pss", "atss_pss"),
+        ("atss", "fcos"),
+        ("atss_pss", "gfocalv2_pss"),
+        ("gfocalv2", "atss"),
+    ],
+)
 def test_the_other_detectors_weights_are_refused(ours: str, theirs: str):
     # Same shapes (ATSS has one anchor a location): without the check they would load.
+    # (GFocalV2's box output is wider: the check names the model before the shapes.)
     with pytest.raises(UserError, match=f"{base_of(ours).upper()} weights do not fit"):
         copy_weights(our_detector(ours), mmdet_detector(theirs))
 
@@ -139,7 +165,8 @@ def test_same_one_to_many_positives(twins: Twins):
 
 
 def _mmdet_labels(head, outs, gts, metas) -> torch.Tensor:
-    """[B, N] class targets of FCOSHead / ATSSHead.get_targets (num_classes: background)."""
+    """[B, N] class targets of FCOSHead / ATSSHead / GFLHead.get_targets (num_classes:
+    background)."""
     sizes = [m.shape[-2:] for m in outs[0]]
     device = outs[0][0].device
     if isinstance(head, FCOSHead):
@@ -155,9 +182,8 @@ def test_same_losses_and_gradients(twins: Twins):
     twins.ours.zero_grad(), twins.theirs.zero_grad()
     ours = twins.ours.losses(twins.ours(images()), TARGETS)
     theirs = twins.theirs.loss(images(), data_samples())
-    expected = {"loss_cls", "loss_box", "loss_ctr"} | (
-        {"loss_pss", "loss_rank"} if twins.name.endswith("_pss") else set()
-    )
+    base = {"loss_cls", "loss_box", "loss_dfl" if twins.name.startswith("gfocal") else "loss_ctr"}
+    expected = base | ({"loss_pss", "loss_rank"} if twins.name.endswith("_pss") else set())
     assert set(ours) - {"loss"} == expected
     assert set(theirs) == {LOSS_NAMES[k] for k in expected}
     for name in sorted(expected):
@@ -166,7 +192,7 @@ def test_same_losses_and_gradients(twins: Twins):
         torch.testing.assert_close(mine, other, **LOSS_TOL, msg=name)
     ours["loss"].backward()
     sum(_total(v) for v in theirs.values()).backward()
-    prefix = "atss_" if base_of(twins.name) == "atss" else "conv_"
+    prefix = PREDICTOR_PREFIX[base_of(twins.name)]
     params = dict(twins.theirs.named_parameters())
     compared = 0
     for name, p in twins.ours.named_parameters():
@@ -180,7 +206,7 @@ def test_same_losses_and_gradients(twins: Twins):
     assert compared > 50
 
 
-@pytest.mark.parametrize("twins", ["fcos_pss", "atss_pss"], indirect=True)
+@pytest.mark.parametrize("twins", ["fcos_pss", "atss_pss", "gfocalv2_pss"], indirect=True)
 def test_same_one_to_one_selections(twins: Twins):
     twins.ours.train(), twins.theirs.train()
     with torch.no_grad():
@@ -208,7 +234,7 @@ def _assert_same_detections(ours: list[dict], theirs: list) -> None:
         torch.testing.assert_close(mine["boxes"], other.bboxes, **DET_TOL)
 
 
-@pytest.mark.parametrize("twins", ["fcos_pss", "atss_pss"], indirect=True)
+@pytest.mark.parametrize("twins", ["fcos_pss", "atss_pss", "gfocalv2_pss"], indirect=True)
 def test_detections_in_e2e_mode(twins: Twins):
     twins.ours.eval(), twins.theirs.eval()
     twins.theirs.bbox_head.test_cfg["mode"] = "e2e"

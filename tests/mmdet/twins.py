@@ -1,6 +1,8 @@
 """Twin detectors: our Detector and the mmdet model of the shipped config, same weights.
 
-The mmdet side is built from ``experiments/mmdet/<model>_r50_3x.py``, made the size of
+The mmdet side is built from the model's config in ``experiments/mmdet/``
+(:func:`pss.mmdet.translate.config_file`: ``<model>_r50_3x.py``, GFocalV2's
+``<model>_r50_2x.py``), made the size of
 our small test model (ResNet-18, 64-channel FPN and head, 2 convs per tower, 3
 classes), with the differences that exist by design set to our side's convention
 (:data:`BY_DESIGN`, each named there).
@@ -19,11 +21,13 @@ from torch import Tensor, nn
 from pss.config import load_config as load_ours
 from pss.mmdet.config import build_model, load_config
 from pss.mmdet.convert import copy_weights
+from pss.mmdet.translate import config_file
 from pss.models import Detector
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "experiments" / "mmdet"
-NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")
+NAMES = ("fcos", "atss", "fcos_pss", "atss_pss")  # the paper's detectors (R50 3x configs)
+GFOCAL_NAMES = ("gfocalv2", "gfocalv2_pss")  # the authors' README's (R50 2x configs)
 
 OUR_SMALL = [
     "model.backbone.name=resnet18",
@@ -54,6 +58,8 @@ BY_DESIGN = {
         "model.neck.relu_before_extra_convs": True,
     },
 }
+# GFocalV2 is mmdet's GFL, whose anchors and FPN are its ATSS's: the same two differences.
+BY_DESIGN["gfocalv2"] = BY_DESIGN["atss"]
 # Not set here, also by design: both sides take the same normalised image tensors
 # (mmdet's DetDataPreprocessor, which would normalise 0-255 BGR->RGB images, is not run).
 
@@ -94,7 +100,7 @@ def our_detector(name: str, *overrides: str) -> Detector:
 
 def mmdet_detector(name: str, options: dict | None = None) -> nn.Module:
     cfg = load_config(
-        [CONFIGS / f"{name}_r50_3x.py"],
+        [config_file(name)],
         {**MMDET_SMALL, **BY_DESIGN[base_of(name)], **(options or {})},
     )
     return build_model(cfg)
