@@ -122,7 +122,7 @@ def test_distribution_focal_loss_by_hand():
     uniform = math.log(BINS)  # -log S of every bin of a uniform side
     side0 = -(0.75 * math.log(2 / 18) + 0.25 * math.log(1 / 18))
     # Every other side is uniform: the loss is log 17 whatever the target (16 and 40 are
-    # clamped to 15.99, between bins 15 and 16).
+    # clamped to 15.9, between bins 15 and 16).
     expected = [side0, uniform, uniform, uniform] + [uniform] * 4
     assert dfl.flatten().tolist() == pytest.approx(expected, rel=1e-5)
 
@@ -130,7 +130,7 @@ def test_distribution_focal_loss_by_hand():
 def test_distribution_focal_loss_is_cross_entropy_of_the_two_nearest_bins():
     gen = torch.Generator().manual_seed(1)
     reg = torch.randn(6, 4 * BINS, generator=gen)
-    target = torch.rand(6, 4, generator=gen) * 15.99
+    target = torch.rand(6, 4, generator=gen) * 15.9
     left = target.floor().long()
     logits = reg.reshape(-1, BINS)
     ce_l = F.cross_entropy(logits, left.flatten(), reduction="none").reshape(6, 4)

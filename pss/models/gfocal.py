@@ -134,11 +134,12 @@ def distribution_focal_loss(reg: Tensor, target: Tensor, reg_max: int = REG_MAX)
     """Distribution focal loss of each side [P, 4] (not reduced).
 
     reg [P, 4 (reg_max + 1)] logits; target [P, 4] distances in strides, clamped to
-    [0, reg_max - 0.01]. DFL = -((y_r - y) log S_l + (y - y_l) log S_r), y_l = floor(y),
-    y_r = y_l + 1, S the softmax over the side's bins.
+    [0, reg_max - 0.1] as GFocal's own code and mmdet's (``DistancePointBBoxCoder``).
+    DFL = -((y_r - y) log S_l + (y - y_l) log S_r), y_l = floor(y), y_r = y_l + 1, S the
+    softmax over the side's bins.
     """
     logits = reg.float().unflatten(-1, (4, reg_max + 1))
-    y = target.float().clamp(0, reg_max - 0.01)
+    y = target.float().clamp(0, reg_max - 0.1)
     left = y.floor().long()
     log_s = logits.log_softmax(dim=-1)
     log_left = log_s.gather(-1, left[..., None]).squeeze(-1)

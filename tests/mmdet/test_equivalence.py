@@ -29,11 +29,8 @@ Also by design, and not reached by these inputs:
   an image without positives, or a target sum below 1;
 * ATSS box decoding: mmdet clamps log(w/w_anchor) to +-log(1000/16), ours only from
   above (boxes smaller than 1/62 of their anchor);
-* GFocalV2's normalisers: mmdet's QFL divides by the sum over images of
-  max(positives, 1), as its ATSS; its DFL targets are the distances in strides
-  clamped to reg_max - 0.1 (mmdet's DistancePointBBoxCoder.encode, eps 0.1; GFocalV2's
-  own code too), ours to reg_max - 0.01 (pss.models.gfocal.distribution_focal_loss):
-  they differ only for a side more than 15.9 strides from its location;
+* GFocalV2's normaliser: mmdet's QFL divides by the sum over images of
+  max(positives, 1), as its ATSS;
 * the joint score's logit is floored where p -> 1 (log(1 - p) at log 1e-12, as our
   QFL's): both sigmoids saturated;
 * nms mode: mmdet thresholds (score_thr) and takes the per-level top-k (nms_pre) on

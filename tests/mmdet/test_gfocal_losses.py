@@ -34,7 +34,8 @@ def test_distribution_focal_loss_is_mmdets():
     gen = torch.Generator().manual_seed(1)
     p = 50
     reg = torch.randn(p, 4 * (REG_MAX + 1), generator=gen) * 3
-    target = torch.rand(p, 4, generator=gen) * (REG_MAX - 0.01)
+    # targets as mmdet's DistancePointBBoxCoder gives them: clamped to REG_MAX - 0.1
+    target = torch.rand(p, 4, generator=gen) * (REG_MAX - 0.1)
     theirs = DistributionFocalLoss(reduction="none")(
         reg.reshape(-1, REG_MAX + 1), target.reshape(-1)
     )
