@@ -164,7 +164,7 @@ def table(results: dict[str, Trained], claim: Claim = CLAIMS["fcos"]) -> str:
         (claim.pss, "raw", "raw base score (no NMS)"),
     ]
     names = (MAP, AP50, MAR, *((segm_name(MAP), segm_name(AP50)) if claim.masks else ()))
-    headers = ("mAP", "AP50", "mAR", "mask mAP", "mask AP50")[: len(names)]
+    headers = (MAP, AP50, MAR, f"mask {MAP}", f"mask {AP50}")[: len(names)]
     out = [
         f"| model | inference | {' | '.join(headers)} | training time |",
         f"| --- | --- | {' | '.join('---:' for _ in names)} | ---: |",

@@ -323,7 +323,7 @@ def test_a_condinst_checkpoint_predicts_masks_at_the_files_pixels_and_draws_them
 
 
 def test_the_condinst_proof_judges_mask_ap_against_the_pss_models_own_nms():
-    from pss.proof import CLAIMS, verdict
+    from pss.proof import CLAIMS, Trained, table, verdict
 
     claim = CLAIMS["condinst"]
     base = {"mAP_nms": 50.0, "mAP_raw": 30.0, "mAP_segm_nms": 40.0, "mAP_segm_raw": 25.0}
@@ -335,6 +335,16 @@ def test_the_condinst_proof_judges_mask_ap_against_the_pss_models_own_nms():
     assert not holds and "NOT within" in why  # 36.5 < 39.0 - 2
     holds, why = verdict({**base, "mAP_segm_raw": 38.0}, pss, claim=claim)
     assert not holds and "NOT clearly lower" in why
+    ap50 = {"AP50_nms": 70.0, "AP50_raw": 40.0, "AP50_segm_nms": 60.0, "AP50_segm_raw": 35.0,
+            "mAR_nms": 60.0, "mAR_raw": 65.0}
+    results = {
+        "condinst": Trained("condinst", {**base, **ap50}, 60.0),
+        "condinst_pss": Trained("condinst_pss", {**pss, **ap50, "AP50_e2e": 1.0,
+                                                 "AP50_segm_e2e": 2.0, "mAR_e2e": 3.0}, 60.0),
+    }
+    rows = table(results, claim).splitlines()
+    assert "| mAP | AP50 | mAR | mask mAP | mask AP50 |" in rows[0]
+    assert "| condinst_pss | e2e (no NMS) | 48.0 | 1.0 | 3.0 | 36.5 | 2.0 |" in rows[4]
 
 
 # ----------------------------------------------------------------------- report
