@@ -7,9 +7,11 @@ INPUT: image files and folders (their images, sorted; not recursive). DIR gets
 
 * ``detections.json``: COCO results (image_id, category_id, bbox [x, y, w, h] in
   the file's pixels, score) of every detection scoring above T;
+* ``segmentations.json`` (CondInst checkpoints): COCO segmentation results of the same
+  detections, each mask as compressed RLE in the file's pixels;
 * ``images.json``: ``{"images": [{id, file_name, width, height}], "categories":
   [{id, name}]}``, what the image and category ids of the results refer to;
-* ``<image name>.png``: the image with its boxes, class names and scores (the name
+* ``<image name>.png``: the image with its boxes (and masks), class names and scores (the name
   without its suffix; where two images would share one, e.g. ``x.jpg`` and ``x.png``,
   the later gets ``x_<id>.png``; ``images.json`` gives each image's ``drawing``).
 
@@ -51,6 +53,7 @@ from pss.deploy.inference import (
     read_image,
 )
 from pss.errors import EXIT_INVALID, EXIT_OK, UserError
+from pss.models.condinst import segm_rows
 from pss.models.decode import check_mode, coco_rows
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -91,6 +94,7 @@ def predict(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         results, entries, names = [], [], set()
+        segmentations: list[dict] | None = None  # a list once a detection has masks
         category_ids = [c.id for c in runner.categories]
         bar = tqdm(images, desc=f"predict ({runner.mode})", unit="img", disable=not progress)
         image_id = 0
@@ -103,6 +107,12 @@ def predict(
             image_id += 1
             det = runner(image)
             results += coco_rows(det, image_id, category_ids, score_thresh=score_thresh)
+            if "masks" in det:  # instance segmentation: the same detections' masks
+                keep = det["scores"] > score_thresh
+                segmentations = (segmentations or []) + segm_rows(
+                    det["masks"][keep], det["scores"][keep], det["labels"][keep], image_id,
+                    category_ids,
+                )
             entry = {
                 "id": image_id,
                 "file_name": str(path),
@@ -119,10 +129,14 @@ def predict(
             raise UserError("no image could be read (every one was skipped)", str(inputs[0]))
         categories = [{"id": c.id, "name": c.name} for c in runner.categories]
         (tmp / "detections.json").write_text(json.dumps(results))
+        if segmentations is not None:
+            (tmp / "segmentations.json").write_text(json.dumps(segmentations))
         (tmp / "images.json").write_text(
             json.dumps({"images": entries, "categories": categories}, indent=1)
         )
         out.mkdir(exist_ok=True)
+        if segmentations is None:  # no masks: none of an earlier call's stays beside these
+            (out / "segmentations.json").unlink(missing_ok=True)
         for file in sorted(tmp.iterdir()):
             os.replace(file, out / file.name)
     finally:

@@ -375,3 +375,30 @@ def test_the_condinst_report_shows_box_and_mask_ap_beside_the_authors_readme(tmp
     assert "35.2" in md or "35.3" in md  # our mask AP
     for value in ("34.1", "37.0", "34.4", "36.8", "38.2"):  # the README's mask AP
         assert value in md, value
+
+
+def test_predict_writes_the_masks_as_coco_segmentation_results(tmp_path):
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from pss.predict import main as predict_main
+    from pss.testing.deploy import write_checkpoint
+
+    ckpt = tmp_path / "condinst_pss.pth"
+    write_checkpoint(ckpt, "condinst_pss")
+    pixels = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    args = [str(ckpt), str(tmp_path / "a.png"), "--out", str(out), "--score-thresh", "0.0"]
+    assert predict_main(args) == 0
+    boxes = json.loads((out / "detections.json").read_text())
+    segms = json.loads((out / "segmentations.json").read_text())
+    assert len(segms) == len(boxes) > 0
+    for box, segm in zip(boxes, segms):
+        assert (box["category_id"], box["score"]) == (segm["category_id"], segm["score"])
+        assert segm["segmentation"]["size"] == [90, 120]
+        assert mask_utils.decode(segm["segmentation"]).shape == (90, 120)
+    box_ckpt = tmp_path / "fcos_pss.pth"
+    write_checkpoint(box_ckpt, "fcos_pss")
+    assert predict_main([str(box_ckpt), str(tmp_path / "a.png"), "--out", str(out)]) == 0
+    assert not (out / "segmentations.json").exists()  # not an earlier call's masks
