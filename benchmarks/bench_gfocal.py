@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from bench_head import FORWARD_TOL, NUM_CLASSES, QUICK_SIZE, build_ours, count_flops, padded
 
 from pss.data.transforms import PIXEL_MEAN, PIXEL_STD
+from pss.models import Detector
 from side_by_side import Clock, Report, interleaved, med
 
 BACKBONES = ("resnet18", "resnet50", "resnet101")
@@ -57,15 +59,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+@dataclass
+class HeadCost:
+    """What :func:`head_cost` measured, and what it ran, for a benchmark that goes on."""
+
+    results: dict
+    images: torch.Tensor
+    pss: Detector
+    clock: Clock
+    report: Report
+
+
+def head_cost(args: argparse.Namespace, base: str, reference: str, title: str) -> HeadCost:
+    """The PSS head's cost on ``base`` (a model name; ``title`` as printed): FLOPs of
+    ``base``, ``base``_pss and ``reference`` (printed as base / reference), and the forward
+    time of ``base``_pss against ``base`` (their ratio against the FLOP ratio)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
     phw = padded(args.hw)
     print(
-        f"bench_gfocal: torch {torch.__version__}, cpu ({platform.machine()}), threads "
+        f"bench {base}: torch {torch.__version__}, cpu ({platform.machine()}), threads "
         f"{torch.get_num_threads()}; input {args.hw[0]}x{args.hw[1]} padded to "
         f"{phw[0]}x{phw[1]}, batch {args.batch}, backbone {args.backbone}, {NUM_CLASSES} "
         f"classes; {args.repeats} timed round(s) after {args.warmup} warm-up, medians"
@@ -74,18 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
     std = torch.tensor(PIXEL_STD)[:, None, None]
     images = (torch.rand(args.batch, 3, *phw) - mean) / std
 
-    atss = build_ours("atss", args.backbone, device).eval()
-    gfl = build_ours("gfocalv2", args.backbone, device).eval()
-    pss = build_ours("gfocalv2_pss", args.backbone, device).eval()
-    pss.load_state_dict(gfl.state_dict(), strict=False)  # same weights where shared
+    pss_name = f"{base}_pss"
+    ref = build_ours(reference, args.backbone, device).eval()
+    model = build_ours(base, args.backbone, device).eval()
+    pss = build_ours(pss_name, args.backbone, device).eval()
+    pss.load_state_dict(model.state_dict(), strict=False)  # same weights where shared
     with torch.no_grad():
         flops = {name: count_flops(lambda m=m: m(images)) for name, m in
-                 (("atss", atss), ("gfocalv2", gfl), ("gfocalv2_pss", pss))}  # fmt: skip
-    flop_ratio = flops["gfocalv2_pss"] / flops["gfocalv2"]
+                 ((reference, ref), (base, model), (pss_name, pss))}  # fmt: skip
+    flop_ratio = flops[pss_name] / flops[base]
     print(
-        f"\n{'FLOPs, network forward':<36} {'gfocalv2':>9} {flops['gfocalv2'] / 1e9:9.1f} G   "
-        f"{'+pss':>9} {flops['gfocalv2_pss'] / 1e9:9.1f} G   ratio {flop_ratio:6.3f}  "
-        f"(GFocalV2 / ATSS {flops['gfocalv2'] / flops['atss']:.3f})"
+        f"\n{'FLOPs, network forward':<36} {base:>9} {flops[base] / 1e9:9.1f} G   "
+        f"{'+pss':>9} {flops[pss_name] / 1e9:9.1f} G   ratio {flop_ratio:6.3f}  "
+        f"({title} / {reference.upper()} {flops[base] / flops[reference]:.3f})"
     )
 
     clock, report = Clock(device), Report()
@@ -100,15 +116,15 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n-- forward: eval mode, no_grad, network only")
     t = interleaved(
         clock,
-        {"gfocalv2": no_grad(lambda: gfl(images)), "gfocalv2_pss": no_grad(lambda: pss(images))},
+        {base: no_grad(lambda: model(images)), pss_name: no_grad(lambda: pss(images))},
         args.repeats,
         args.warmup,
     )
     report.line(
         "forward_ratio",
-        "forward GFocalV2_PSS / GFocalV2",
-        ("gfocalv2", "+pss"),
-        (t["gfocalv2"], t["gfocalv2_pss"]),
+        f"forward {title}_PSS / {title}",
+        (base, "+pss"),
+        (t[base], t[pss_name]),
         f"{flop_ratio:.3f}+-{FORWARD_TOL}",
         lambda r: abs(r - flop_ratio) <= FORWARD_TOL,
     )
@@ -120,15 +136,25 @@ def main(argv: list[str] | None = None) -> dict:
         "flops": flops,
         "flop_ratio": flop_ratio,
         "times_s": {"forward": {k: med(v) for k, v in t.items()}},
-        "lines": report.lines,
     }
-    for key, line in report.lines.items():
+    return HeadCost(results, images, pss, clock, report)
+
+
+def finish(args: argparse.Namespace, cost: HeadCost) -> dict:
+    """The results with each report line's ratio; written to ``--json`` when asked."""
+    results = {**cost.results, "lines": cost.report.lines}
+    for key, line in cost.report.lines.items():
         results[key] = line["ratio"]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    return finish(args, head_cost(args, "gfocalv2", "atss", "GFocalV2"))
 
 
 if __name__ == "__main__":
