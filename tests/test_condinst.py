@@ -372,6 +372,9 @@ def test_the_condinst_report_shows_box_and_mask_ap_beside_the_authors_readme(tmp
     make_report(spec, out_dir=tmp_path / "out", formats="md", with_paper=True)
     md = (tmp_path / "out" / "condinst.md").read_text()
     assert "mask AP (%)" in md and "box AP (%)" in md and "authors' README" in md
+    # the legend names the reference's source, not the paper
+    assert "authors' README: the value reported in the authors' README" in md
+    assert "reported in the paper" not in md
     assert "35.2" in md or "35.3" in md  # our mask AP
     for value in ("34.1", "37.0", "34.4", "36.8", "38.2"):  # the README's mask AP
         assert value in md, value

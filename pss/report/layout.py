@@ -435,5 +435,7 @@ def _legend(
             "(within seed noise)."
         )
     if with_paper:
-        lines.append("paper: the value reported in the paper; Δ = ours − paper.")
+        src = spec.paper_source
+        where = "the paper" if src == "paper" else f"the {src}"
+        lines.append(f"{src}: the value reported in {where}; Δ = ours − {src}.")
     return lines
