@@ -209,7 +209,8 @@ def run_proof(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pss.proof", description=__doc__.split("\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("\n", " ")
+    parser = argparse.ArgumentParser(prog="python -m pss.proof", description=summary)
     parser.add_argument(
         "--base",
         choices=sorted(CLAIMS),
