@@ -38,16 +38,20 @@ def run(*args: str, timeout: float, block_mlflow: bool = False) -> subprocess.Co
     ``block_mlflow``: in an interpreter where ``import mlflow`` fails, as on a GPU
     machine lent without the tracking stack.
     """
-    prefix = [sys.executable, str(SCRIPT)]
+    prefix, env = [sys.executable, str(SCRIPT)], None
     if block_mlflow:
         code = (
-            "import runpy, sys; sys.modules['mlflow'] = None; "
-            f"sys.path.insert(0, {str(SCRIPT.parent)!r}); sys.argv = sys.argv[1:]; "
+            "import runpy, sys; sys.modules['mlflow'] = None; sys.argv = sys.argv[1:]; "
             f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
         )
         prefix = [sys.executable, "-c", code, str(SCRIPT)]
+        # the script's folder first on the path, as `python SCRIPT` puts it (its siblings)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(SCRIPT.parent), os.environ.get("PYTHONPATH")) if p
+        )}
     proc = subprocess.Popen(
         [*prefix, *args],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
