@@ -8,11 +8,17 @@ The graph is :class:`pss.deploy.graph.DeployedDetector`:
   mean, over its std; padded with zeros at the bottom / right);
 * outputs ``boxes`` [B, K, 4] (x1, y1, x2, y2 in input pixels, clipped to H x W),
   ``scores`` [B, K] and ``labels`` [B, K] (int64): the top K = 100 detections of
-  each image by score; empty slots have score 0 and label -1.
+  each image by score; empty slots have score 0 and label -1;
+* for a CondInst / CondInst_PSS checkpoint, also ``masks`` [B, K, H/4, W/4] (float32):
+  each detection's mask probabilities at a quarter of the input (stride 4; sides
+  2 ceil(H / 8) x 2 ceil(W / 8)), zero in empty slots. To a file: the map's part over
+  the resized image, resized bilinearly to the file's pixels, probability >= 0.5
+  (:func:`pss.models.condinst.paste_masks`; docs/cli.md spells it out).
 
 ``--mode e2e`` (default, needs a *_pss model): the PSS score and a top-k, no NMS
-op anywhere in the graph. ``--mode nms``: the base score and ONNX
-NonMaxSuppression, for comparison (its batch size is fixed). ``--size HxW``
+op anywhere in the graph (only the kept detections' masks are computed).
+``--mode nms``: the base score and ONNX NonMaxSuppression on the boxes, for
+comparison (its batch size is fixed). ``--size HxW``
 fixes the input size (default: the config's test size, ``data.test_scale`` x
 ``data.max_size`` rounded up to ``data.size_divisibility``); ``--dynamic``
 accepts any H and W (and, for e2e, any batch size). The model's metadata
@@ -44,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from pss.deploy.graph import DeployedDetector
+from pss.deploy.graph import DeployedDetector, output_names
 from pss.deploy.inference import (
     META_CATEGORIES,
     META_MODE,
@@ -59,7 +65,6 @@ from pss.models.decode import modes_for
 
 EXPORT_MODES = ("e2e", "nms")
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores", "labels")
 # Traced input side with --dynamic: every level down to P7 (stride 128) is then >= 2.
 DYNAMIC_EXAMPLE_SIDE = 320
 NMS_OPS = frozenset(
@@ -119,7 +124,7 @@ def export_onnx(
             graph,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model.cfg.model.has_masks)),
             dynamic_shapes=shapes,
             dynamo=True,
             optimize=True,

@@ -7,8 +7,8 @@ INPUT: image files and folders (their images, sorted; not recursive). DIR gets
 
 * ``detections.json``: COCO results (image_id, category_id, bbox [x, y, w, h] in
   the file's pixels, score) of every detection scoring above T;
-* ``segmentations.json`` (CondInst checkpoints): COCO segmentation results of the same
-  detections, each mask as compressed RLE in the file's pixels;
+* ``segmentations.json`` (CondInst checkpoints and their exports): COCO segmentation
+  results of the same detections, each mask as compressed RLE in the file's pixels;
 * ``images.json``: ``{"images": [{id, file_name, width, height}], "categories":
   [{id, name}]}``, what the image and category ids of the results refer to;
 * ``<image name>.png``: the image with its boxes (and masks), class names and scores (the name

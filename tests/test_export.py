@@ -11,12 +11,10 @@ import re
 import tomllib
 
 import onnx
-import onnxruntime as ort
 import pytest
-import torch
 
 from pss import predict
-from pss.deploy.inference import META_CATEGORIES, META_MODE, META_PREPROCESS, load_model
+from pss.deploy.inference import META_CATEGORIES, META_MODE, META_PREPROCESS
 from pss.export import NMS_OPS, main, op_types
 from pss.testing import REPO
 from pss.testing.deploy import (
@@ -24,6 +22,8 @@ from pss.testing.deploy import (
     CATEGORIES,
     SCORE_ATOL,
     assert_same_detections,
+    exporter,
+    run_both,
     write_checkpoint,
     write_images,
 )
@@ -38,32 +38,7 @@ DYNAMIC_INPUTS = [(2, 128, 160), (1, 96, 224), (3, 160, 96), (1, 64, 64)]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(model, mode, shape) -> (checkpoint, onnx path), exported on first use."""
-    cache = {}
-    root = tmp_path_factory.mktemp("export")
-
-    def get(name: str, mode: str, shape: str):
-        key = (name, mode, shape)
-        if key not in cache:
-            ckpt = write_checkpoint(root / f"{name}.pth", name)
-            out = root / f"{name}-{mode}-{shape}.onnx"
-            size = ["--dynamic"] if shape == "dynamic" else ["--size", "x".join(map(str, FIXED))]
-            assert main([str(ckpt), "--out", str(out), "--mode", mode, *size]) == 0
-            cache[key] = (ckpt, out)
-        return cache[key]
-
-    return get
-
-
-def run_both(ckpt, onnx_path, mode, batch_shapes, seed=0):
-    """PyTorch (Detector.predict on the same padded batch) and ONNX Runtime, per input."""
-    detector = load_model(ckpt).detector
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    gen = torch.Generator().manual_seed(seed)
-    for b, h, w in batch_shapes:
-        images = torch.randn(b, 3, h, w, generator=gen)
-        with torch.no_grad():
-            reference = detector.predict(detector(images), [(h, w)] * b, mode)
-        yield reference, session.run(None, {"images": images.numpy()})
+    return exporter(tmp_path_factory.mktemp("export"), FIXED)
 
 
 @pytest.mark.parametrize("name", ["fcos_pss", "atss_pss"])

@@ -11,9 +11,10 @@ ImageNet mean / std), pad it at the bottom / right (to a multiple of
 ``data.size_divisibility``, or to the fixed input size of an ONNX export) and
 run :class:`pss.deploy.graph.DeployedDetector`, in PyTorch or in ONNX Runtime, so
 they give the same detections. Every problem with an input is one
-:class:`~pss.errors.UserError` naming the file. An instance segmentation checkpoint
-(CondInst) runs in PyTorch through the detector itself, whose detections also hold
-``masks`` [K, h, w] (bool, the file's pixels); its ONNX export has boxes only.
+:class:`~pss.errors.UserError` naming the file. An instance segmentation model
+(CondInst; its checkpoint or its export) also gives ``masks`` [K, h, w] (bool, the
+file's pixels): the graph's mask probabilities pasted by
+:func:`pss.models.condinst.paste_masks`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from pss.engine.checkpoint import load_checkpoint, load_model_weights
 from pss.errors import UserError
 from pss.models import Detector
 from pss.models.condinst import paste_masks
-from pss.models.decode import Detections, unpad
+from pss.models.decode import EMPTY_LABEL, Detections, unpad
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keys of the metadata an ONNX export carries (pss.export writes them, OnnxRunner reads them).
@@ -251,6 +253,22 @@ def to_file_pixels(det: Detections, scale: float, file_size: tuple[int, int]) ->
     return {**det, "boxes": boxes}
 
 
+def file_detections(
+    outputs: Sequence[Tensor], batch: Tensor, scale: float, file_size: tuple[int, int]
+) -> Detections:
+    """The graph's outputs on a one-image ``batch`` [1, 3, H, W] (the file resized by
+    ``scale``, at its top left) -> its detections in the file's pixels (h, w): boxes,
+    scores, labels, and with a fourth output (mask probabilities [1, K, H4, W4]) the
+    filled slots' masks [n, h, w] (bool)."""
+    boxes, scores, labels, *masks = outputs
+    det = unpad(boxes, scores, labels)[0]
+    if masks:
+        resized = tuple(min(round(n * scale), p) for n, p in zip(file_size, batch.shape[-2:]))
+        filled = masks[0][0][labels[0] != EMPTY_LABEL]
+        det = {**det, "masks": paste_masks(filled, resized, file_size)}
+    return to_file_pixels(det, scale, file_size)
+
+
 # ----------------------------------------------------------------------------- runners
 
 
@@ -262,19 +280,11 @@ class TorchRunner:
         self.preprocess = Preprocess.from_config(model.cfg)
         self.categories = model.categories
         self.mode = mode
-        self.detector = model.detector if model.cfg.model.has_masks else None
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> Detections:
         batch, scale = self.preprocess(image)
-        file_size = image.size[::-1]
-        if self.detector is None:
-            return to_file_pixels(unpad(*self.graph(batch))[0], scale, file_size)
-        out = self.detector(batch)
-        det = self.detector.predict(out, [tuple(batch.shape[-2:])], self.mode)[0]
-        resized = tuple(min(round(n * scale), p) for n, p in zip(file_size, batch.shape[-2:]))
-        det = {**det, "masks": paste_masks(det["masks"], resized, file_size)}
-        return to_file_pixels(det, scale, file_size)
+        return file_detections(self.graph(batch), batch, scale, image.size[::-1])
 
 
 class OnnxRunner:
@@ -305,11 +315,12 @@ class OnnxRunner:
         self.preprocess = Preprocess.from_json(meta[META_PREPROCESS])
         self.input_name = self.session.get_inputs()[0].name
 
-    def run(self, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The graph on a normalised batch [B, 3, H, W]: boxes, scores, labels as tensors."""
+    def run(self, batch: Tensor) -> tuple[Tensor, ...]:
+        """The graph on a normalised batch [B, 3, H, W]: boxes, scores, labels (and a
+        CondInst export's masks) as tensors."""
         outputs = self.session.run(None, {self.input_name: batch.numpy()})
-        return tuple(torch.from_numpy(o) for o in outputs)  # type: ignore[return-value]
+        return tuple(torch.from_numpy(o) for o in outputs)
 
     def __call__(self, image: Image.Image) -> Detections:
         batch, scale = self.preprocess(image)
-        return to_file_pixels(unpad(*self.run(batch))[0], scale, image.size[::-1])
+        return file_detections(self.run(batch), batch, scale, image.size[::-1])

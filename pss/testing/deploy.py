@@ -4,18 +4,23 @@ A random-init detector scores everything near the focal-loss prior (~0.01), so
 "ONNX Runtime gives the same detections" would compare near-ties. ``lively``
 re-draws the last layer of each head branch so that scores spread over (0, 1)
 and boxes have sizes: the top detections then score well above any threshold.
+For CondInst it re-draws the controller too, so that masks are not all near
+probability 0.5 (where the 0.5 threshold would compare near-ties as well).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import Tensor
 
 from pss.config import load_config
 from pss.engine.checkpoint import save_checkpoint
 from pss.models import Detector
+from pss.models.condinst import paste_masks
 from pss.testing.configs import SMALL
 
 CATEGORIES = [
@@ -26,6 +31,7 @@ CATEGORIES = [
 # Tolerances of the parity tests (boxes in input pixels, scores in [0, 1]).
 BOX_ATOL = 1e-2
 SCORE_ATOL = 5e-5
+MASK_IOU = 0.99  # per instance, masks pasted at the input's pixels
 
 
 def lively(detector: Detector, seed: int = 0) -> Detector:
@@ -39,6 +45,8 @@ def lively(detector: Detector, seed: int = 0) -> Detector:
     ]
     if head.pss is not None:
         layers.append((head.pss.out, 0.5, 0.0))
+    if detector.cfg.has_masks:  # dynamic mask heads of weight ~1: masks far from p = 0.5
+        layers.append((head.controller, 0.3, 0.0))
     with torch.no_grad():
         for conv, std, bias in layers:
             if conv is None:
@@ -116,4 +124,78 @@ def assert_same_detections(reference: list[dict], boxes, scores, labels) -> dict
             worst["box"] = max(worst["box"], float((boxes[b, :n] - ref["boxes"]).abs().max()))
             worst["score"] = max(worst["score"], float((scores[b, :n] - ref["scores"]).abs().max()))
         worst["detections"] += n
+    return worst
+
+
+def exporter(root: Path, fixed: tuple[int, int]) -> Callable[[str, str, str], tuple[Path, Path]]:
+    """``get(name, mode, shape)`` -> (checkpoint, ONNX file) of a lively ``name`` model
+    exported by ``pss.export`` in ``mode`` with input ``fixed`` (shape "fixed") or any
+    size (shape "dynamic"), written under ``root`` on first use (an export takes seconds
+    to tens of seconds) and shared after."""
+    from pss.export import main
+
+    cache: dict[tuple[str, str, str], tuple[Path, Path]] = {}
+
+    def get(name: str, mode: str, shape: str) -> tuple[Path, Path]:
+        key = (name, mode, shape)
+        if key not in cache:
+            ckpt = root / f"{name}.pth"
+            if not ckpt.exists():
+                write_checkpoint(ckpt, name)
+            out = root / f"{name}-{mode}-{shape}.onnx"
+            size = ["--dynamic"] if shape == "dynamic" else ["--size", "x".join(map(str, fixed))]
+            assert main([str(ckpt), "--out", str(out), "--mode", mode, *size]) == 0
+            cache[key] = (ckpt, out)
+        return cache[key]
+
+    return get
+
+
+def run_both(
+    ckpt: Path, onnx_path: Path, mode: str, batch_shapes, seed: int = 0
+) -> Iterator[tuple[list[dict], list]]:
+    """Per (batch, H, W) of random images: PyTorch's detections (``Detector.predict`` of
+    the checkpoint) and ONNX Runtime's outputs of the export, on the same padded batch."""
+    import onnxruntime as ort
+
+    from pss.deploy.inference import load_model
+
+    detector = load_model(ckpt).detector
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    for b, h, w in batch_shapes:
+        images = torch.randn(b, 3, h, w, generator=gen)
+        with torch.no_grad():
+            reference = detector.predict(detector(images), [(h, w)] * b, mode)
+        yield reference, session.run(None, {"images": images.numpy()})
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU [K] of bool masks a, b [K, h, w], pair by pair (1 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1)
+    union = (a | b).flatten(1).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+
+
+def assert_same_masks(
+    reference: list[dict], masks, size: tuple[int, int]
+) -> dict[str, float | int]:
+    """Graph masks [B, K, H4, W4] (probabilities) against ``Detector.predict``'s, image by
+    image, both pasted at an image of ``size`` (h, w) in the input: every filled slot's
+    IoU >= :data:`MASK_IOU`, every empty slot's mask zero. Returns the smallest IoU, the
+    largest probability difference and the number of masks neither empty nor full."""
+    masks = torch.as_tensor(masks)
+    worst = {"iou": 1.0, "prob": 0.0, "partial": 0}
+    for b, ref in enumerate(reference):
+        n = len(ref["scores"])
+        assert (masks[b, n:] == 0).all(), f"image {b}: an empty slot has a mask"
+        if not n:
+            continue
+        want, got = paste_masks(ref["masks"], size), paste_masks(masks[b, :n], size)
+        iou = mask_iou(want, got)
+        assert (iou >= MASK_IOU).all(), f"image {b}: mask IoU {iou.min():.4f} < {MASK_IOU}"
+        area = want.flatten(1).float().mean(1)
+        worst["iou"] = min(worst["iou"], float(iou.min()))
+        worst["prob"] = max(worst["prob"], float((masks[b, :n] - ref["masks"]).abs().max()))
+        worst["partial"] += int(((area > 0) & (area < 1)).sum())
     return worst
