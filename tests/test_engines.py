@@ -114,6 +114,23 @@ def test_gfocalv2_translates_to_the_plugin_heads_on_gfl_and_its_two_step_is_refu
         mmdet_config(two_step)
 
 
+@pytest.mark.parametrize("name", ["condinst", "condinst_pss"])
+def test_condinst_translates_to_mmdet_condinst_with_masks(name: str):
+    cfg = load_config([REPO / f"experiments/{name}_r50_1x.yaml"], {"model.head.channels": 128})
+    files, options = mmdet_config(cfg)
+    assert [f.name for f in files] == [f"{name}_r50_3x.py"] and files[0].is_file()
+    assert options["model.mask_head.mask_feature_head.in_channels"] == 128
+    assert options["model.bbox_head.center_sample_radius"] == 1.5  # FCOS's assignment
+    assert options["model.bbox_head.init_cfg"]["override"]["name"] == "conv_cls"
+    for split in ("train", "val"):
+        steps = options[f"{split}_dataloader.dataset.pipeline"]
+        loads = [s for s in steps if s["type"] == "LoadAnnotations"]
+        assert len(loads) == 1 and loads[0]["with_mask"] and loads[0]["poly2mask"]
+    assert options["val_evaluator.metric"] == ["bbox", "segm"]
+    assert options["param_scheduler"][1]["milestones"] == [8, 11]
+    assert ("model.bbox_head.pss" in options) == name.endswith("_pss")
+
+
 def test_engine_of_a_spec_a_cell_and_the_command_line(tmp_path, capsys):
     torch_spec = write_spec(tmp_path / "eng.yaml", SPEC)
     on_torch = {j["cell"]: j for j in _dry_run(torch_spec, capsys)}

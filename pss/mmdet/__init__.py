@@ -5,8 +5,8 @@ An mmdet config loads the heads with
 
     custom_imports = dict(imports=["pss.mmdet.heads"], allow_failed_imports=False)
 
-which registers ``FCOSPSSHead``, ``ATSSPSSHead``, ``GFocalV2Head`` and
-``GFocalV2PSSHead`` in mmdet's MODELS registry.
+which registers ``FCOSPSSHead``, ``ATSSPSSHead``, ``GFocalV2Head``,
+``GFocalV2PSSHead`` and ``CondInstPSSHead`` in mmdet's MODELS registry.
 Importing ``pss`` or this package never imports mmdet or mmcv: only
 :mod:`~pss.mmdet.heads`, :mod:`~pss.mmdet.train` and the modules they use do.
 :mod:`~pss.mmdet.translate` (what our config means on mmdet's engine) imports neither

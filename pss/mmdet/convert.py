@@ -1,5 +1,5 @@
-"""Weights of a :class:`pss.models.Detector` in an mmdet FCOS / ATSS / GFocalV2 (+ PSS
-head) model.
+"""Weights of a :class:`pss.models.Detector` in an mmdet FCOS / ATSS / GFocalV2 / CondInst
+(+ PSS head) model.
 
     zeroed = copy_weights(detector, mmdet_model)
 
@@ -23,7 +23,12 @@ from torch import Tensor, nn
 from pss.errors import UserError
 
 # The prefix of each base's predictor convs in mmdet (conv_cls, atss_cls, gfl_cls, ...).
-PREDICTOR_PREFIX = {"fcos": "conv_", "atss": "atss_", "gfocalv2": "gfl_"}
+PREDICTOR_PREFIX = {"fcos": "conv_", "atss": "atss_", "gfocalv2": "gfl_", "condinst": "conv_"}
+# A weight only one base's mmdet model has, where its predictors' names are another's.
+BASE_KEY = {"condinst": "bbox_head.controller.weight"}
+# CondInst's mask branch (pss.models.condinst.MaskBranch) in mmdet's MaskFeatModule: the
+# first conv is P3's level conv, the others its stacked convs.
+MASK_BRANCH = "mask_head.mask_feature_head"
 # mmdet buffers that are not weights: BatchNorm's step counters, GFLHead's bins 0..16.
 LEFT_AS_THEY_ARE = ("num_batches_tracked", "bbox_head.integral.project")
 # (our key pattern, mmdet key template).
@@ -37,6 +42,9 @@ _RULES: list[tuple[str, str]] = [
     (r"head\.pss\.out\.(weight|bias)", r"bbox_head.conv_pss.\1"),
     # GFocalV2's quality predictor: the same module (pss.models.gfocal.DGQP) on both sides.
     (r"head\.quality\.(hidden|out)\.(weight|bias)", r"bbox_head.quality.\1.\2"),
+    # CondInst's controller (both: a 3x3 conv on the regression tower).
+    (r"head\.controller\.(weight|bias)", r"bbox_head.controller.\1"),
+    (r"head\.mask_branch\.out\.(weight|bias)", rf"{MASK_BRANCH}.conv_pred.\1"),
 ]
 # Towers: nn.Sequential of [conv, GroupNorm, ReLU] -> ModuleList of ConvModule(conv, gn).
 _TOWERS = {"cls_tower": "cls_convs", "reg_tower": "reg_convs", "pss.convs": "pss_convs"}
@@ -54,6 +62,11 @@ def mmdet_key(key: str, predictor_prefix: str) -> str | None:
             index, layer = divmod(int(m.group(1)), 3)  # conv, norm, relu
             part = ("conv", "gn")[layer]
             return f"bbox_head.{theirs}.{index}.{part}.{m.group(2)}"
+    m = re.fullmatch(r"head\.mask_branch\.convs\.(\d+)\.(weight|bias)", key)
+    if m:
+        index, layer = divmod(int(m.group(1)), 3)  # conv, norm, relu
+        conv = "convs_all_levels.0.conv0" if index == 0 else f"conv_branch.{index - 1}"
+        return f"{MASK_BRANCH}.{conv}.{('conv', 'gn')[layer]}.{m.group(2)}"
     m = re.fullmatch(r"head\.(cls_logits|bbox_pred|centerness)\.(weight|bias)", key)
     if m:
         return f"bbox_head.{predictor_prefix}{_PREDICTORS[m.group(1)]}.{m.group(2)}"
@@ -75,8 +88,10 @@ def to_mmdet_state(state: dict[str, Tensor], predictor_prefix: str) -> dict[str,
 def copy_weights(detector: nn.Module, model: nn.Module) -> list[str]:
     """Load ``detector``'s weights into the mmdet ``model``; returns the keys set to zero."""
     target = model.state_dict()
-    theirs = next(
-        (b for b, p in PREDICTOR_PREFIX.items() if f"bbox_head.{p}cls.weight" in target), None
+    bases = [b for b, p in PREDICTOR_PREFIX.items() if f"bbox_head.{p}cls.weight" in target]
+    # FCOS and CondInst name their predictors alike: the one whose own weight is there.
+    theirs = next((b for b in bases if BASE_KEY.get(b) in target), None) or next(
+        (b for b in bases if b not in BASE_KEY), None
     )
     if theirs is None:
         heads = ", ".join(PREDICTOR_PREFIX)

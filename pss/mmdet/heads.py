@@ -1,5 +1,10 @@
-"""FCOSPSSHead, ATSSPSSHead and GFocalV2PSSHead: mmdet dense heads plus the positive
-sample selector; GFocalV2Head: mmdet's GFLHead plus GFocalV2's quality predictor.
+"""FCOSPSSHead, ATSSPSSHead, GFocalV2PSSHead and CondInstPSSHead: mmdet dense heads plus
+the positive sample selector; GFocalV2Head: mmdet's GFLHead plus GFocalV2's quality
+predictor.
+
+CondInstPSSHead is mmdet's :class:`CondInstBboxHead` (FCOS plus CondInst's controller)
+with the PSS branch as FCOSPSSHead has it; mmdet's ``CondInstMaskHead`` computes the
+masks of its detections, in every mode (docs/mmdet.md, CondInst).
 
 GFocalV2Head is mmdet's :class:`GFLHead` (GFL v1: towers, distribution box regression,
 ATSS assignment, QFL, DFL, GIoU, NMS post-processing; mmdet 3.3 has no v2 head) with
@@ -45,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from mmdet.models.dense_heads import ATSSHead, FCOSHead, GFLHead
+from mmdet.models.dense_heads import ATSSHead, CondInstBboxHead, FCOSHead, GFLHead
 from mmdet.models.dense_heads.anchor_free_head import AnchorFreeHead
 from mmdet.models.task_modules.prior_generators import anchor_inside_flags
 from mmdet.models.utils import multi_apply
@@ -59,7 +64,7 @@ from pss import contract
 from pss.config import AssignConfig, LossConfig, PSSConfig
 from pss.errors import UserError, validation_error
 from pss.models import selector
-from pss.models.decode import check_mode, score_factor, top_pairs, unpad
+from pss.models.decode import EMPTY_LABEL, check_mode, score_factor, top_pairs, unpad
 from pss.models.gfocal import DGQP, REG_MAX, integral
 from pss.models.heads import flatten_levels
 from pss.models.losses import log_complement
@@ -155,18 +160,25 @@ class PSSHeadMixin:
             batch_img_metas,
             batch_gt_instances_ignore,
         )
-        log_p, chosen, targets = self.pss_targets(
-            cls_scores,
-            bbox_preds,
-            centernesses,
-            pss_logits,
-            batch_gt_instances,
-            batch_img_metas,
-            batch_gt_instances_ignore,
+        losses.update(
+            self.pss_loss(
+                cls_scores,
+                bbox_preds,
+                centernesses,
+                pss_logits,
+                batch_gt_instances,
+                batch_img_metas,
+                batch_gt_instances_ignore,
+            )
         )
-        with torch.autocast(log_p.device.type, enabled=False):
-            losses.update(selector.pss_losses(log_p, chosen, targets, self.loss_pss_cfg))
         return losses
+
+    def pss_loss(self, *args, **kwargs) -> dict[str, Tensor]:
+        """loss_pss and loss_rank (float32) of the head outputs, targets and metas that
+        :meth:`pss_targets` takes."""
+        log_p, chosen, targets = self.pss_targets(*args, **kwargs)
+        with torch.autocast(log_p.device.type, enabled=False):
+            return selector.pss_losses(log_p, chosen, targets, self.loss_pss_cfg)
 
     def pss_targets(
         self,
@@ -215,9 +227,7 @@ class PSSHeadMixin:
     ) -> list[InstanceData]:
         """Detections per image in the mode ``cfg.mode`` (default: test_cfg's, else e2e)."""
         cfg = self.test_cfg if cfg is None else cfg
-        mode = cfg.get("mode", "e2e")
-        check_mode(mode, True, type(self).__name__, "test_cfg.mode")
-        if mode == "nms":
+        if self.mode_of(cfg) == "nms":
             return super().predict_by_feat(
                 cls_scores,
                 bbox_preds,
@@ -227,6 +237,29 @@ class PSSHeadMixin:
                 rescale=rescale,
                 with_nms=with_nms,
             )
+        return self.predict_top(
+            cls_scores, bbox_preds, score_factors, pss_logits, batch_img_metas, cfg, rescale
+        )[0]
+
+    def mode_of(self, cfg) -> str:
+        """The inference mode a test config names (``mode``; absent: e2e), checked."""
+        mode = cfg.get("mode", "e2e")
+        check_mode(mode, True, type(self).__name__, "test_cfg.mode")
+        return mode
+
+    def predict_top(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        score_factors: list[Tensor],
+        pss_logits: list[Tensor],
+        batch_img_metas: list[dict],
+        cfg,
+        rescale: bool = False,
+    ) -> tuple[list[InstanceData], list[Tensor]]:
+        """e2e / raw (``cfg.mode``): the top ``cfg.max_per_img`` pairs per image, no NMS,
+        and the location [K] (an index over all levels) each detection comes from."""
+        mode = self.mode_of(cfg)
         sizes = [tuple(m.shape[-2:]) for m in cls_scores]
         priors = self.flat_priors(sizes, cls_scores[0].device)
         cls = flatten_levels(cls_scores).detach()
@@ -241,14 +274,17 @@ class PSSHeadMixin:
             ]
             return torch.stack(boxes)
 
-        padded = top_pairs(cls, factor, boxes_at, cfg.max_per_img, cfg.get("e2e_score_thr", 0.0))
+        *padded, locs = top_pairs(
+            cls, factor, boxes_at, cfg.max_per_img, cfg.get("e2e_score_thr", 0.0), True
+        )
+        keep = padded[2] != EMPTY_LABEL
         results = []
         for det, meta in zip(unpad(*padded), batch_img_metas):
             result = InstanceData(bboxes=det["boxes"], scores=det["scores"], labels=det["labels"])
             if rescale:
                 result.bboxes = scale_boxes(result.bboxes, [1 / s for s in meta["scale_factor"]])
             results.append(result)
-        return results
+        return results, [loc[k] for loc, k in zip(locs, keep)]
 
     # ---------------------------------------------------- what each base differs in
 
@@ -288,6 +324,12 @@ class FCOSPSSHead(PSSHeadMixin, FCOSHead):
 
     def forward_single(self, x: Tensor, scale, stride: int) -> tuple[Tensor, ...]:
         """FCOSHead.forward_single (same arithmetic), plus the PSS logits."""
+        cls_score, bbox_pred, centerness, cls_feat, reg_feat = self.fcos_single(x, scale, stride)
+        return cls_score, bbox_pred, centerness, self.forward_pss(cls_feat, reg_feat)
+
+    def fcos_single(self, x: Tensor, scale, stride: int) -> tuple[Tensor, ...]:
+        """FCOSHead.forward_single's outputs of one level and the towers' (cls_feat,
+        reg_feat)."""
         cls_score, bbox_pred, cls_feat, reg_feat = AnchorFreeHead.forward_single(self, x)
         centerness = self.conv_centerness(reg_feat if self.centerness_on_reg else cls_feat)
         bbox_pred = scale(bbox_pred).float()
@@ -297,7 +339,7 @@ class FCOSPSSHead(PSSHeadMixin, FCOSHead):
                 bbox_pred *= stride
         else:
             bbox_pred = bbox_pred.exp()
-        return cls_score, bbox_pred, centerness, self.forward_pss(cls_feat, reg_feat)
+        return cls_score, bbox_pred, centerness, cls_feat, reg_feat
 
     def decode_boxes(self, priors: Tensor, reg: Tensor, max_shape=None) -> Tensor:
         # In training, norm_on_bbox predictions are in units of the stride.
@@ -308,7 +350,8 @@ class FCOSPSSHead(PSSHeadMixin, FCOSHead):
     def one_to_many(self, sizes, batch_gt_instances, batch_img_metas, ignore, device) -> Tensor:
         # FCOSHead._get_targets_single, run with each object's label replaced by the code
         # -1 - j: a positive location's "label" then names its object j (background
-        # keeps num_classes >= 0), so Omega is exactly mmdet's assignment.
+        # keeps num_classes >= 0), so Omega is exactly mmdet's assignment. (CondInst's
+        # centres its center sampling on each mask's centroid: the masks go along.)
         points = self.prior_generator.grid_priors(sizes, device=device)
         ranges = torch.cat(
             [p.new_tensor(r)[None].expand_as(p) for p, r in zip(points, self.regress_ranges)]
@@ -317,10 +360,11 @@ class FCOSPSSHead(PSSHeadMixin, FCOSHead):
         gt_index = []
         for gt in batch_gt_instances:
             codes = -1 - torch.arange(len(gt), device=device)
-            indexed = InstanceData(bboxes=get_box_tensor(gt.bboxes), labels=codes)
-            labels, _ = self._get_targets_single(
+            masks = {"masks": gt.masks} if "masks" in gt else {}
+            indexed = InstanceData(bboxes=get_box_tensor(gt.bboxes), labels=codes, **masks)
+            labels = self._get_targets_single(
                 indexed, points=torch.cat(points), regress_ranges=ranges, num_points_per_lvl=counts
-            )
+            )[0]
             gt_index.append(torch.where(labels < 0, -1 - labels, -1))
         return torch.stack(gt_index)
 
@@ -379,6 +423,82 @@ class ATSSPSSHead(PSSHeadMixin, ATSSHead):
             index[inside] = (result.gt_inds - 1).clamp(min=-1)
             gt_index.append(index)
         return torch.stack(gt_index)
+
+
+@MODELS.register_module()
+class CondInstPSSHead(FCOSPSSHead, CondInstBboxHead):
+    """CondInst_PSS: mmdet's :class:`CondInstBboxHead` (FCOS and the controller) plus the
+    positive sample selector, as :class:`FCOSPSSHead` adds it to FCOSHead; mmdet's
+    ``CondInstMaskHead`` turns its detections into masks in every mode.
+
+    Its outputs are CondInstBboxHead's (class, box, center-ness and controller maps) and
+    the PSS logits; its one-to-many positives are mmdet's CondInst ones (center sampling
+    around each mask's centroid), also for the one-to-one target. Its detections carry
+    what the mask head computes masks from (``param_preds``, ``points``, ``strides``):
+    in e2e and raw mode those of the top pairs' locations, in nms mode CondInst's own.
+    """
+
+    def forward_single(self, x: Tensor, scale, stride: int) -> tuple[Tensor, ...]:
+        """CondInstBboxHead.forward_single (same arithmetic), plus the PSS logits."""
+        cls_score, bbox_pred, centerness, cls_feat, reg_feat = self.fcos_single(x, scale, stride)
+        params = self.controller(reg_feat)
+        return cls_score, bbox_pred, centerness, params, self.forward_pss(cls_feat, reg_feat)
+
+    def loss_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        centernesses: list[Tensor],
+        param_preds: list[Tensor],
+        pss_logits: list[Tensor],
+        *targets,
+    ) -> dict[str, Tensor]:
+        """CondInstBboxHead's losses (it keeps the positives for the mask head), plus
+        loss_pss and loss_rank. targets: batch_gt_instances, batch_img_metas and
+        batch_gt_instances_ignore (optional), as loss_by_feat takes them."""
+        outs = (cls_scores, bbox_preds, centernesses)
+        losses = CondInstBboxHead.loss_by_feat(self, *outs, param_preds, *targets)
+        losses.update(self.pss_loss(*outs, pss_logits, *targets))
+        return losses
+
+    def predict_by_feat(
+        self,
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        score_factors: list[Tensor],
+        param_preds: list[Tensor],
+        pss_logits: list[Tensor],
+        batch_img_metas: list[dict] | None = None,
+        cfg=None,
+        rescale: bool = False,
+        with_nms: bool = True,
+    ) -> list[InstanceData]:
+        """Detections per image in the mode ``cfg.mode``, each with its location's
+        dynamic parameters [K, num_params], point [K, 2] and stride [K]."""
+        cfg = self.test_cfg if cfg is None else cfg
+        if self.mode_of(cfg) == "nms":
+            return CondInstBboxHead.predict_by_feat(
+                self,
+                cls_scores,
+                bbox_preds,
+                score_factors,
+                param_preds,
+                batch_img_metas=batch_img_metas,
+                cfg=cfg,
+                rescale=rescale,
+                with_nms=with_nms,
+            )
+        results, locs = self.predict_top(
+            cls_scores, bbox_preds, score_factors, pss_logits, batch_img_metas, cfg, rescale
+        )
+        sizes = [tuple(m.shape[-2:]) for m in cls_scores]
+        priors = self.flat_priors(sizes, cls_scores[0].device)  # (x, y, stride, stride)
+        params = flatten_levels(param_preds).detach()
+        for b, (result, loc) in enumerate(zip(results, locs)):
+            result.param_preds = params[b, loc]
+            result.points = priors[loc, :2]
+            result.strides = priors[loc, 2]
+        return results
 
 
 def joint_logit(cls_score: Tensor, quality: Tensor) -> Tensor:

@@ -7,8 +7,9 @@ A cell trains on one of ``contract.ENGINES``: ``torch``, this project's own loop
 (:mod:`pss.engine`), or ``mmdet``, mmengine's Runner on an MMDetection config
 (:mod:`pss.mmdet`). An mmdet cell starts from the config of its model in
 ``experiments/mmdet/`` (:func:`config_file`: ``<model.name>_r50_3x.py``, mmdet's own
-FCOS / ATSS and the paper's recipe, or ``<model.name>_r50_2x.py``, mmdet's GFL with
-GFocalV2's quality predictor and GFocalV2's recipe; the PSS head) and
+FCOS / ATSS and the paper's recipe (CondInst: mmdet's CondInst on that FCOS, with
+CondInst's recipe), or ``<model.name>_r50_2x.py``, mmdet's GFL with GFocalV2's quality
+predictor and GFocalV2's recipe; the PSS head) and
 :func:`mmdet_config` sets, from the cell's resolved config, every setting that config
 has a counterpart for (``MMDET_KEYS``): the backbone, FPN and head, the one-to-many
 and one-to-one assignment, the losses, the post-processing, the data and its scales,
@@ -101,9 +102,9 @@ MMDET_KEYS = (
     "eval.",
 )
 # Each head's classification conv, whose bias starts at the prior probability.
-CLS_CONV = {"fcos": "conv_cls", "atss": "atss_cls", "gfocalv2": "gfl_cls"}
+CLS_CONV = {"fcos": "conv_cls", "atss": "atss_cls", "gfocalv2": "gfl_cls", "condinst": "conv_cls"}
 # The schedule in the name of each base's config file (its own recipe's).
-SCHEDULES = {"fcos": "3x", "atss": "3x", "gfocalv2": "2x"}
+SCHEDULES = {"fcos": "3x", "atss": "3x", "gfocalv2": "2x", "condinst": "3x"}
 # The sampler of an mmdet cell's training data (registered by pss.mmdet.train).
 EPOCH_SAMPLER = "EpochSampler"
 # What a job on mmdet's engine imports (installed by `make mmdet`).
@@ -277,8 +278,10 @@ def _model(cfg: ExperimentConfig) -> dict[str, Any]:
         options[f"{head}.loss_cls.alpha"] = m.loss.focal_alpha
         options[f"{head}.loss_cls.gamma"] = m.loss.focal_gamma
         options[f"{head}.loss_centerness.loss_weight"] = m.loss.centerness_weight
+    if m.has_masks:  # CondInst's mask branch reads P3 of the FPN
+        options["model.mask_head.mask_feature_head.in_channels"] = m.head.channels
     a = m.assign
-    if m.base == "fcos":
+    if m.box_base == "fcos":
         options[f"{head}.center_sample_radius"] = a.center_sampling_radius
         options[f"{head}.regress_ranges"] = [tuple(r) for r in a.regress_ranges]
     else:
@@ -313,9 +316,13 @@ RESIZE = {"keep_ratio": True, "backend": "pillow", "interpolation": "bilinear"}
 
 def _data(cfg: ExperimentConfig, classes: Sequence[str] | None) -> dict[str, Any]:
     d = cfg.data
+    # CondInst: the annotations' masks too (polygons and RLE as bitmaps), evaluated as
+    # mask AP beside box AP.
+    masks = {"with_mask": True, "poly2mask": True} if cfg.model.has_masks else {}
+    load_annotations = {"type": "LoadAnnotations", "with_bbox": True, **masks}
     train_pipeline = [
         LOAD_IMAGE,
-        {"type": "LoadAnnotations", "with_bbox": True},
+        load_annotations,
         {
             "type": "RandomChoiceResize",
             "scales": [(d.max_size, s) for s in d.train_scales],
@@ -327,7 +334,7 @@ def _data(cfg: ExperimentConfig, classes: Sequence[str] | None) -> dict[str, Any
     val_pipeline = [
         LOAD_IMAGE,
         {"type": "Resize", "scale": (d.max_size, d.test_scale), **RESIZE},
-        {"type": "LoadAnnotations", "with_bbox": True},
+        load_annotations,
         {
             "type": "PackDetInputs",
             "meta_keys": ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
@@ -354,6 +361,7 @@ def _data(cfg: ExperimentConfig, classes: Sequence[str] | None) -> dict[str, Any
             options[f"{loader}.dataset.metainfo"] = {"classes": tuple(classes)}
         if split != "train":
             options[f"{split}_evaluator.ann_file"] = os.path.join(d.root, ann_file)
+            options[f"{split}_evaluator.metric"] = ["bbox", "segm"] if masks else "bbox"
     return options
 
 

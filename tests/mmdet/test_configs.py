@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from twins import CONFIGS, GFOCAL_NAMES, NAMES, REPO
+from twins import CONDINST_NAMES, CONFIGS, GFOCAL_NAMES, NAMES, REPO
 
 from pss.config import load_config as load_ours
 from pss.errors import UserError
@@ -21,7 +21,7 @@ from pss.models.gfocal import DFL_WEIGHT, DGQP, REG_MAX
 SMOKE = CONFIGS / "smoke" / "overlay.py"
 # Our experiment file of each model (its model section is what counts here).
 OUR_EXPERIMENT = {
-    **{name: f"{name}_r50_3x.yaml" for name in NAMES},
+    **{name: f"{name}_r50_3x.yaml" for name in NAMES + CONDINST_NAMES},
     "gfocalv2": "gfocalv2_r50_2x.yaml",
     "gfocalv2_pss": "gfocalv2_pss_r50_two_step.yaml",
 }
@@ -104,6 +104,36 @@ def test_gfocalv2_config_builds_with_its_recipe_and_our_parameter_count(name: st
         assert cfg.model.test_cfg.mode == "e2e" and built.pss_cfg.num_convs == 2
         loss = built.loss_pss_cfg
         assert (loss.focal_alpha, loss.focal_gamma) == (0.25, 2.0)  # gamma: the QFL's beta
+    ours = Detector(
+        load_ours([REPO / "experiments" / OUR_EXPERIMENT[name]], ["model.backbone.weights=null"])
+        .model
+    )
+    assert count(model) == count(ours)
+
+
+@pytest.mark.parametrize("name", CONDINST_NAMES)
+def test_condinst_config_builds_with_its_recipe_and_our_parameter_count(name: str):
+    cfg = load_config([config_file(name)])
+    assert cfg.train_cfg.max_epochs == 36 and cfg.param_scheduler[1].milestones == [28, 33]
+    assert cfg.param_scheduler[0].start_factor == pytest.approx(0.001)
+    assert cfg.param_scheduler[0].end == 1001  # the full lr at iteration 1000, as ours
+    scales = cfg.train_dataloader.dataset.pipeline[2].scales
+    assert [s for _, s in scales] == list(range(640, 801, 32))
+    for loader in (cfg.train_dataloader, cfg.test_dataloader):
+        loads = [s for s in loader.dataset.pipeline if s.type == "LoadAnnotations"]
+        assert loads[0].with_mask and loads[0].poly2mask
+    assert cfg.test_evaluator.metric == ["bbox", "segm"] and cfg.model.data_preprocessor.pad_mask
+    model = build_model(cfg)
+    branch = model.mask_head.mask_feature_head
+    # Our mask branch: P3 only, 4 x [conv 3x3 (128), GN(32), ReLU] + 1x1 conv to 8.
+    assert (branch.start_level, branch.end_level, len(branch.conv_branch)) == (0, 0, 3)
+    assert branch.convs_all_levels[0].conv0.gn.num_groups == 32
+    assert (branch.feat_channels, branch.out_channels, branch.mask_stride) == (128, 8, 8)
+    head = model.mask_head
+    assert (head.num_params, head.mask_out_stride, head.max_masks_to_train) == (169, 4, 300)
+    assert model.bbox_head.controller.out_channels == 169
+    if name.endswith("_pss"):
+        assert cfg.model.test_cfg.mode == "e2e" and model.bbox_head.pss_cfg.num_convs == 2
     ours = Detector(
         load_ours([REPO / "experiments" / OUR_EXPERIMENT[name]], ["model.backbone.weights=null"])
         .model
