@@ -55,6 +55,7 @@ from twins import (
     OUR_NMS_NEUTRAL,
     TARGETS,
     Twins,
+    assert_same_gradients,
     base_of,
     data_samples,
     images,
@@ -190,17 +191,7 @@ def test_same_losses_and_gradients(twins: Twins):
     ours["loss"].backward()
     sum(_total(v) for v in theirs.values()).backward()
     prefix = PREDICTOR_PREFIX[base_of(twins.name)]
-    params = dict(twins.theirs.named_parameters())
-    compared = 0
-    for name, p in twins.ours.named_parameters():
-        other = params[mmdet_key(name, prefix)]
-        assert p.requires_grad == other.requires_grad, name
-        if p.requires_grad:
-            assert p.grad is not None and other.grad is not None, name
-            gap = (p.grad - other.grad).norm() / other.grad.norm().clamp(min=1e-30)
-            assert gap <= GRAD_NORM_RTOL, (name, float(gap))
-            compared += 1
-    assert compared > 50
+    assert len(assert_same_gradients(twins.ours, twins.theirs, prefix, GRAD_NORM_RTOL)) > 50
 
 
 @pytest.mark.parametrize("twins", ["fcos_pss", "atss_pss", "gfocalv2_pss"], indirect=True)
