@@ -12,7 +12,8 @@ our loader's (its order, its resize and flip decisions):
   with our weights copied in, mmengine's optimizer wrapper (its clipping) and parameter
   schedulers built from that config, stepped as mmengine's ``ParamSchedulerHook``
   steps them (iteration-based ones after every step, epoch-based ones after an epoch),
-  mmengine's ``train_step`` without its data preprocessor (both models take our tensors);
+  mmengine's ``train_step`` without its data preprocessor (both models take our tensors;
+  CondInst's masks go over as bitmaps padded to the batch);
 * **noise**: ours again, every weight moved by one float32 rounding (relative 2^-23)
   and each batch's images in reverse order (the same sums, added in another order, as
   two engines add them): how far float rounding alone takes two trainings apart in
@@ -150,8 +151,19 @@ def _data_samples(images: Tensor, targets: list[dict[str, Any]]) -> list[Any]:
         sample.gt_instances = InstanceData(
             bboxes=t["boxes"].clone().float(), labels=t["labels"].clone()
         )
+        if "masks" in t:  # CondInst: padded to the batch, as mmdet's data preprocessor does
+            sample.gt_instances.masks = _padded_masks(t["masks"], batch_shape)
         samples.append(sample)
     return samples
+
+
+def _padded_masks(masks: Tensor, shape: tuple[int, int]) -> Any:
+    """mmdet's BitmapMasks of one image's masks [M, h, w] (0 / 1), zero padded to ``shape``."""
+    from mmdet.structures.mask import BitmapMasks
+
+    padded = masks.new_zeros((len(masks), *shape), dtype=torch.uint8)
+    padded[:, : masks.shape[1], : masks.shape[2]] = masks.to(torch.uint8)
+    return BitmapMasks(padded.numpy(), *shape)
 
 
 # --------------------------------------------------------------------------- the data

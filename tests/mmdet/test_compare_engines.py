@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mmcv
 import pytest
-from twins import REPO
+from twins import REPO, condinst_as_ours
 
 from pss.config import load_config
 from pss.data.transforms import resized_shape
@@ -34,6 +34,7 @@ LOSSES = {
     "fcos_pss": ("loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank"),
     "atss_pss": ("loss_cls", "loss_box", "loss_ctr", "loss_pss", "loss_rank"),
     "gfocalv2_pss": ("loss_cls", "loss_box", "loss_dfl", "loss_pss", "loss_rank"),
+    "condinst_pss": ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_pss", "loss_rank"),
 }
 # Each model's experiment file and what turns it into that model, trained end to end
 # (GFocalV2_PSS's own file is two-step, which runs on our engine only).
@@ -41,6 +42,7 @@ EXPERIMENT = {
     "fcos_pss": ("fcos_pss_r50_3x.yaml", []),
     "atss_pss": ("atss_pss_r50_3x.yaml", []),
     "gfocalv2_pss": ("gfocalv2_r50_2x.yaml", ["model.name=gfocalv2_pss"]),
+    "condinst_pss": ("condinst_pss_r50_3x.yaml", []),
 }
 
 
@@ -80,12 +82,40 @@ def test_a_warm_up_one_step_off_is_caught_where_it_shows(monkeypatch, tmp_path):
         return files, options
 
     monkeypatch.setattr(compare_engines, "mmdet_config", one_step_off)
-    args = _argv("fcos_pss", 3, tmp_path / "shapes")
+    out = io.StringIO()
+    assert not compare_engines.compare(_config("fcos_pss", 3, tmp_path / "shapes"), 3, out)
+    assert "the engines part at step 1: lr apart" in out.getvalue(), out.getvalue()
+
+
+def _config(name: str, steps: int, data: Path):
+    args = _argv(name, steps, data)
     cfg = load_config(args[:2], [a for a in args[2:-2] if a != "--set"])
     cfg.data.num_workers = 0
+    return cfg
+
+
+def test_condinst_pss_trains_to_the_same_place_with_its_differences_set_to_ours(
+    monkeypatch, tmp_path
+):
+    """mmdet's CondInst differs from ours by design where its config has no setting
+    (docs/mmdet.md, CondInst): with those three set to ours, the rest (the plugin head,
+    the translation, the optimizer, the schedule, the data) agrees for 8 steps."""
+    condinst_as_ours(monkeypatch)
     out = io.StringIO()
-    assert not compare_engines.compare(cfg, 3, out)
-    assert "the engines part at step 1: lr apart" in out.getvalue(), out.getvalue()
+    agree = compare_engines.compare(_config("condinst_pss", 8, tmp_path / "shapes"), 8, out)
+    lines = out.getvalue().splitlines()
+    assert agree, out.getvalue()
+    assert lines[0].split()[:8] == ["lr", *LOSSES["condinst_pss"], "loss"], lines[0]
+    assert len([line for line in lines if line.startswith("step ")]) == 8
+    assert "the engines agree" in out.getvalue()
+
+
+def test_condinst_pss_parts_at_step_0_on_mmdets_own_condinst(tmp_path):
+    """As mmdet has it (center sampling around mask centroids, AdelaiDet's upsampling and
+    pixel-sampled mask targets), the positives and so the losses differ from the start."""
+    out = io.StringIO()
+    assert not compare_engines.compare(_config("condinst_pss", 1, tmp_path / "shapes"), 1, out)
+    assert "the engines part at step 0: loss_cls apart" in out.getvalue(), out.getvalue()
 
 
 @pytest.mark.parametrize("short", [80, 96, 480, 800])
