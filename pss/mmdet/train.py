@@ -179,7 +179,13 @@ class ModesValLoop(ValLoop):
         self.runner.call_hook("before_val")
         self.runner.call_hook("before_val_epoch")
         self.runner.model.eval()
-        head = getattr(self.runner.model, "module", self.runner.model).bbox_head
+        model = getattr(self.runner.model, "module", self.runner.model)
+        head = model.bbox_head
+        # COCOeval's box metrics, and for an instance segmentation model (CondInst) its
+        # mask metrics as our engine names them (mAP_segm_e2e, ...).
+        kinds = {"bbox": str}
+        if getattr(model, "mask_head", None) is not None:
+            kinds[contract.SEGM] = contract.segm_name
         metrics: dict[str, float] = {}
         for mode in modes_of(self.runner.model, self.modes):
             untimed = untimed_batches(self.dataloader)
@@ -203,9 +209,12 @@ class ModesValLoop(ValLoop):
             if not found:  # CocoMetric returns nothing for no detections at all: 0 AP, 0 AR
                 log.warning("no detections in mode %s: every metric is 0", mode)
             for item, name in COCO_ITEMS.items():
-                value = found[f"coco/bbox_{item}"] if found else 0.0
-                # CocoMetric rounds to 3 decimals, i.e. 0.1 points; -1: no such objects.
-                metrics[contract.metric_name(name, mode)] = round(max(value, 0.0) * 100, 1)
+                for kind, named in kinds.items():
+                    value = found[f"coco/{kind}_{item}"] if found else 0.0
+                    # CocoMetric rounds to 3 decimals, i.e. 0.1 points; -1: no such objects.
+                    metrics[contract.metric_name(named(name), mode)] = round(
+                        max(value, 0.0) * 100, 1
+                    )
         self.runner.call_hook("after_val_epoch", metrics=metrics)
         self.runner.call_hook("after_val")
         return metrics

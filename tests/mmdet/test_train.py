@@ -7,15 +7,17 @@ import math
 
 import pytest
 from mlflow.tracking import MlflowClient
-from twins import CONFIGS
+from twins import CONFIGS, REPO
 
 from pss import contract
 from pss.config import fingerprint
+from pss.config import load_config as load_ours
 from pss.engine.lifecycle import RunInfo
 from pss.errors import UserError
 from pss.mmdet.config import build_model, load_config
 from pss.mmdet.heads import inference_mode
 from pss.mmdet.train import RUN_ID_FILE, ModesValLoop, flat_config, train
+from pss.mmdet.translate import mmdet_config
 
 FILES = [CONFIGS / "fcos_pss_r50_3x.py", CONFIGS / "smoke" / "overlay.py"]
 # The tiny shapes set of tests/conftest.py (there already: nothing to generate), 16
@@ -91,6 +93,29 @@ def test_smoke_cell_logs_the_contract_and_resumes(shapes_root, tracking, tmp_pat
     with pytest.raises(UserError, match="another config"):
         train(FILES, {**TINY, "train_cfg.max_epochs": 3}, **common)
     assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_condinst_pss_cell_trains_and_logs_box_and_mask_metrics(
+    shapes_root, tracking, tiny_overlay, tmp_path
+):
+    """A CondInst_PSS cell as a sweep trains it on mmdet (its config translated): masks
+    loaded, mask AP beside box AP in every mode, as our engine names them."""
+    cfg = load_ours(
+        [REPO / "experiments" / "condinst_pss_r50_3x.yaml", tiny_overlay],
+        ["train.epochs=1", "model.backbone.weights=null"],
+    )
+    files, options = mmdet_config(cfg, classes=["circle", "square", "triangle"])
+    metrics = train(files, options, work_dir=tmp_path / "work", data_root=shapes_root)
+    per_mode = (*contract.ACCURACY, contract.POSTPROCESS_MS)
+    per_mode += tuple(contract.segm_name(m) for m in contract.ACCURACY)
+    assert set(metrics) == {
+        contract.metric_name(m, mode) for m in per_mode for mode in contract.MODES
+    } | {contract.FORWARD_MS}
+    assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if "_ms" not in k)
+    params = MlflowClient().get_run((tmp_path / "work" / RUN_ID_FILE).read_text()).data.params
+    assert params["model.bbox_head.type"] == "CondInstPSSHead"
+    assert params["model.mask_head.type"] == "CondInstMaskHead"
 
 
 def test_missing_data_fails_before_any_run(tracking, tmp_path):
