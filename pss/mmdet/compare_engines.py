@@ -28,7 +28,8 @@ difference of the weights after it. The batch's images and boxes also go through
 own pipeline (loading, resizing to the same shorter side, flipping as ours did) and its
 data preprocessor: the pixels must agree to float rounding (``PIXELS``), the boxes within
 ``BOX_PX`` (mmdet scales boxes by the per-axis ratios of the rounded size, ours by one
-scale: docs/mmdet.md). Exit 0 when every part agrees at every step, 1 otherwise (naming
+scale: docs/mmdet.md), CondInst's masks within ``MASK_PX`` (mmdet resizes them by nearest
+neighbour). Exit 0 when every part agrees at every step, 1 otherwise (naming
 the first step and part that do not), 2 bad input.
 """
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pss.config import ExperimentConfig, add_config_arguments, load_config
@@ -59,6 +61,10 @@ FLOOR = 1e-5  # relative; below it, every difference is float rounding (losses: 
 LR_RTOL = 1e-6  # the schedules are the same function: only float64 rounding apart
 PIXELS = 1e-4  # normalised units: (x/255 - m)/s against (x - 255 m)/(255 s) in float32
 BOX_PX = 0.5  # per-axis ratios of the rounded size against one scale: < 0.5 px apart
+# Masks resized by mmdet (OpenCV nearest, BitmapMasks.rescale) and by ours (bilinear,
+# pixel centres aligned, >= 0.5) part at the objects' edges by less than a source pixel:
+# below 2 px of the resized image at scales below 2 (8-neighbour steps: 2 at 1.17, seen).
+MASK_PX = 2
 
 
 @dataclass
@@ -230,7 +236,8 @@ class MmdetPipeline:
 def data_differences(
     pipeline: MmdetPipeline, images: Tensor, targets: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """Largest |difference| of the normalised pixels and of the boxes (px), ours vs mmdet's."""
+    """Largest |difference| of the normalised pixels and of the boxes (px), ours vs mmdet's,
+    and with masks (CondInst) the largest 1 - IoU of an object's mask."""
     theirs = pipeline.batch(targets)
     inputs = theirs["inputs"].float()
     pixels = float("inf")
@@ -244,7 +251,31 @@ def data_differences(
             return {"pixels": pixels, "boxes": float("inf")}
         if len(their_boxes):
             boxes = max(boxes, float((their_boxes - t["boxes"]).abs().max()))
-    return {"pixels": pixels, "boxes": boxes}
+    found = {"pixels": pixels, "boxes": boxes}
+    if all("masks" in t for t in targets):
+        samples = theirs["data_samples"]
+        found["masks"] = max(_mask_gap(t["masks"], s) for t, s in zip(targets, samples))
+    return found
+
+
+def _mask_gap(ours: Tensor, sample: Any) -> float:
+    """How far (px) one image's masks [M, h, w] and the mmdet sample's (padded to the
+    batch) are apart at most: 0 the same, k every pixel of each within k px (8-neighbour
+    steps) of the other, up to MASK_PX + 1; inf a different number of masks."""
+    h, w = ours.shape[-2:]
+    theirs = sample.gt_instances.masks.to_tensor(dtype=torch.float32, device=ours.device)
+    if theirs.shape[0] != ours.shape[0]:
+        return math.inf
+    a, b = ours.float()[None], theirs[None, :, :h, :w]
+    for k in range(MASK_PX + 1):
+        if not ((a > grown(b, k)).any() or (b > grown(a, k)).any()):
+            return float(k)
+    return float(MASK_PX + 1)
+
+
+def grown(masks: Tensor, k: int) -> Tensor:
+    """Masks [1, M, h, w] (0 / 1) grown by k px (8-neighbour steps)."""
+    return F.max_pool2d(masks, 2 * k + 1, stride=1, padding=k) if k else masks
 
 
 # --------------------------------------------------------------------------- comparing
@@ -351,6 +382,9 @@ def compare(cfg: ExperimentConfig, steps: int, out=sys.stdout) -> bool:
             apart.append(verdict.check(step, "data: pixels", data["pixels"], 0.0, PIXELS))
             apart.append(verdict.check(step, "data: boxes", data["boxes"], 0.0, BOX_PX))
             tail.append(f"data: pixels {data['pixels']:.1g}, boxes {data['boxes']:.1g} px")
+            if "masks" in data:
+                apart.append(verdict.check(step, "data: masks", data["masks"], 0.0, MASK_PX))
+                tail[-1] += f", masks {data['masks']:.0f} px"
             failed = [a for a in apart if a]
             if failed:
                 tail.append("<- apart: " + ", ".join(failed))

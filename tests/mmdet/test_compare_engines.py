@@ -107,6 +107,8 @@ def test_condinst_pss_trains_to_the_same_place_with_its_differences_set_to_ours(
     assert agree, out.getvalue()
     assert lines[0].split()[:8] == ["lr", *LOSSES["condinst_pss"], "loss"], lines[0]
     assert len([line for line in lines if line.startswith("step ")]) == 8
+    data = [line for line in lines if "data:" in line]
+    assert len(data) == 8 and all(", masks " in line for line in data)  # mmdet's masks too
     assert "the engines agree" in out.getvalue()
 
 

@@ -106,7 +106,8 @@ def test_condinst_pss_cell_trains_and_logs_box_and_mask_metrics(
         ["train.epochs=1", "model.backbone.weights=null"],
     )
     files, options = mmdet_config(cfg, classes=["circle", "square", "triangle"])
-    metrics = train(files, options, work_dir=tmp_path / "work", data_root=shapes_root)
+    run = RunInfo(experiment="mmdet-condinst", run_name="condinst_pss")
+    metrics = train(files, options, work_dir=tmp_path / "work", run=run, data_root=shapes_root)
     per_mode = (*contract.ACCURACY, contract.POSTPROCESS_MS)
     per_mode += tuple(contract.segm_name(m) for m in contract.ACCURACY)
     assert set(metrics) == {
