@@ -361,7 +361,8 @@ def _data(cfg: ExperimentConfig, classes: Sequence[str] | None) -> dict[str, Any
             options[f"{loader}.dataset.metainfo"] = {"classes": tuple(classes)}
         if split != "train":
             options[f"{split}_evaluator.ann_file"] = os.path.join(d.root, ann_file)
-            options[f"{split}_evaluator.metric"] = ["bbox", "segm"] if masks else "bbox"
+            if masks:
+                options[f"{split}_evaluator.metric"] = ["bbox", "segm"]
     return options
 
 
