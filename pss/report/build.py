@@ -227,7 +227,12 @@ def _header(
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     statuses = Counter(r.status for r in runs)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) or "none"
-    commits = sorted({r.git_commit[:10] for res in results for r in res.runs if r.git_commit})
+    reported = [r for res in results for r in res.runs]
+    commits = sorted({r.git_commit[:10] for r in reported if r.git_commit})
+    dirty = sum(r.git_dirty for r in reported)
+    code = ", ".join(commits) + (
+        f"; {dirty} of {len(reported)} runs with uncommitted edits besides" if dirty else ""
+    )
     lines = [
         f"# {experiment}: {spec.description or spec.name}",
         "",
@@ -235,8 +240,8 @@ def _header(
         f"spec `{loaded.path}`.",
         "",
         f"Runs in the experiment: {len(runs)} ({counts}). Cells reported: {len(results)}, "
-        f"from {sum(len(r.runs) for r in results)} finished runs"
-        + (f" (code: git {', '.join(commits)})" if commits else "")
+        f"from {len(reported)} finished runs"
+        + (f" (code: git {code})" if commits else "")
         + ".",
     ]
     stray = sorted({r.cell for r in runs} - cells)

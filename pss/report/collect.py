@@ -49,6 +49,7 @@ class RunRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)  # latest value of each
     model_name: str | None = None  # param model.name
     git_commit: str | None = None
+    git_dirty: bool = False  # uncommitted edits to tracked files ran too
     artifact_uri: str | None = None
 
     @property
@@ -76,6 +77,7 @@ def run_record(run: StoredRun) -> RunRecord | None:
         metrics=run.metrics,
         model_name=run.params.get(MODEL_NAME),
         git_commit=tags.get(contract.TAG_GIT_COMMIT),
+        git_dirty=tags.get(contract.TAG_GIT_DIRTY) == "true",
         artifact_uri=run.artifact_uri,
     )
 

@@ -38,6 +38,7 @@ class FakeRun:
     traceback: str | None = None  # logged as traceback.txt
     fingerprint: str = "0" * 12
     sweep: str = ""
+    git_dirty: bool = False  # uncommitted edits ran too (the pss.git_dirty tag)
 
 
 def experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
@@ -63,6 +64,7 @@ def seed_runs(
         tags = {
             **contract.job_tags(sweep, fake.cell, fake.stage, fake.seed, fake.fingerprint),
             contract.TAG_GIT_COMMIT: "0123456789abcdef",
+            contract.TAG_GIT_DIRTY: str(fake.git_dirty).lower(),
         }
         begin = start + 60_000 * i
         run = client.create_run(exp, start_time=begin, tags=tags, run_name=fake.cell)

@@ -34,6 +34,7 @@ from pss.contract import (
     SEC_PER_ITER,
     TAG_EXPERIMENT_KIND,
     TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
     TAG_SLURM_JOB_ID,
     TRACEBACK_FILE,
 )
@@ -42,16 +43,32 @@ from pss.tracking.store import check_store, current_uri, retry, search, sqlite_p
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "NullTracker", "Tracker", "retry"]
 
 
-@functools.cache
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in the checkout this package is imported from: its stdout, or None
+    when git is missing or fails (not a checkout)."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
         )
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the code that runs (``unknown`` outside a git checkout)."""
+    return (_git("rev-parse", "HEAD") or "").strip() or "unknown"
+
+
+@functools.cache
+def git_dirty() -> str:
+    """``true`` when tracked files of the checkout differ from :func:`git_commit` (the
+    code that runs is not that commit's: edits made during a sweep reach the cells that
+    start after them), ``false`` when they do not, ``unknown`` outside a checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return "unknown" if out is None else str(bool(out.strip())).lower()
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -130,7 +147,7 @@ class Tracker:
     ) -> Tracker:
         mlflow = client()
         exp = experiment_id(experiment, mlflow)
-        all_tags = {TAG_GIT_COMMIT: git_commit(), **(tags or {})}
+        all_tags = {TAG_GIT_COMMIT: git_commit(), TAG_GIT_DIRTY: git_dirty(), **(tags or {})}
         run = retry(
             mlflow.create_run,
             exp,
