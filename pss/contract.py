@@ -22,6 +22,7 @@ TAG_STAGE = "pss.stage"  # stage name, NO_STAGE for unstaged cells
 TAG_FINGERPRINT = "pss.fingerprint"  # the job's config fingerprint
 TAG_GIT_COMMIT = "pss.git_commit"
 TAG_GIT_DIRTY = "pss.git_dirty"  # "true": uncommitted edits to tracked files ran too
+TAG_THREADS = "pss.threads"  # torch CPU threads of the training (CPU results depend on it)
 TAG_SLURM_JOB_ID = "pss.slurm_job_id"  # "<job>" or "<array job>_<task>"
 TAG_RESUMED_FROM_EPOCH = "pss.resumed_from_epoch"
 TAG_TRIAL = "pss.trial"  # Optuna trial number (searches)

@@ -45,7 +45,7 @@ def code_strings(tree: ast.AST) -> list[ast.Constant]:
 # the string constants of every other module of the library.
 CONTRACT_LITERALS = {
     "tag names": re.compile(
-        r"^pss\.(sweep|cell|seed|stage|fingerprint|git_commit|git_dirty|slurm_job_id|"
+        r"^pss\.(sweep|cell|seed|stage|fingerprint|git_commit|git_dirty|threads|slurm_job_id|"
         r"resumed_from_epoch|trial|study|proof)$"
     ),
     "the output root": re.compile(r"^outputs/sweeps|^sweeps$"),

@@ -90,6 +90,7 @@ def test_mlflow_contract(shapes_root, tmp_path, tracking):
     assert t["pss.fingerprint"] == cfg.fingerprint() and t["pss.seed"] == "0"
     assert t["pss.sweep"] == "t" and t["pss.cell"] == "c" and len(t["pss.git_commit"]) >= 7
     assert t["pss.git_dirty"] in ("true", "false")
+    assert t["pss.threads"] == str(torch.get_num_threads()) and t["pss.engine"] == "torch"
     assert run.data.params["model.pss.num_convs"] == "2"
     assert len(run.data.params) == len(cfg.flat())
     for mode in ("e2e", "nms", "raw"):

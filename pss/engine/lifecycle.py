@@ -8,7 +8,8 @@
 
 :func:`open_run` creates the run, or re-attaches to it (the caller's run id, or the
 run of the checkpoint it resumes from, refused when that run was another config's);
-tags it (fingerprint, seed, engine, git commit, SLURM job, the caller's), logs the
+tags it (fingerprint, seed, engine, torch's CPU threads, git commit and whether the
+tree had uncommitted edits, SLURM job, the caller's), logs the
 params and config texts and tells ``run.on_open``. On leaving it ends the run:
 FINISHED (or ``opened.status``), KILLED when interrupted, preempted (submitit exits the
 process) or stopped by a callback (:class:`StopTraining`), FAILED with its traceback
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import yaml
 
 from pss import contract, dist
@@ -67,6 +69,8 @@ class Opening:
             contract.TAG_FINGERPRINT: self.fingerprint,
             contract.TAG_SEED: str(self.seed),
             contract.TAG_ENGINE: self.engine,
+            # CPU float sums depend on the thread count: same seed, other threads, another run
+            contract.TAG_THREADS: str(torch.get_num_threads()),
             **slurm_tags(),
             **run.tags,
         }
