@@ -104,6 +104,30 @@ def test_a_resumed_training_continues_only_a_run_of_its_fingerprint(tracking):
     assert len(MlflowClient().search_runs([experiment])) == 1
 
 
+def test_a_checkpoint_whose_run_was_deleted_is_refused_before_training(tracking):
+    """``mlflow runs delete`` on a run whose job then resumes: one line saying what to do,
+    not MLflow's traceback from the first write after training started."""
+    earlier = Tracker.create("life-deleted", "cell", {contract.TAG_FINGERPRINT: FP})
+    earlier.finish(contract.KILLED)
+    MlflowClient().delete_run(earlier.run_id)
+    resumed = {"resumes": "work/last.pth", "checkpoint_run": earlier.run_id}
+    deleted = rf"work/last.pth: the MLflow run {earlier.run_id} this checkpoint continues was"
+    with (
+        pytest.raises(UserError, match=deleted) as refused,
+        open_run(RunInfo("life-deleted"), opening(**resumed)),
+    ):
+        pytest.fail("training started")
+    assert f"mlflow runs restore --run-id {earlier.run_id}" in str(refused.value)
+    assert MlflowClient().get_run(earlier.run_id).info.status == contract.KILLED
+    # A run the store never held (another store, or deleted for good)
+    missing = {"resumes": "work/last.pth", "checkpoint_run": "0" * 32}
+    with (
+        pytest.raises(UserError, match=r"0{32} this checkpoint continues is not in the store"),
+        open_run(RunInfo("life-deleted"), opening(**missing)),
+    ):
+        pytest.fail("training started")
+
+
 def test_evaluations_every_interval_and_after_the_last_epoch():
     assert [e for e in range(1, 8) if evaluation_due(e, 3, 7)] == [3, 6, 7]
     assert [e for e in range(1, 3) if evaluation_due(e, 1, 2)] == [1, 2]

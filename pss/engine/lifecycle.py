@@ -34,6 +34,7 @@ from pss import contract, dist
 from pss.config import ExperimentConfig
 from pss.errors import UserError
 from pss.tracking.logger import FINISHED, KILLED, NullTracker, Tracker, slurm_tags
+from pss.tracking.store import current_uri
 
 
 class StopTraining(Exception):  # noqa: N818 - a signal, not an error
@@ -137,15 +138,35 @@ def _check_resumed_run(run: RunInfo, opening: Opening) -> None:
         return
     refusal = None
     if dist.is_main():
-        found = Tracker(run_id).tags().get(contract.TAG_FINGERPRINT)
-        expected = opening.tags(run)[contract.TAG_FINGERPRINT]
         try:
+            _check_run_exists(Tracker(run_id), opening.resumes)
+            found = Tracker(run_id).tags().get(contract.TAG_FINGERPRINT)
+            expected = opening.tags(run)[contract.TAG_FINGERPRINT]
             check_fingerprint(found, expected, opening.resumes)
         except UserError as exc:
             refusal = str(exc)
     refusal = dist.broadcast_object(refusal)
     if refusal is not None:
         raise UserError(refusal)
+
+
+def _check_run_exists(tracker: Tracker, where: str) -> None:
+    """The run the checkpoint ``where`` continues is still in the store (MLflow refuses to
+    write to a deleted run, after the training would have started)."""
+    stage = tracker.lifecycle_stage()
+    if stage == "active":
+        return
+    run_id = tracker.run_id
+    if stage == "deleted":
+        fix = f"restore it (mlflow runs restore --run-id {run_id})"
+        gone = "was deleted from"
+    else:
+        fix, gone = "point MLFLOW_TRACKING_URI at its store", "is not in"
+    raise UserError(
+        f"the MLflow run {run_id} this checkpoint continues {gone} the store "
+        f"{current_uri()}; {fix}, or move the checkpoint away to start this run over",
+        where,
+    )
 
 
 def _open(run: RunInfo, opening: Opening) -> Tracker:

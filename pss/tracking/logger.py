@@ -221,6 +221,18 @@ class Tracker:
     def tags(self) -> dict[str, str]:
         return retry(self.mlflow.get_run, self.run_id).data.tags
 
+    def lifecycle_stage(self) -> str | None:
+        """MLflow's ``active`` or ``deleted`` (``mlflow runs delete``); None when the store
+        has no such run (deleted for good by ``mlflow gc``, or another store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return retry(self.mlflow.get_run, self.run_id).info.lifecycle_stage
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
 
 def cost_clock(device_type: str) -> Callable[[], float]:
     """The clock a run's cost (``gpu_hours``) is counted by, on a device of ``device_type``
