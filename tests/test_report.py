@@ -111,7 +111,8 @@ def _pss(e2e: tuple[float, float], nms: tuple[float, float] | None = None) -> di
 def table5_runs() -> list[FakeRun]:
     """Table 5: three seeds for some cells, a FAILED run with a traceback, a RUNNING
     seed, a KILLED older run, a finished run missing a metric, a cell never run, a
-    run of a cell that is not in the spec and one run of uncommitted code."""
+    run of a cell that is not in the spec, one run of uncommitted code and one cell
+    whose seeds ran at different CPU thread counts."""
 
     def run(cell: str, seed: int, metrics: dict[str, float], **kw) -> FakeRun:
         params = {"model.name": cell.split("-")[0], "model.pss.num_convs": cell[-1]}
@@ -121,9 +122,9 @@ def table5_runs() -> list[FakeRun]:
         run("fcos_pss-convs1", 0, _pss((41.5, 61.3), (41.8, 59.4))),
         run("fcos_pss-convs1", 1, _pss((41.7, 61.5), (42.0, 59.6))),
         run("fcos_pss-convs1", 2, _pss((41.6, 61.4)) | {"mAP_nms": 41.9}),  # no mAR_nms
-        run("fcos_pss-convs2", 0, _pss((42.2, 61.5), (42.1, 59.5))),
-        run("fcos_pss-convs2", 1, _pss((42.4, 61.7), (42.3, 59.7))),
-        run("fcos_pss-convs2", 2, _pss((42.3, 61.6), (42.2, 59.6)), git_dirty=True),
+        run("fcos_pss-convs2", 0, _pss((42.2, 61.5), (42.1, 59.5)), threads=1),
+        run("fcos_pss-convs2", 1, _pss((42.4, 61.7), (42.3, 59.7)), threads=1),
+        run("fcos_pss-convs2", 2, _pss((42.3, 61.6), (42.2, 59.6)), git_dirty=True, threads=2),
         run("fcos_pss-convs3", 0, {}, status="FAILED", traceback=TRACEBACK),
         run("atss_pss-convs1", 0, _pss((42.0, 61.6), (42.3, 59.2))),
         run("atss_pss-convs1", 1, {}, status="RUNNING"),
@@ -427,6 +428,7 @@ def test_table5_content(store: Store, tmp_path: Path):
     assert "Not in the spec (ignored): 1 runs of cells old-cell" in report_md
     # the reported runs' code, and how many of them ran uncommitted edits besides
     assert "from 10 finished runs (code: git 0123456789; 1 of 10 runs with uncommitted" in report_md
+    assert "Torch CPU threads: 1, 2; seeds at different counts in fcos_pss-convs2 (a" in report_md
     assert "](table5.tex)" in report_md and "Generated " in report_md and "sqlite:///" in report_md
 
 

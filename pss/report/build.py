@@ -244,8 +244,22 @@ def _header(
         + (f" (code: git {code})" if commits else "")
         + ".",
     ]
+    lines += _threads_line(results)
     stray = sorted({r.cell for r in runs} - cells)
     if stray:
         n = sum(r.cell in stray for r in runs)
         lines += ["", f"Not in the spec (ignored): {n} runs of cells {', '.join(stray)}."]
     return "\n".join(lines) + "\n"
+
+
+def _threads_line(results: list[CellResult]) -> list[str]:
+    """The torch CPU thread counts the reported runs recorded, and the cells whose seeds
+    ran at different counts: on a CPU the same seed at another count is another run."""
+    counts = sorted({r.threads for res in results for r in res.runs if r.threads})
+    if not counts:
+        return []
+    mixed = [res.id for res in results if len({r.threads for r in res.runs if r.threads}) > 1]
+    line = f"Torch CPU threads: {', '.join(map(str, counts))}"
+    if mixed:
+        line += f"; seeds at different counts in {', '.join(mixed)} (a CPU's results follow it)"
+    return ["", line + "."]

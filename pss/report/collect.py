@@ -50,6 +50,7 @@ class RunRecord:
     model_name: str | None = None  # param model.name
     git_commit: str | None = None
     git_dirty: bool = False  # uncommitted edits to tracked files ran too
+    threads: int | None = None  # torch's CPU threads (the pss.threads tag), None: not recorded
     artifact_uri: str | None = None
 
     @property
@@ -78,6 +79,7 @@ def run_record(run: StoredRun) -> RunRecord | None:
         model_name=run.params.get(MODEL_NAME),
         git_commit=tags.get(contract.TAG_GIT_COMMIT),
         git_dirty=tags.get(contract.TAG_GIT_DIRTY) == "true",
+        threads=int(t) if (t := tags.get(contract.TAG_THREADS, "")).isdigit() else None,
         artifact_uri=run.artifact_uri,
     )
 

@@ -39,6 +39,7 @@ class FakeRun:
     fingerprint: str = "0" * 12
     sweep: str = ""
     git_dirty: bool = False  # uncommitted edits ran too (the pss.git_dirty tag)
+    threads: int | None = None  # the pss.threads tag, not written when None
 
 
 def experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
@@ -66,6 +67,8 @@ def seed_runs(
             contract.TAG_GIT_COMMIT: "0123456789abcdef",
             contract.TAG_GIT_DIRTY: str(fake.git_dirty).lower(),
         }
+        if fake.threads is not None:
+            tags[contract.TAG_THREADS] = str(fake.threads)
         begin = start + 60_000 * i
         run = client.create_run(exp, start_time=begin, tags=tags, run_name=fake.cell)
         run_id = run.info.run_id
