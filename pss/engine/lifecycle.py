@@ -139,8 +139,9 @@ def _check_resumed_run(run: RunInfo, opening: Opening) -> None:
     refusal = None
     if dist.is_main():
         try:
-            _check_run_exists(Tracker(run_id), opening.resumes)
-            found = Tracker(run_id).tags().get(contract.TAG_FINGERPRINT)
+            tracker = Tracker(run_id)
+            _check_run_exists(tracker, opening.resumes)
+            found = tracker.tags().get(contract.TAG_FINGERPRINT)
             expected = opening.tags(run)[contract.TAG_FINGERPRINT]
             check_fingerprint(found, expected, opening.resumes)
         except UserError as exc:
