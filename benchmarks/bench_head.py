@@ -574,7 +574,7 @@ def train_parts(
     per_level = [f.shape[2] * f.shape[3] for f in tv_feats]
     with torch.no_grad():  # what pss_losses hands to the one-to-one assignment
         priors = pss.priors(out_p)
-        gt_index = torch.stack([pss.one_to_many(priors, t["boxes"]) for t in targets])
+        gt_index = torch.stack([pss.one_to_many(priors, t) for t in targets])
         pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
         select_args = (
             pss.log_prob(out_p),

@@ -345,7 +345,7 @@ def step_matching(s: Setting, workdir: Path) -> dict:
         with torch.no_grad():
             out = model(images)
             priors = model.priors(out)
-            gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in targets])
+            gt_index = torch.stack([model.one_to_many(priors, t) for t in targets])
             pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
             omega = (pos_b, pos_i, gt_index[pos_b, pos_i])
             log_p, boxes = model.log_prob(out), model.decode(out)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pss.config import load_config
 from pss.contract import MODES, known_metrics, metric_name, segm_name
@@ -17,12 +18,15 @@ from pss.data.masks import decode_segmentation, encode_masks
 from pss.engine.evaluate import coco_metrics
 from pss.engine.train import RunInfo, train
 from pss.models import Detector
+from pss.models.assign import fcos_assign
 from pss.models.condinst import (
     MASK_CHANNELS,
     MASK_OUT_STRIDE,
     NUM_PARAMS,
     SIZE_OF_INTEREST,
+    aligned_upsample,
     dice_loss,
+    mask_centroids,
     mask_logits,
     mask_targets,
     paste_masks,
@@ -100,12 +104,24 @@ def test_relative_coordinates_are_in_units_of_the_levels_size_of_interest():
     assert logits.shape == (1, 8, 12)  # stride 4
     # at stride 8 pixel (row 0, col 0), centre x = 4: (44 - 4) / 128 > 0; relu keeps it.
     coarse = mask_logits(feats, _params({0: 1.0}), torch.tensor([0]), point, stride)
-    # Pixel centres of the stride-4 map: x = 2, 6, ...; bilinear between stride-8 centres
-    # 4, 12, ... is linear, so inside the map the value is (44 - x) / 128 exactly.
-    xs = torch.arange(12) * MASK_OUT_STRIDE + 2.0
-    inside = (xs >= 4) & (xs <= 44)
-    expected = ((44 - xs) / (16 * SIZE_OF_INTEREST)).clamp(min=0)
-    assert torch.allclose(coarse[0, 1][inside], expected[inside], atol=1e-6)
+    # The stride-4 map's pixel j is the stride-8 map at (j - 1) / 2, i.e. at input x = 4 j
+    # (stride-8 pixel i is centred at 8 i + 4): bilinear between those is linear, so
+    # inside the map the value is (44 - 4 j) / 128 exactly, and held beyond its edges.
+    xs = torch.arange(12) * MASK_OUT_STRIDE + 0.0
+    expected = ((44 - xs.clamp(4, 44)) / (16 * SIZE_OF_INTEREST)).clamp(min=0)
+    assert torch.allclose(coarse[0, 1], expected, atol=1e-6)
+
+
+def test_aligned_upsampling_puts_map_pixel_i_on_output_pixel_factor_i_plus_half_factor():
+    x = torch.tensor([[0.0, 4.0, 8.0]])  # [1, 3]
+    up = aligned_upsample(x, 4)  # pixel i on 4 i + 2: 0 at 2, 4 at 6, 8 at 10
+    assert up.shape == (4, 12)
+    assert torch.allclose(up[0], torch.tensor([0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8.0]))
+    # AdelaiDet's formulation (pad, interpolate corner-aligned to 4 n + 1, shift by 2).
+    ref = F.pad(x[None, None], (0, 1, 0, 1), mode="replicate")
+    ref = F.interpolate(ref, size=(5, 13), mode="bilinear", align_corners=True)
+    ref = F.pad(ref, (2, 0, 2, 0), mode="replicate")[0, 0, :4, :12]
+    assert torch.allclose(up, ref)
 
 
 def test_mask_features_reach_the_mask_through_the_dynamic_convs():
@@ -119,25 +135,58 @@ def test_mask_features_reach_the_mask_through_the_dynamic_convs():
     assert torch.allclose(logits[1], torch.full((4, 4), 2.0))  # 1.5 x 2 - 1
 
 
-def test_mask_targets_average_each_block_of_four_by_four_pixels():
+def test_mask_targets_take_each_blocks_pixel_at_two_two():
     masks = torch.zeros(1, 10, 14, dtype=torch.uint8)
-    masks[0, 0:4, 0:4] = 1  # one whole block
-    masks[0, 4:6, 4:8] = 1  # half of block (1, 1)
+    masks[0, 0:4, 0:4] = 1  # one whole block: its pixel (2, 2) is in
+    masks[0, 4:6, 4:8] = 1  # half of block (1, 1), without its pixel (6, 6)
+    masks[0, 9, 13] = 1  # not a sampled pixel
+    masks[0, 6, 10] = 1  # block (1, 2)'s sampled pixel alone
     t = mask_targets(masks, (4, 4))  # padded to 16 x 16
     assert t.shape == (1, 4, 4)
-    assert t[0, 0, 0] == 1.0 and t[0, 1, 1] == 0.5 and t.sum() == 1.5
+    assert t[0, 0, 0] == 1.0 and t[0, 1, 2] == 1.0 and t.sum() == 2.0
+
+
+def test_mask_centroids_are_in_pixel_indices():
+    masks = torch.zeros(2, 6, 8, dtype=torch.uint8)
+    masks[0, 1:3, 2:6] = 1  # columns 2..5, rows 1..2
+    masks[0, 5, 7] = 1  # one more pixel pulls it right and down
+    assert torch.allclose(
+        mask_centroids(masks), torch.tensor([[(3.5 * 8 + 7) / 9, (1.5 * 8 + 5) / 9], [0, 0]])
+    )
+
+
+def test_condinst_centres_fcos_regions_on_the_masks_centroid_not_the_boxs_centre():
+    model = Detector(small_config("condinst").model)
+    priors = model.priors(model(torch.zeros(1, 3, 128, 128)))
+    masks = torch.zeros(1, 128, 128, dtype=torch.uint8)
+    masks[0, 8:120, 8:24] = 1  # an L: a bar down the left side of its box
+    masks[0, 104:120, 8:120] = 1  # and a foot along its bottom
+    target = {"boxes": torch.tensor([[8.0, 8, 120, 120]]), "labels": torch.tensor([0])}
+    gt_index = model.one_to_many(priors, {**target, "masks": masks})
+    args = (priors.points, priors.strides, model.regress_ranges[priors.levels], target["boxes"])
+    radius = model.cfg.assign.center_sampling_radius
+    assert torch.equal(gt_index, fcos_assign(*args, radius, mask_centroids(masks)))
+    assert not torch.equal(gt_index, fcos_assign(*args, radius))
+    assert (gt_index >= 0).sum() > 0
 
 
 def test_paste_masks_goes_back_to_the_images_pixels():
     probs = torch.zeros(1, 4, 6)
-    probs[0, 1:3, 2:4] = 1.0  # input pixels 4..11 x 8..15
+    probs[0, 1:3, 2:4] = 1.0  # map pixels on input rows 6, 10 and columns 10, 14
     pasted = paste_masks(probs, (14, 22))
     assert pasted.shape == (1, 14, 22)
     ys, xs = torch.nonzero(pasted[0], as_tuple=True)
-    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (4, 11, 8, 15)
+    # above 0.5 strictly between the half-way points: rows 5..11, columns 9..15
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (5, 11, 9, 15)
+    # The authors' way in two steps: x4 upsampling, crop, bilinear resize to the file.
+    up = aligned_upsample(probs, MASK_OUT_STRIDE)[None, :, :14, :22]
+    assert torch.equal(pasted, up[0] > 0.5)
     at_file = paste_masks(probs, (14, 22), (28, 44))  # the file is twice the input
+    two_steps = F.interpolate(up, size=(28, 44), mode="bilinear")[0] > 0.5
+    assert at_file.shape == two_steps.shape == (1, 28, 44)
+    assert (at_file ^ two_steps).sum() <= 2 and two_steps.sum() > 100
     ys, xs = torch.nonzero(at_file[0], as_tuple=True)
-    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (8, 23, 16, 31)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (9, 24, 17, 32)
 
 
 # ------------------------------------------------------------------------- model

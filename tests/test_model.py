@@ -20,7 +20,7 @@ IMAGES = (2, 3, 256, 256)
 def positive_levels(model: Detector, out, targets) -> set[int]:
     """FPN levels holding at least one one-to-many positive of ``targets``."""
     priors = model.priors(out)
-    gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in targets])
+    gt_index = torch.stack([model.one_to_many(priors, t) for t in targets])
     return set(priors.levels[(gt_index >= 0).any(0)].tolist())
 
 
@@ -166,7 +166,7 @@ def test_pss_target_is_one_location_per_object_inside_omega(name: str):
     out = model(torch.randn(IMAGES))
     targets = toy_targets()
     priors = model.priors(out)
-    gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in targets])
+    gt_index = torch.stack([model.one_to_many(priors, t) for t in targets])
     pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
     pos_j = gt_index[pos_b, pos_i]
     chosen = model.select_one_to_one(
@@ -203,7 +203,7 @@ def centerness_weighted_giou(model: Detector, out, targets) -> tuple[float, floa
     boxes = model.decode(out).detach()
     weighted, plain = [], []
     for b, t in enumerate(targets):
-        gt_index = model.one_to_many(priors, t["boxes"])
+        gt_index = model.one_to_many(priors, t)
         locs = torch.nonzero(gt_index >= 0).squeeze(1)
         gt = t["boxes"][gt_index[locs]]
         x, y = priors.points[locs, 0], priors.points[locs, 1]

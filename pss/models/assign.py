@@ -1,9 +1,10 @@
 """Label assignment, as pure functions on one image.
 
 One-to-many (the base detectors):
-  * :func:`fcos_assign`: locations inside the centre region (radius x stride)
-    of a box whose largest regression distance fits the level's range; a
-    location inside several boxes takes the smallest.
+  * :func:`fcos_assign`: locations inside the centre region (radius x stride
+    around the box centre or a given point, clipped to the box) of a box whose
+    largest regression distance fits the level's range; a location inside
+    several boxes takes the smallest.
   * :func:`atss_assign`: per level the ``topk`` anchors closest to the box
     centre are candidates; those with IoU >= mean + std of the candidates' IoU
     and centre inside the box are positive; ties go to the highest IoU.
@@ -45,17 +46,21 @@ def fcos_assign(
     ranges: Tensor,
     gt_boxes: Tensor,
     radius: float = 1.5,
+    centers: Tensor | None = None,
 ) -> Tensor:
     """FCOS one-to-many assignment.
 
     points [N, 2], strides [N], ranges [N, 2] (lo, hi of each location's
-    level), gt_boxes [M, 4] -> gt_index [N] (long, -1 for background).
+    level), gt_boxes [M, 4] -> gt_index [N] (long, -1 for background). The
+    centre regions are around ``centers`` [M, 2] (x, y), the boxes' centres
+    unless given (CondInst gives its masks' centroids).
     """
     n, m = points.shape[0], gt_boxes.shape[0]
     if m == 0:
         return torch.full((n,), -1, dtype=torch.long, device=points.device)
     ltrb = box_to_distance(points[:, None], gt_boxes[None])  # [N, M, 4]
-    centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # [M, 2]
+    if centers is None:
+        centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # [M, 2]
     r = (strides * radius)[:, None, None]  # [N, 1, 1]
     region = torch.cat(
         (

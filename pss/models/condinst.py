@@ -15,12 +15,21 @@ the mask branch's map with two more channels, the relative coordinates of every 
 of the map from the location, in units of ``SIZE_OF_INTEREST`` strides of the
 location's level: three 1x1 convs 10 -> 8 -> 8 -> 1, ReLU between them
 (10 x 8 + 8 + 8 x 8 + 8 + 8 + 1 = 169 parameters). Its logits at P3 (stride 8) are
-upsampled x2, bilinearly with pixel centres aligned: masks are predicted at 1/4 of
-the input (``MASK_OUT_STRIDE``).
+upsampled x2 (:func:`aligned_upsample`): masks are predicted at 1/4 of the input
+(``MASK_OUT_STRIDE``).
 
 Loss (:func:`mask_loss`): the dice loss of each one-to-many positive's mask against its
-object's mask (averaged over 4 x 4 input pixels, :func:`mask_targets`), on at most
+object's mask (one input pixel per 4 x 4 block, :func:`mask_targets`), on at most
 ``MAX_MASKS`` positives of the batch (a random subset beyond), / the number of masks.
+The one-to-many positives are FCOS's, with the centre region around each object's mask
+centroid rather than its box centre (:func:`mask_centroids`).
+
+Three conventions are the authors' CondInst's (AdelaiDet, which mmdet 3.3's CondInst
+follows), not the obvious ones, so that the two implementations train alike: the
+centroid above; the upsampling, where map pixel i lands on output pixel
+``factor i + factor // 2`` (AdelaiDet's ``aligned_bilinear``), in training (x2) and
+when pasting (x4); and the targets, the object's pixel at (4 i + 2, 4 j + 2) rather
+than each block's mean.
 
 Inference (:func:`instance_masks`): the decoder (:func:`pss.models.decode.detect`) picks
 the detections of a mode and their locations; only those locations' masks are computed
@@ -57,7 +66,7 @@ MASK_CHANNELS = 8  # the mask branch's output and the dynamic convs' width
 SIZE_OF_INTEREST = 8  # relative coordinates in units of 8 strides of the location's level
 MAX_MASKS = 300  # positives whose masks are trained, per batch
 DICE_EPS = 5e-6
-MASK_THRESH = 0.5  # a pasted mask's pixels: probability >= this
+MASK_THRESH = 0.5  # a pasted mask's pixels: probability > this
 
 # The dynamic mask head: (in, out) channels of its three 1x1 convs.
 DYNAMIC_LAYERS = (
@@ -154,9 +163,38 @@ def mask_logits(
         x = torch.baddbmm(bias[..., None], weight, x)
         if k < len(layers) - 1:
             x = F.relu(x)
-    logits = x.reshape(num, 1, h, w)
-    up = F.interpolate(logits, scale_factor=MASK_STRIDE // MASK_OUT_STRIDE, mode="bilinear")
-    return up[:, 0]  # align_corners=False: pixel centres stay aligned
+    return aligned_upsample(x.reshape(num, h, w), MASK_STRIDE // MASK_OUT_STRIDE)
+
+
+def resample(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """x [..., H, W] at fractional positions -> [..., len(rows), len(cols)], bilinearly:
+    rows [R] and cols [S] are positions in x's pixel indices, within [0, H - 1] and
+    [0, W - 1]."""
+    for dim, pos in ((-2, rows), (-1, cols)):
+        size = x.shape[dim]
+        lo = pos.floor().clamp(max=size - 1)
+        frac = (pos - lo).reshape((-1, 1) if dim == -2 else (-1,))
+        lo = lo.long()
+        hi = (lo + 1).clamp(max=size - 1)
+        x = x.index_select(dim, lo) * (1 - frac) + x.index_select(dim, hi) * frac
+    return x
+
+
+def map_positions(pixels: Tensor, factor: int, size: int) -> Tensor:
+    """Where output pixels [K] of a map of ``size`` pixels upsampled by ``factor`` sit in
+    the map: (j - factor // 2) / factor, held at the map's edges ([K])."""
+    return ((pixels - factor // 2) / factor).clamp(0, size - 1)
+
+
+def aligned_upsample(x: Tensor, factor: int) -> Tensor:
+    """x [..., H, W] -> [..., factor H, factor W], bilinearly with map pixel i on output
+    pixel factor i + factor // 2 (AdelaiDet's ``aligned_bilinear``) and the edge values
+    beyond the outermost ones."""
+    rows, cols = (
+        map_positions(torch.arange(factor * n, device=x.device, dtype=torch.float32), factor, n)
+        for n in x.shape[-2:]
+    )
+    return resample(x, rows, cols)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -172,14 +210,24 @@ def dice_loss(logits: Tensor, targets: Tensor, eps: float = DICE_EPS) -> Tensor:
 
 
 def mask_targets(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """One image's object masks [M, h, w] (0 / 1, input pixels) -> [M, H4, W4] float: the
-    fraction of each 4 x 4 block of input pixels inside the object, on the padded batch
-    (zero beyond the image), ``size`` = (H4, W4) the predicted masks' size."""
+    """One image's object masks [M, h, w] (0 / 1, input pixels) -> [M, H4, W4] float 0 / 1:
+    each object's pixel at (4 i + 2, 4 j + 2) on the padded batch (zero beyond the image),
+    ``size`` = (H4, W4) the predicted masks' size."""
     h4, w4 = size
-    height, width = h4 * MASK_OUT_STRIDE, w4 * MASK_OUT_STRIDE
-    m = masks[:, :height, :width].float()
-    m = F.pad(m, (0, width - m.shape[2], 0, height - m.shape[1]))
-    return F.avg_pool2d(m[None], MASK_OUT_STRIDE)[0] if len(m) else m.new_zeros(0, h4, w4)
+    start = MASK_OUT_STRIDE // 2
+    m = masks[:, start::MASK_OUT_STRIDE, start::MASK_OUT_STRIDE][:, :h4, :w4] > 0
+    return F.pad(m.float(), (0, w4 - m.shape[2], 0, h4 - m.shape[1]))
+
+
+def mask_centroids(masks: Tensor) -> Tensor:
+    """Object masks [M, h, w] (0 / 1) -> their centroids [M, 2] (x, y) in pixel indices
+    (pixel (0, 0) at 0, as the authors' CondInst places them); an empty mask's is (0, 0)."""
+    area = masks.sum((1, 2), dtype=torch.float32).clamp(min=1e-6)
+    ys = torch.arange(masks.shape[1], device=masks.device, dtype=torch.float32)
+    xs = torch.arange(masks.shape[2], device=masks.device, dtype=torch.float32)
+    cx = (masks.sum(1, dtype=torch.float32) * xs).sum(1) / area
+    cy = (masks.sum(2, dtype=torch.float32) * ys).sum(1) / area
+    return torch.stack((cx, cy), dim=1)
 
 
 def mask_loss(
@@ -239,19 +287,21 @@ def paste_masks(
     image of ``size`` (h, w) in the network's input, or [K, oh, ow] at ``orig_size`` (the
     file's pixels: the input was that image resized).
 
-    One bilinear resize of the map's part over the image, straight to the wanted pixels
-    (not through the input's size: 100 masks of 800 x 1333 float32 are 427 MB); pixel
-    centres stay aligned to within the rounding of the output size.
+    The authors' CondInst upsamples x4 (:func:`aligned_upsample`), crops the image and
+    resizes it to the file (bilinear, half-pixel centres). Here both steps are one
+    bilinear sample at the composed position, straight to the wanted pixels: identical
+    without ``orig_size``, within a pixel's rounding at the mask's edge with it.
     """
     out_h, out_w = orig_size or size
     if len(probs) == 0:
         return torch.zeros((0, out_h, out_w), dtype=torch.bool, device=probs.device)
-    h, w = size
-    h4, w4 = -(-h // MASK_OUT_STRIDE), -(-w // MASK_OUT_STRIDE)  # the map's rows over the image
-    # The map's h4 rows cover 4 h4 input rows, i.e. 4 h4 * out_h / h output rows.
-    full = (round(MASK_OUT_STRIDE * h4 * out_h / h), round(MASK_OUT_STRIDE * w4 * out_w / w))
-    up = F.interpolate(probs[None, :, :h4, :w4], size=full, mode="bilinear")[0]
-    return up[:, :out_h, :out_w] >= MASK_THRESH
+    positions = []
+    for n, out, full in zip(size, (out_h, out_w), probs.shape[-2:], strict=True):
+        pixels = torch.arange(out, device=probs.device, dtype=torch.float32)
+        if orig_size is not None:  # the file's pixels in the input's, half-pixel centres
+            pixels = ((pixels + 0.5) * (n / out) - 0.5).clamp(0, n - 1)
+        positions.append(map_positions(pixels, MASK_OUT_STRIDE, full))
+    return resample(probs, *positions) > MASK_THRESH
 
 
 def segm_rows(

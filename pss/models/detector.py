@@ -84,13 +84,15 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------- losses
 
-    def one_to_many(self, priors: Priors, gt_boxes: Tensor) -> Tensor:
-        """gt_index [N] of the base detector's assignment (-1: background)."""
-        a = self.cfg.assign
+    def one_to_many(self, priors: Priors, target: dict[str, Tensor]) -> Tensor:
+        """gt_index [N] of the base detector's assignment (-1: background) for one image's
+        ``target`` (CondInst centres FCOS's regions on its masks' centroids)."""
+        a, gt_boxes = self.cfg.assign, target["boxes"]
         if self.cfg.box_base == "fcos":
             ranges = self.regress_ranges[priors.levels]
+            centers = condinst.mask_centroids(target["masks"]) if self.cfg.has_masks else None
             return assign.fcos_assign(
-                priors.points, priors.strides, ranges, gt_boxes, a.center_sampling_radius
+                priors.points, priors.strides, ranges, gt_boxes, a.center_sampling_radius, centers
             )
         return assign.atss_assign(
             priors.anchors(a.anchor_scale), priors.counts, gt_boxes, a.atss_topk
@@ -104,7 +106,7 @@ class Detector(nn.Module):
         priors = self.priors(out)
         boxes = self.decode(out)  # [B, N, 4]
         with torch.no_grad():
-            gt_index = torch.stack([self.one_to_many(priors, t["boxes"]) for t in targets])
+            gt_index = torch.stack([self.one_to_many(priors, t) for t in targets])
         pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
         pos_j = gt_index[pos_b, pos_i]
         gt_boxes = torch.cat([t["boxes"] for t in targets])

@@ -4,8 +4,8 @@ A random-init detector scores everything near the focal-loss prior (~0.01), so
 "ONNX Runtime gives the same detections" would compare near-ties. ``lively``
 re-draws the last layer of each head branch so that scores spread over (0, 1)
 and boxes have sizes: the top detections then score well above any threshold.
-For CondInst it re-draws the controller too, so that masks are not all near
-probability 0.5 (where the 0.5 threshold would compare near-ties as well).
+For CondInst it re-draws the controller too, so that masks are neither all near
+probability 0.5 nor saturated (either way the 0.5 threshold would compare near-ties).
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def lively(detector: Detector, seed: int = 0) -> Detector:
     ]
     if head.pss is not None:
         layers.append((head.pss.out, 0.5, 0.0))
-    if detector.cfg.has_masks:  # dynamic mask heads of weight ~1: masks far from p = 0.5
-        layers.append((head.controller, 0.3, 0.0))
+    # Masks with their edges spread over a few pixels: saturated ones (p ~ 0 and ~ 1 side
+    # by side) put the pixel half-way between two mask pixels at p ~ 0.5, a near-tie.
+    if detector.cfg.has_masks:
+        layers.append((head.controller, 0.15, 0.0))
     with torch.no_grad():
         for conv, std, bias in layers:
             if conv is None:

@@ -100,7 +100,7 @@ def test_same_one_to_many_positives(twins: Twins):
     twins.ours.train(), twins.theirs.train()
     out = twins.ours(_x())
     priors = twins.ours.priors(out)
-    ours = torch.stack([twins.ours.one_to_many(priors, t["boxes"]) for t in MASK_TARGETS])
+    ours = torch.stack([twins.ours.one_to_many(priors, t) for t in MASK_TARGETS])
     assert (ours >= 0).sum() > 20
     assert (ours >= 0).sum() <= MAX_MASKS  # every positive's mask is trained, both sides
     head = twins.theirs.bbox_head
@@ -157,7 +157,7 @@ def test_same_one_to_one_selections():
     with torch.no_grad():
         out = model(_x())
         priors = model.priors(out)
-        gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in MASK_TARGETS])
+        gt_index = torch.stack([model.one_to_many(priors, t) for t in MASK_TARGETS])
         pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
         omega = (pos_b, pos_i, gt_index[pos_b, pos_i])
         ours = model.select_one_to_one(model.log_prob(out), model.decode(out), MASK_TARGETS, *omega)

@@ -145,7 +145,7 @@ def test_same_one_to_many_positives(twins: Twins):
     twins.ours.train(), twins.theirs.train()
     out = twins.ours(images())
     priors = twins.ours.priors(out)
-    ours = torch.stack([twins.ours.one_to_many(priors, t["boxes"]) for t in TARGETS])
+    ours = torch.stack([twins.ours.one_to_many(priors, t) for t in TARGETS])
     assert (ours >= 0).sum() > 20  # several positives per object
     outs, gts, metas = _mmdet_head_inputs(twins)
     head = twins.theirs.bbox_head
@@ -201,7 +201,7 @@ def test_same_one_to_one_selections(twins: Twins):
         out = twins.ours(images())
         model = twins.ours
         priors = model.priors(out)
-        gt_index = torch.stack([model.one_to_many(priors, t["boxes"]) for t in TARGETS])
+        gt_index = torch.stack([model.one_to_many(priors, t) for t in TARGETS])
         pos_b, pos_i = torch.nonzero(gt_index >= 0, as_tuple=True)
         ours = model.select_one_to_one(
             model.log_prob(out), model.decode(out), TARGETS, pos_b, pos_i, gt_index[pos_b, pos_i]
