@@ -11,9 +11,10 @@ The graph is :class:`pss.deploy.graph.DeployedDetector`:
   each image by score; empty slots have score 0 and label -1;
 * for a CondInst / CondInst_PSS checkpoint, also ``masks`` [B, K, H/4, W/4] (float32):
   each detection's mask probabilities at a quarter of the input (stride 4; sides
-  2 ceil(H / 8) x 2 ceil(W / 8)), zero in empty slots. To a file: the map's part over
-  the resized image, resized bilinearly to the file's pixels, probability >= 0.5
-  (:func:`pss.models.condinst.paste_masks`; docs/cli.md spells it out).
+  2 ceil(H / 8) x 2 ceil(W / 8)), zero in empty slots. To a file: upsampled x4 (map
+  pixel i on input pixel 4i + 2), cropped to the resized image, resized bilinearly to
+  the file's pixels, probability > 0.5 (:func:`pss.models.condinst.paste_masks`;
+  docs/cli.md spells it out).
 
 ``--mode e2e`` (default, needs a *_pss model): the PSS score and a top-k, no NMS
 op anywhere in the graph (only the kept detections' masks are computed).

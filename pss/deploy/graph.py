@@ -16,7 +16,8 @@ input, [B, K, H4, W4] with H4 = 2 ceil(H / 8), W4 = 2 ceil(W / 8) (H / 4 x W / 4
 sides divisible by 8); an empty slot's mask is zero. They are
 :func:`pss.models.condinst.instance_masks` of the slots' locations, the masks
 :meth:`pss.models.Detector.predict` gives; :func:`pss.models.condinst.paste_masks`
-takes them to an image's pixels (a bilinear resize, probability >= 0.5).
+takes them to an image's pixels (the authors' x4 upsampling and a bilinear resize,
+probability > 0.5).
 
 The post-processing is :func:`pss.models.decode.detect`, the decoder
 :meth:`pss.models.Detector.predict` evaluates with, in its exportable form:

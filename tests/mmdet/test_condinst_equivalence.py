@@ -11,14 +11,13 @@ on the same two images and their targets with masks (twins.MASK_TARGETS):
 * the one-to-one selections are the same locations;
 * the detections and their masks agree in every mode.
 
-CondInst's differences by design (docs/mmdet.md, "CondInst") are not settings of mmdet's
-config. Two vanish on these targets (twins.MASK_TARGETS: rectangles on a 4 px grid,
-centred where the mask centroid and the box centre pick the same positives); the third,
-the upsampling of the mask logits (mmdet: AdelaiDet's ``aligned_bilinear``; ours:
-bilinear with pixel centres aligned), is set to ours by :func:`upsampled_as_ours`
-(twins.condinst_as_ours), and
-:func:`test_mmdet_upsampling_is_the_one_difference` shows what it changes. The batch
-has 67 positives: no random subset of the 300 masks trained is drawn on either side.
+Ours follows the conventions of the authors' CondInst (AdelaiDet), as mmdet's does:
+center sampling around each mask's centroid, the masks' ``aligned_bilinear`` upsampling
+and mask targets one pixel per 4 x 4 block; mmdet's model is the shipped config's, as it
+is (:func:`test_the_authors_conventions_are_mmdets`). The targets (twins.MASK_TARGETS)
+are ellipses and triangles with centroids off their box centres and edges across the
+blocks, so that each convention shows. The batch has fewer positives than the 300 masks
+trained: no random subset is drawn on either side.
 """
 
 from __future__ import annotations
@@ -27,6 +26,9 @@ import functools
 
 import pytest
 import torch
+from mmdet.models.utils import aligned_bilinear
+from mmdet.structures.mask import BitmapMasks
+from mmengine.structures import InstanceData
 from test_equivalence import DET_TOL, GRAD_NORM_RTOL, LOSS_NAMES, LOSS_TOL
 from twins import (
     IMAGE_SIZES,
@@ -35,7 +37,6 @@ from twins import (
     OUR_NMS_NEUTRAL,
     Twins,
     assert_same_gradients,
-    condinst_as_ours,
     data_samples,
     images,
     make_twins,
@@ -46,7 +47,8 @@ from twins import (
 from pss.errors import UserError
 from pss.mmdet.convert import PREDICTOR_PREFIX, copy_weights, mmdet_key
 from pss.mmdet.heads import inference_mode
-from pss.models.condinst import MAX_MASKS, paste_masks
+from pss.models.assign import fcos_assign
+from pss.models.condinst import MAX_MASKS, aligned_upsample, mask_targets, paste_masks
 
 MASK_IOU = 0.99  # per instance, as the ONNX parity of our masks asks
 LOSS_NAMES = {**LOSS_NAMES, "loss_mask": "loss_mask"}
@@ -60,13 +62,6 @@ def _twins(name: str) -> Twins:
 @pytest.fixture(params=["condinst", "condinst_pss"])
 def twins(request) -> Twins:
     return _twins(request.param)
-
-
-@pytest.fixture
-def upsampled_as_ours(monkeypatch):
-    """mmdet's CondInst upsamples its mask logits (x2) and mask probabilities (x4) by our
-    rule within the test (its own center sampling and mask targets stay)."""
-    condinst_as_ours(monkeypatch, centres=False, targets=False)
 
 
 def _x() -> torch.Tensor:
@@ -120,7 +115,6 @@ def test_same_one_to_many_positives(twins: Twins):
         assert torch.equal(ours, head.one_to_many(sizes, gts, metas, None, ours.device))
 
 
-@pytest.mark.usefixtures("upsampled_as_ours")
 def test_same_losses_and_gradients(twins: Twins):
     ours, theirs = _losses(twins)
     expected = {"loss_cls", "loss_box", "loss_ctr", "loss_mask"}
@@ -139,17 +133,33 @@ def test_same_losses_and_gradients(twins: Twins):
     assert any("mask_branch" in n for n in compared) and any("controller" in n for n in compared)
 
 
-def test_mmdet_upsampling_is_the_one_difference(twins: Twins):
-    """With mmdet's own upsampling every loss but loss_mask stays the same."""
-    ours, theirs = _losses(twins)
-    for name in ours.keys() - {"loss", "loss_mask"}:
-        torch.testing.assert_close(ours[name], theirs[LOSS_NAMES[name]], **LOSS_TOL, msg=name)
-    mine, other = float(ours["loss_mask"].detach()), float(theirs["loss_mask"].detach())
-    gap = abs(mine - other) / mine
-    assert gap > LOSS_TOL["rtol"] * 10, gap
+def test_the_authors_conventions_are_mmdets():
+    """Our upsampling, mask targets and centre regions are mmdet's CondInst's own."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 7, 9, generator=gen)
+    for factor in (2, 4):
+        torch.testing.assert_close(aligned_upsample(x, factor), aligned_bilinear(x, factor))
+    masks = MASK_TARGETS[0]["masks"]
+    h, w = masks.shape[-2:]
+    gt = InstanceData(bboxes=MASK_TARGETS[0]["boxes"], masks=BitmapMasks(masks.numpy(), h, w))
+    order = torch.tensor([2, 0, 3, 1, 0])
+    positives = InstanceData(pos_assigned_gt_inds=order)
+    head = _twins("condinst").theirs.mask_head
+    _, theirs, _ = head._get_targets_single(torch.zeros(5, h // 4, w // 4), gt, positives)
+    ours = mask_targets(masks, (h // 4, w // 4))[order]
+    assert torch.equal(ours, theirs) and 0 < ours.mean() < 1
+    # Centre regions around the masks' centroids: here they pick other positives than
+    # around the boxes' centres (test_same_one_to_many_positives compares with mmdet's).
+    model = _twins("condinst").ours
+    priors = model.priors(model(_x()))
+    args = (priors.points, priors.strides, model.regress_ranges[priors.levels])
+    radius = model.cfg.assign.center_sampling_radius
+    by_box = [fcos_assign(*args, t["boxes"], radius) for t in MASK_TARGETS]
+    assert any(
+        not torch.equal(model.one_to_many(priors, t), b) for t, b in zip(MASK_TARGETS, by_box)
+    )
 
 
-@pytest.mark.usefixtures("upsampled_as_ours")
 def test_same_one_to_one_selections():
     twins = _twins("condinst_pss")
     twins.ours.train(), twins.theirs.train()
@@ -180,7 +190,6 @@ def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=float))
 
 
-@pytest.mark.usefixtures("upsampled_as_ours")
 @pytest.mark.parametrize(
     ("name", "mode"),
     [

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from mmdet.models.dense_heads import CondInstBboxHead, CondInstMaskHead, condinst_head
 from mmdet.structures import DetDataSample
 from mmdet.structures.mask import BitmapMasks
 from mmengine.structures import InstanceData
@@ -25,7 +24,6 @@ from pss.mmdet.config import build_model, load_config
 from pss.mmdet.convert import copy_weights, mmdet_key
 from pss.mmdet.translate import config_file
 from pss.models import Detector
-from pss.models.condinst import mask_targets
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "experiments" / "mmdet"
@@ -64,9 +62,8 @@ BY_DESIGN = {
 }
 # GFocalV2 is mmdet's GFL, whose anchors and FPN are its ATSS's: the same two differences.
 BY_DESIGN["gfocalv2"] = BY_DESIGN["atss"]
-# CondInst's by-design differences are not settings of mmdet's config (docs/mmdet.md,
-# "CondInst"): MASK_TARGETS makes two of them vanish, test_condinst_equivalence.py sets
-# the third (the masks' upsampling).
+# CondInst: ours follows the authors' conventions (AdelaiDet), as mmdet's does; what
+# differs is set in experiments/mmdet/condinst_r50_3x.py itself (docs/mmdet.md, "CondInst").
 BY_DESIGN["condinst"] = {}
 # The size of our small model for mmdet's CondInst mask branch (it reads P3).
 MMDET_SMALL_MASKS = {"model.mask_head.mask_feature_head.in_channels": 64}
@@ -99,36 +96,29 @@ TARGETS = [
     },
 ]
 
-# CondInst's targets: rectangles as masks, on corners a multiple of 4 px apart (each 4 x 4
-# block of input pixels wholly in or out: our block averages and mmdet's pixel samples
-# at (4i + 2, 4j + 2) are the same 0 / 1 targets), centred at 4 mod 8 px on both axes
-# (mmdet centres center sampling on a mask's centroid, ((x1 + x2 - 1) / 2, ...), half a
-# pixel from the box centre ours takes: with these centres no location is within half
-# a pixel of a center region's edge at any stride).
-MASK_TARGETS = [
-    {
-        "boxes": torch.tensor(
-            [[8.0, 16, 96, 120], [48, 56, 200, 144], [4, 4, 36, 36], [120, 8, 224, 64]]
-        ),
-        "labels": torch.tensor([0, 2, 1, 0]),
-    },
-    {
-        "boxes": torch.tensor([[32.0, 28, 184, 124], [100, 48, 132, 88]]),
-        "labels": torch.tensor([1, 2]),
-    },
-]
+# CondInst's targets: TARGETS' boxes filled by an ellipse, a lower-left triangle or the
+# whole box in turn, so that most masks' centroids are off their box centres (center
+# sampling is around the centroid) and their edges cut 4 x 4 blocks (mask targets are one
+# pixel per block).
+MASK_TARGETS = [{k: v.clone() for k, v in t.items()} for t in TARGETS]
 
 
-def rectangles(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Masks [M, h, w] (0 / 1) filling boxes [M, 4] (whole pixels) of an image of ``size``."""
-    masks = torch.zeros(len(boxes), *size)
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
-        mask[y1:y2, x1:x2] = 1
-    return masks
+def shapes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masks [M, h, w] (0 / 1) of an image of ``size``: in boxes [M, 4], object k an
+    ellipse (k % 3 == 0), the lower-left triangle (1) or the whole box (2)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(size[0]) + 0.5, torch.arange(size[1]) + 0.5, indexing="ij"
+    )
+    masks = []
+    for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        u, v = (xs - x1) / (x2 - x1), (ys - y1) / (y2 - y1)  # 0..1 across the box
+        inside = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+        masks.append(inside & [(u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.25, v >= u, inside][k % 3])
+    return torch.stack(masks).float()
 
 
 for target, size in zip(MASK_TARGETS, IMAGE_SIZES):
-    target["masks"] = rectangles(target["boxes"], size)
+    target["masks"] = shapes(target["boxes"], size)
 
 
 def targets_of(name: str) -> list[dict[str, Tensor]]:
@@ -255,45 +245,3 @@ def assert_same_gradients(
             assert gap <= rtol, (name, float(gap))
             compared.append(name)
     return compared
-
-
-# ------------------------------------------------- CondInst's differences, set to ours
-# mmdet's CondInst differs from ours in three places its config has no setting for
-# (docs/mmdet.md, "CondInst"). The tests set them to ours where they compare engines,
-# by replacing the mmdet code that makes each choice with ours.
-
-
-def our_upsampling(tensor: Tensor, factor: int) -> Tensor:
-    """pss.models.condinst's rule in ``aligned_bilinear``'s place: bilinear, pixel
-    centres aligned (align_corners=False)."""
-    return torch.nn.functional.interpolate(tensor, scale_factor=factor, mode="bilinear")
-
-
-def condinst_as_ours(
-    monkeypatch, upsampling: bool = True, centres: bool = True, targets: bool = True
-) -> None:
-    """Within a test, mmdet's CondInst as ours: the mask logits and probabilities
-    upsampled by our rule (``upsampling``), center sampling around box centres, not mask
-    centroids (``centres``), and mask targets the mean of each 4 x 4 block, not its pixel
-    at (4i + 2, 4j + 2) thresholded (``targets``)."""
-    if upsampling:
-        monkeypatch.setattr(condinst_head, "aligned_bilinear", our_upsampling)
-    if centres:
-        assign = CondInstBboxHead._get_targets_single
-
-        def box_centred(self, gt_instances, *args, **kwargs):
-            boxes = InstanceData(bboxes=gt_instances.bboxes, labels=gt_instances.labels)
-            return assign(self, boxes, *args, **kwargs)
-
-        monkeypatch.setattr(CondInstBboxHead, "_get_targets_single", box_centred)
-    if targets:
-
-        def block_means(self, mask_preds, gt_instances, positive_info):
-            objects = positive_info.pos_assigned_gt_inds
-            if len(gt_instances) == 0 or len(objects) == 0:
-                return mask_preds, None, 0
-            assert len(objects) <= self.max_masks_to_train  # no random subset drawn
-            masks = gt_instances.masks.to_tensor(dtype=torch.float32, device=mask_preds.device)
-            return mask_preds, mask_targets(masks, mask_preds.shape[-2:])[objects], len(objects)
-
-        monkeypatch.setattr(CondInstMaskHead, "_get_targets_single", block_means)
