@@ -49,8 +49,8 @@ from pss.mmdet.convert import PREDICTOR_PREFIX, copy_weights, mmdet_key
 from pss.mmdet.heads import inference_mode
 from pss.models.assign import fcos_assign
 from pss.models.condinst import MAX_MASKS, aligned_upsample, mask_targets, paste_masks
+from pss.testing.deploy import MASK_IOU, mask_iou  # per instance, as the ONNX parity asks
 
-MASK_IOU = 0.99  # per instance, as the ONNX parity of our masks asks
 LOSS_NAMES = {**LOSS_NAMES, "loss_mask": "loss_mask"}
 
 
@@ -183,13 +183,6 @@ def test_same_one_to_one_selections():
         assert torch.equal(mine, other)
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU [K] of bool masks [K, h, w] pairwise (1 where both are empty)."""
-    inter = (a & b).flatten(1).sum(1)
-    union = (a | b).flatten(1).sum(1)
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=float))
-
-
 @pytest.mark.parametrize(
     ("name", "mode"),
     [
@@ -214,4 +207,4 @@ def test_same_detections_and_masks(name: str, mode: str):
         masks = paste_masks(mine["masks"], size)
         assert masks.shape == other.masks.shape
         assert masks.any()
-        assert (_mask_iou(masks, other.masks) >= MASK_IOU).all()
+        assert (mask_iou(masks, other.masks) >= MASK_IOU).all()
