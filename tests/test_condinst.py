@@ -21,6 +21,7 @@ from pss.models import Detector
 from pss.models.assign import fcos_assign
 from pss.models.condinst import (
     MASK_CHANNELS,
+    MAX_MASKS,
     MASK_OUT_STRIDE,
     NUM_PARAMS,
     SIZE_OF_INTEREST,
@@ -32,6 +33,7 @@ from pss.models.condinst import (
     paste_masks,
     segm_rows,
     split_params,
+    trained_masks,
 )
 from pss.models.decode import ModeError, decode_boxes, detect
 from pss.testing.configs import small_config, tiny_train_overrides
@@ -144,6 +146,17 @@ def test_mask_targets_take_each_blocks_pixel_at_two_two():
     t = mask_targets(masks, (4, 4))  # padded to 16 x 16
     assert t.shape == (1, 4, 4)
     assert t[0, 0, 0] == 1.0 and t[0, 1, 2] == 1.0 and t.sum() == 2.0
+
+
+def test_at_most_max_masks_of_each_image_are_trained_and_all_of_a_quiet_one():
+    img = torch.cat([torch.zeros(MAX_MASKS + 50), torch.ones(40), torch.full((MAX_MASKS,), 2)])
+    keep = trained_masks(img.long(), num_images=4)
+    per_image = torch.bincount(img.long()[keep], minlength=4)
+    assert per_image.tolist() == [MAX_MASKS, 40, MAX_MASKS, 0]  # a batch cap would drop some
+    torch.manual_seed(0)
+    again = trained_masks(img.long(), 4)
+    torch.manual_seed(1)
+    assert not torch.equal(again, trained_masks(img.long(), 4))  # a random subset
 
 
 def test_mask_centroids_are_in_pixel_indices():

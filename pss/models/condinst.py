@@ -20,7 +20,8 @@ upsampled x2 (:func:`aligned_upsample`): masks are predicted at 1/4 of the input
 
 Loss (:func:`mask_loss`): the dice loss of each one-to-many positive's mask against its
 object's mask (one input pixel per 4 x 4 block, :func:`mask_targets`), on at most
-``MAX_MASKS`` positives of the batch (a random subset beyond), / the number of masks.
+``MAX_MASKS`` positives of each image (a random subset beyond, :func:`trained_masks`),
+/ the number of masks.
 The one-to-many positives are FCOS's, with the centre region around each object's mask
 centroid rather than its box centre (:func:`mask_centroids`).
 
@@ -64,7 +65,7 @@ BRANCH_CHANNELS = 128
 BRANCH_CONVS = 4
 MASK_CHANNELS = 8  # the mask branch's output and the dynamic convs' width
 SIZE_OF_INTEREST = 8  # relative coordinates in units of 8 strides of the location's level
-MAX_MASKS = 300  # positives whose masks are trained, per batch
+MAX_MASKS = 300  # positives whose masks are trained, per image (mmdet's max_masks_to_train)
 DICE_EPS = 5e-6
 MASK_THRESH = 0.5  # a pasted mask's pixels: probability > this
 
@@ -230,6 +231,19 @@ def mask_centroids(masks: Tensor) -> Tensor:
     return torch.stack((cx, cy), dim=1)
 
 
+def trained_masks(img: Tensor, num_images: int) -> Tensor:
+    """Which positives have their masks trained, bool [P] for the positives' images img [P]:
+    all of an image's when it has at most ``MAX_MASKS``, else a random ``MAX_MASKS`` of
+    them (``torch.randperm`` on the global RNG, only for such an image), as mmdet's
+    ``max_masks_to_train`` (a per-image cap; AdelaiDet's counts a GPU's 2 images)."""
+    keep = torch.ones_like(img, dtype=torch.bool)
+    counts = torch.bincount(img, minlength=num_images)
+    for b in torch.nonzero(counts > MAX_MASKS).flatten().tolist():
+        mine = torch.nonzero(img == b).flatten()
+        keep[mine[torch.randperm(mine.numel(), device=img.device)[MAX_MASKS:]]] = False
+    return keep
+
+
 def mask_loss(
     out: HeadOutputs,
     priors: Priors,
@@ -242,13 +256,12 @@ def mask_loss(
 
     out: float32 head outputs (``params``, ``mask_feats``); the P positives: location
     loc[p] of image img[p] for object obj[p] (an index into the batch's objects, in
-    ``targets`` order); targets: per image ``masks`` [M, h, w]. At most ``MAX_MASKS``
-    positives are trained (a random subset; ``torch.randperm`` on the global RNG). The
-    normaliser counts the whole global batch under DDP.
+    ``targets`` order); targets: per image ``masks`` [M, h, w]. The masks of
+    :func:`trained_masks` are trained. The normaliser counts the whole global batch under
+    DDP.
     """
-    if img.numel() > MAX_MASKS:
-        keep = torch.randperm(img.numel(), device=img.device)[:MAX_MASKS]
-        img, loc, obj = img[keep], loc[keep], obj[keep]
+    keep = trained_masks(img, len(targets))
+    img, loc, obj = img[keep], loc[keep], obj[keep]
     h3, w3 = out.mask_feats.shape[-2:]
     size = (h3 * MASK_STRIDE // MASK_OUT_STRIDE, w3 * MASK_STRIDE // MASK_OUT_STRIDE)
     gt = torch.cat([mask_targets(t["masks"], size) for t in targets])  # [sum M, H4, W4]
