@@ -21,8 +21,8 @@ from pss.models import Detector
 from pss.models.assign import fcos_assign
 from pss.models.condinst import (
     MASK_CHANNELS,
-    MAX_MASKS,
     MASK_OUT_STRIDE,
+    MAX_MASKS,
     NUM_PARAMS,
     SIZE_OF_INTEREST,
     aligned_upsample,
