@@ -150,13 +150,13 @@ def test_mask_targets_take_each_blocks_pixel_at_two_two():
 
 def test_at_most_max_masks_of_each_image_are_trained_and_all_of_a_quiet_one():
     img = torch.cat([torch.zeros(MAX_MASKS + 50), torch.ones(40), torch.full((MAX_MASKS,), 2)])
-    keep = trained_masks(img.long(), num_images=4)
+    keep = trained_masks(img.long())
     per_image = torch.bincount(img.long()[keep], minlength=4)
     assert per_image.tolist() == [MAX_MASKS, 40, MAX_MASKS, 0]  # a batch cap would drop some
     torch.manual_seed(0)
-    again = trained_masks(img.long(), 4)
+    again = trained_masks(img.long())
     torch.manual_seed(1)
-    assert not torch.equal(again, trained_masks(img.long(), 4))  # a random subset
+    assert not torch.equal(again, trained_masks(img.long()))  # a random subset
 
 
 def test_mask_centroids_are_in_pixel_indices():

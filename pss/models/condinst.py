@@ -231,13 +231,13 @@ def mask_centroids(masks: Tensor) -> Tensor:
     return torch.stack((cx, cy), dim=1)
 
 
-def trained_masks(img: Tensor, num_images: int) -> Tensor:
+def trained_masks(img: Tensor) -> Tensor:
     """Which positives have their masks trained, bool [P] for the positives' images img [P]:
     all of an image's when it has at most ``MAX_MASKS``, else a random ``MAX_MASKS`` of
     them (``torch.randperm`` on the global RNG, only for such an image), as mmdet's
     ``max_masks_to_train`` (a per-image cap; AdelaiDet's counts a GPU's 2 images)."""
     keep = torch.ones_like(img, dtype=torch.bool)
-    counts = torch.bincount(img, minlength=num_images)
+    counts = torch.bincount(img)
     for b in torch.nonzero(counts > MAX_MASKS).flatten().tolist():
         mine = torch.nonzero(img == b).flatten()
         keep[mine[torch.randperm(mine.numel(), device=img.device)[MAX_MASKS:]]] = False
@@ -260,7 +260,7 @@ def mask_loss(
     :func:`trained_masks` are trained. The normaliser counts the whole global batch under
     DDP.
     """
-    keep = trained_masks(img, len(targets))
+    keep = trained_masks(img)
     img, loc, obj = img[keep], loc[keep], obj[keep]
     h3, w3 = out.mask_feats.shape[-2:]
     size = (h3 * MASK_STRIDE // MASK_OUT_STRIDE, w3 * MASK_STRIDE // MASK_OUT_STRIDE)
